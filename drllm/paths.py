@@ -1,0 +1,228 @@
+"""Layer paths: the per-block decisions skip / execute / repeat, their validation, cost and edits.
+
+A path over a model with ``L`` decoder blocks is a tuple of ``L`` decisions:
+``0`` = skip the block, ``1`` = execute it once, ``2`` = repeat it (run twice in succession).
+Block order never changes. The **cost** of a path is the number of blocks executed per forward
+pass (``sum(path)``, unit: blocks per forward pass).
+
+``Path`` subclasses ``tuple`` so it is hashable, cheap, and usable as a dict key or memo key.
+The compact text form writes one letter per block: ``S`` skip, ``E`` execute, ``R`` repeat.
+
+This module imports neither torch nor ray; the search and the executor both build on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+SKIP, EXECUTE, REPEAT = 0, 1, 2
+DECISIONS = (SKIP, EXECUTE, REPEAT)
+_LETTERS = {SKIP: "S", EXECUTE: "E", REPEAT: "R"}
+_FROM_LETTER = {v: k for k, v in _LETTERS.items()}
+
+
+class InvalidPathError(ValueError):
+    """A path violates its length, value or constraint rules."""
+
+
+@dataclass(frozen=True)
+class PathConstraints:
+    """Rules every path handed to the executor or the search must obey.
+
+    Attributes:
+        max_consecutive_skips: longest allowed run of skipped blocks (paper: 2).
+        max_cost_factor: cost must be ``<= max_cost_factor * L`` (paper: 2, i.e. every block
+            repeated is still allowed).
+        min_executed: at least this many blocks must run (a path that skips every block is
+            meaningless).
+    """
+
+    max_consecutive_skips: int = 2
+    max_cost_factor: float = 2.0
+    min_executed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_consecutive_skips < 0:
+            raise ValueError(f"max_consecutive_skips must be >= 0, got {self.max_consecutive_skips}")
+        if not 0 < self.max_cost_factor <= 2:
+            raise ValueError(f"max_cost_factor must be in (0, 2], got {self.max_cost_factor}")
+        if self.min_executed < 0:
+            raise ValueError(f"min_executed must be >= 0, got {self.min_executed}")
+
+
+DEFAULT_CONSTRAINTS = PathConstraints()
+
+
+class Path(tuple):
+    """An immutable tuple of per-block decisions in ``{0, 1, 2}``.
+
+    Construction checks only the value domain; call :meth:`validate` (or :func:`validate_path`)
+    for the length and constraint rules, which depend on the model and the configuration.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, decisions: Iterable[int]) -> "Path":
+        values = tuple(int(d) for d in decisions)
+        for i, d in enumerate(values):
+            if d not in (0, 1, 2):
+                raise InvalidPathError(
+                    f"block {i}: decision {d!r} is not one of 0 (skip), 1 (execute), 2 (repeat)"
+                )
+        return super().__new__(cls, values)
+
+    @classmethod
+    def default(cls, num_layers: int) -> "Path":
+        """The unedited path: every block executed once."""
+        if num_layers <= 0:
+            raise InvalidPathError(f"num_layers must be positive, got {num_layers}")
+        return cls((EXECUTE,) * num_layers)
+
+    @classmethod
+    def parse(cls, text: str) -> "Path":
+        """Parse the compact form, e.g. ``"EESRE"`` (case-insensitive, whitespace ignored)."""
+        cleaned = "".join(text.split()).upper()
+        bad = sorted({c for c in cleaned if c not in _FROM_LETTER})
+        if bad:
+            raise InvalidPathError(
+                f"path text {text!r} has letters {bad}; use S (skip), E (execute), R (repeat)"
+            )
+        if not cleaned:
+            raise InvalidPathError("empty path text")
+        return cls(_FROM_LETTER[c] for c in cleaned)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self)
+
+    @property
+    def cost(self) -> int:
+        """Blocks executed per forward pass: ``sum(path)``."""
+        return sum(self)
+
+    @property
+    def is_default(self) -> bool:
+        return all(d == EXECUTE for d in self)
+
+    def to_str(self) -> str:
+        return "".join(_LETTERS[d] for d in self)
+
+    def __str__(self) -> str:
+        return self.to_str()
+
+    def __repr__(self) -> str:
+        return f"Path({self.to_str()!r})"
+
+    def executed_steps(self) -> list[tuple[int, int]]:
+        """The (block, pass) pairs run per forward pass, in order; pass is 0 or 1."""
+        return [(i, p) for i, d in enumerate(self) for p in range(d)]
+
+    def validate(
+        self, num_layers: int | None = None, constraints: PathConstraints = DEFAULT_CONSTRAINTS
+    ) -> "Path":
+        """Raise :class:`InvalidPathError` with a clear message if the path breaks a rule."""
+        validate_path(self, num_layers, constraints)
+        return self
+
+
+def max_skip_run(path: tuple[int, ...]) -> int:
+    """Length of the longest run of consecutive skipped blocks."""
+    best = run = 0
+    for d in path:
+        run = run + 1 if d == SKIP else 0
+        best = max(best, run)
+    return best
+
+
+def check_path(
+    path: tuple[int, ...],
+    num_layers: int | None = None,
+    constraints: PathConstraints = DEFAULT_CONSTRAINTS,
+) -> str | None:
+    """Return why ``path`` is invalid, or ``None`` if it is valid."""
+    if num_layers is not None and len(path) != num_layers:
+        return f"path has {len(path)} decisions but the model has {num_layers} blocks"
+    if not path:
+        return "path is empty"
+    for i, d in enumerate(path):
+        if d not in (0, 1, 2):
+            return f"block {i}: decision {d!r} is not one of 0, 1, 2"
+    run = max_skip_run(path)
+    if run > constraints.max_consecutive_skips:
+        return (
+            f"path skips {run} consecutive blocks; at most "
+            f"{constraints.max_consecutive_skips} allowed"
+        )
+    cost = sum(path)
+    cap = constraints.max_cost_factor * len(path)
+    if cost > cap:
+        return f"path cost {cost} exceeds the cap {cap:g} ({constraints.max_cost_factor:g} x L)"
+    executed = sum(1 for d in path if d != SKIP)
+    if executed < constraints.min_executed:
+        return f"path executes {executed} blocks; at least {constraints.min_executed} required"
+    return None
+
+
+def validate_path(
+    path: tuple[int, ...],
+    num_layers: int | None = None,
+    constraints: PathConstraints = DEFAULT_CONSTRAINTS,
+) -> Path:
+    """Return ``path`` as a :class:`Path` or raise :class:`InvalidPathError` saying why."""
+    if not isinstance(path, Path):
+        path = Path(path)
+    reason = check_path(path, num_layers, constraints)
+    if reason is not None:
+        raise InvalidPathError(f"invalid path {path.to_str()}: {reason}")
+    return path
+
+
+@dataclass(frozen=True, order=True)
+class Action:
+    """One MCTS edit: skip ``length`` (1 or 2) consecutive executed blocks, or repeat one block.
+
+    Attributes:
+        kind: ``"skip"`` or ``"repeat"``.
+        start: first block index the edit touches.
+        length: number of blocks (1 or 2 for skip, 1 for repeat).
+    """
+
+    kind: Literal["skip", "repeat"]
+    start: int
+    length: int = 1
+
+    def apply(self, path: Path) -> Path:
+        """The edited path (no validation; see :func:`legal_actions`)."""
+        new = list(path)
+        value = SKIP if self.kind == "skip" else REPEAT
+        for i in range(self.start, self.start + self.length):
+            new[i] = value
+        return Path(new)
+
+    def __str__(self) -> str:
+        return f"{self.kind}[{self.start}:{self.start + self.length}]"
+
+
+def legal_actions(path: Path, constraints: PathConstraints = DEFAULT_CONSTRAINTS) -> list[Action]:
+    """Every edit of ``path`` that yields a valid path, in a deterministic order.
+
+    Skips act only on blocks currently executed once (decision 1); a 2-block skip needs two
+    consecutive executed blocks. Repeats act on a block executed once, so a block repeats at
+    most once by construction.
+    """
+    actions: list[Action] = []
+    n = len(path)
+    for i in range(n):
+        if path[i] != EXECUTE:
+            continue
+        for length in (1, 2):
+            if length == 2 and (i + 1 >= n or path[i + 1] != EXECUTE):
+                continue
+            action = Action("skip", i, length)
+            if check_path(action.apply(path), n, constraints) is None:
+                actions.append(action)
+        action = Action("repeat", i, 1)
+        if check_path(action.apply(path), n, constraints) is None:
+            actions.append(action)
+    return actions

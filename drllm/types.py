@@ -1,0 +1,143 @@
+"""Frozen dataclasses that cross module and actor boundaries, all in one place.
+
+Nothing here imports torch or ray: the search, the data adapters, the executor, the Ray actors
+and the shard writer all exchange these objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from drllm.paths import Path
+
+
+@dataclass(frozen=True)
+class Example:
+    """One question to search or evaluate.
+
+    Attributes:
+        id: stable id, unique within ``dataset`` (e.g. the hub id, or ``split-rowindex``).
+        dataset: adapter name (``arc_easy``, ``gsm8k``, ...).
+        split: dataset split the row came from.
+        prompt: the user message text (question plus instructions).
+        messages: chat messages (``{"role", "content"}`` dicts) for instruct models; the last one
+            is the user turn holding ``prompt``.
+        gold: the reference answer in the form the grader expects (letter, number, LaTeX).
+        grader: name of a grader in :mod:`drllm.rewards`.
+        base_prompt: plain-text prompt for base (non-chat) models, as in the paper.
+        meta: free-form extra fields (level, subject, ...), JSON-serializable.
+    """
+
+    id: str
+    dataset: str
+    split: str
+    prompt: str
+    messages: tuple[Mapping[str, str], ...]
+    gold: str
+    grader: str
+    base_prompt: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One row of executor output.
+
+    Attributes:
+        text: decoded new tokens (stop string, if any, cut off; special tokens removed).
+        token_ids: generated token ids (including a final EOS if one was produced).
+        layers_executed: blocks executed summed over every forward pass of this row
+            (prefill counts once, plus one per generated token after the first).
+        prompt_tokens: number of (unpadded) prompt tokens.
+        finish_reason: ``"eos"``, ``"length"`` or ``"stop"``.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    layers_executed: int
+    prompt_tokens: int
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Grade:
+    """A grader's verdict on one response.
+
+    Attributes:
+        reward: 1.0 correct, 0.0 wrong (graders here are binary).
+        reason: short human-readable explanation (``"match"``, ``"no boxed answer"``, ...).
+        extracted: the answer the grader pulled out of the response, if any.
+    """
+
+    reward: float
+    reason: str = ""
+    extracted: str | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Outcome of generating along one path for one example and grading it."""
+
+    reward: float
+    response: str = ""
+    layers_executed: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """Ask an evaluator to generate along ``path`` for one example and grade the answer."""
+
+    example_id: str
+    prompt: str
+    gold: str
+    grader: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """An evaluator's answer to an :class:`EvalRequest`."""
+
+    example_id: str
+    path: Path
+    evaluation: Evaluation
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What one length-aware MCTS search found for one example (see DESIGN.md shard contract).
+
+    Attributes:
+        num_layers: L.
+        default_path / default_reward / default_response: the unedited path and its outcome.
+        best_path / best_reward / best_response: highest reward, then lowest cost, among
+            retained paths (the default path if nothing better was found).
+        best_cost: ``sum(best_path)`` in blocks per forward pass.
+        layers_saved: ``L - best_cost`` (negative if the best path repeats more than it skips).
+        improved: ``best_reward > default_reward``.
+        good_paths: every evaluated path whose reward is ``>= default_reward``, best first.
+        good_rewards: their rewards, aligned with ``good_paths``.
+        simulations: MCTS simulations run.
+        evaluations: distinct paths actually evaluated (memo hits excluded).
+        memo_hits: simulations answered from the per-question memo.
+        stopped_early: whether the paper's early-stop rule ended the search.
+    """
+
+    num_layers: int
+    default_path: Path
+    default_reward: float
+    default_response: str
+    best_path: Path
+    best_reward: float
+    best_response: str
+    best_cost: int
+    layers_saved: int
+    improved: bool
+    good_paths: tuple[Path, ...]
+    good_rewards: tuple[float, ...]
+    simulations: int
+    evaluations: int
+    memo_hits: int
+    stopped_early: bool
