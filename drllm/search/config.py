@@ -1,0 +1,151 @@
+"""Configuration of the length-aware MCTS and the evaluate-function contract.
+
+Defaults are the paper's (Dr.LLM, arXiv 2510.12773): 50 simulations per question, UCB
+exploration ``c = 1.8``, length penalty ``lambda = 3``, random-child probability
+``epsilon = 0.1``, at most 2 consecutive skipped blocks, cost at most ``2 L`` blocks per forward
+pass, early stop with a 2-block margin.
+
+Pure Python: imports neither torch, transformers nor ray.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Iterable, Mapping, Union
+
+from drllm.paths import Path, PathConstraints
+from drllm.types import Evaluation
+
+EvaluateFn = Callable[[Path], Union[Evaluation, float]]
+"""Generate along a path for one question and grade it: an :class:`Evaluation`, or a bare
+reward (``float``), which means an empty response."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class MCTSConfig:
+    """Knobs of one length-aware MCTS search (one tree per question).
+
+    Attributes:
+        num_simulations: simulation budget per question, the default path's evaluation
+            (simulation 0) included. Each later simulation expands one untried edit.
+        c: UCB exploration constant in ``c * sqrt(ln N_parent / n_child)``.
+        length_penalty: ``lambda`` in the selection-only penalty ``lambda * cost / L``
+            (cost in blocks per forward pass, ``L`` blocks in the model).
+        epsilon: probability, at each selection step, of descending into a uniformly random
+            child instead of the UCB argmax.
+        max_consecutive_skips: longest allowed run of skipped blocks in any path.
+        max_cost_factor: a path's cost must be ``<= max_cost_factor * L``; in ``[1, 2]`` so the
+            default path (cost ``L``) is always allowed.
+        min_executed: at least this many blocks must run in any path.
+        early_stop: enable the paper's early-stop rule (see :mod:`drllm.search.policy`).
+        early_stop_margin: blocks a correct path must save against the default path, when the
+            default is already correct, to stop early (``cost <= L - margin``).
+        success_reward: reward at or above which a path counts as correct (graders are binary:
+            1.0 correct, 0.0 wrong).
+        seed: seed of the tree's RNG (untried-action order and epsilon draws); same seed and
+            same rewards give the same sequence of evaluated paths.
+    """
+
+    num_simulations: int = 50
+    c: float = 1.8
+    length_penalty: float = 3.0
+    epsilon: float = 0.1
+    max_consecutive_skips: int = 2
+    max_cost_factor: float = 2.0
+    min_executed: int = 1
+    early_stop: bool = True
+    early_stop_margin: int = 2
+    success_reward: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._check_int("num_simulations", minimum=1)
+        self._check_int("max_consecutive_skips", minimum=0)
+        self._check_int("min_executed", minimum=0)
+        self._check_int("early_stop_margin", minimum=0)
+        self._check_int("seed", minimum=None)
+        self._check_real("c", 0.0, math.inf)
+        self._check_real("length_penalty", 0.0, math.inf)
+        self._check_real("epsilon", 0.0, 1.0)
+        self._check_real("max_cost_factor", 1.0, 2.0)
+        self._check_real("success_reward", -math.inf, math.inf)
+        if not isinstance(self.early_stop, bool):
+            raise ValueError(
+                f"MCTSConfig.early_stop must be a bool (true/false), got {self.early_stop!r}"
+            )
+
+    def _check_int(self, name: str, minimum: int | None) -> None:
+        value = getattr(self, name)
+        if not _is_int(value):
+            raise ValueError(f"MCTSConfig.{name} must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"MCTSConfig.{name} must be >= {minimum}, got {value}")
+
+    def _check_real(self, name: str, low: float, high: float) -> None:
+        value = getattr(self, name)
+        if not _is_real(value) or not math.isfinite(value):
+            raise ValueError(f"MCTSConfig.{name} must be a finite number, got {value!r}")
+        if not low <= value <= high:
+            bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
+            raise ValueError(f"MCTSConfig.{name} must be {bounds}, got {value}")
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], ignore: Iterable[str] = ()
+    ) -> "MCTSConfig":
+        """Build from a config mapping (e.g. Hydra's ``search`` group).
+
+        Args:
+            values: knob name -> value; missing knobs keep their defaults.
+            ignore: keys that belong to someone else (e.g. the driver's ``max_new_tokens``)
+                and are skipped; any other unknown key is an error, so typos fail fast.
+        """
+        known = {f.name for f in fields(cls)}
+        skipped = set(ignore)
+        unknown = sorted(k for k in values if k not in known and k not in skipped)
+        if unknown:
+            raise ValueError(
+                f"unknown MCTSConfig keys {unknown}; known: {sorted(known)} "
+                f"(pass driver-only keys via ignore=)"
+            )
+        return cls(**{k: values[k] for k in values if k in known})
+
+    @property
+    def constraints(self) -> PathConstraints:
+        """The path rules every node of the tree obeys."""
+        return PathConstraints(
+            max_consecutive_skips=self.max_consecutive_skips,
+            max_cost_factor=float(self.max_cost_factor),
+            min_executed=self.min_executed,
+        )
+
+
+def as_evaluation(value: Evaluation | float) -> Evaluation:
+    """Normalize an evaluate-function result; a bare number is a reward with an empty response.
+
+    Raises:
+        ValueError: the value is neither an :class:`Evaluation` nor a number, or its reward is
+            not finite.
+    """
+    if isinstance(value, Evaluation):
+        result = value
+    elif isinstance(value, numbers.Real):
+        result = Evaluation(reward=float(value))
+    else:
+        raise ValueError(
+            f"an evaluation must be drllm.types.Evaluation or a float reward, got "
+            f"{type(value).__name__}: {value!r}"
+        )
+    if not isinstance(result.reward, numbers.Real) or not math.isfinite(result.reward):
+        raise ValueError(f"reward must be a finite number, got {result.reward!r}")
+    return result
