@@ -1,0 +1,156 @@
+"""Reading complete supervision shards: tables, example ids for resume, file metadata.
+
+Readers only ever look at ``shard-*.parquet`` (see :mod:`drllm.shards.layout`), so a shard that
+is still being written, or was left behind by a crash, is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from drllm.shards.layout import inprogress_files, shard_files
+from drllm.shards.schema import (
+    META_CONFIG,
+    META_CONFIG_HASH,
+    META_CREATED,
+    META_MODEL_ID,
+    META_NUM_LAYERS,
+    META_SCHEMA_VERSION,
+    META_WRITER_ID,
+    SUPPORTED_SCHEMA_VERSIONS,
+)
+
+logger = logging.getLogger(__name__)
+
+_META_KEYS = {
+    META_SCHEMA_VERSION: "schema_version",
+    META_CONFIG: "config",
+    META_CONFIG_HASH: "config_hash",
+    META_MODEL_ID: "model_id",
+    META_NUM_LAYERS: "num_layers",
+    META_CREATED: "created",
+    META_WRITER_ID: "writer_id",
+}
+
+
+def _decode_metadata(raw: dict[bytes, bytes] | None, where: Path) -> dict[str, Any]:
+    raw = raw or {}
+    out: dict[str, Any] = {}
+    for key, name in _META_KEYS.items():
+        value = raw.get(key.encode())
+        if value is None:
+            raise ValueError(f"{where} lacks file metadata {key!r}; it is not a drllm shard")
+        out[name] = value.decode("utf-8")
+    if out["schema_version"] not in SUPPORTED_SCHEMA_VERSIONS:
+        raise ValueError(
+            f"{where} has shard schema version {out['schema_version']!r}; this drllm reads "
+            f"{sorted(SUPPORTED_SCHEMA_VERSIONS)}"
+        )
+    out["num_layers"] = int(out["num_layers"])
+    out["config"] = json.loads(out["config"])
+    return out
+
+
+def read_shard_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """File metadata of one shard, decoded.
+
+    Returns a dict with ``schema_version`` (str), ``config`` (the resolved config, parsed),
+    ``config_hash``, ``model_id``, ``num_layers`` (int), ``created`` (ISO 8601 UTC),
+    ``writer_id`` and ``rows`` (int, from the Parquet footer).
+    """
+    path = Path(path)
+    footer = pq.read_metadata(path)
+    out = _decode_metadata(footer.metadata, path)
+    out["rows"] = footer.num_rows
+    return out
+
+
+def _check_consistent(metas: list[dict[str, Any]], files: list[Path]) -> None:
+    first = metas[0]
+    for meta, path in zip(metas[1:], files[1:]):
+        for key in ("num_layers", "model_id"):
+            if meta[key] != first[key]:
+                raise ValueError(
+                    f"{path} has {key}={meta[key]!r} but {files[0]} has {first[key]!r}; a shard "
+                    "directory holds one model and one L, so split these files into two"
+                )
+
+
+def _common_metadata(tables: list[pa.Table]) -> dict[bytes, bytes]:
+    """File metadata entries that every table shares with the same value."""
+    common = dict(tables[0].schema.metadata or {})
+    for table in tables[1:]:
+        meta = table.schema.metadata or {}
+        common = {k: v for k, v in common.items() if meta.get(k) == v}
+    common.pop(b"ARROW:schema", None)
+    return common
+
+
+def read_shards(
+    out_dir: str | os.PathLike, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """All complete shards of ``out_dir`` concatenated, in file-name order.
+
+    Args:
+        out_dir: a shard directory.
+        columns: column names to read (all when ``None``).
+
+    Returns:
+        One table; its schema metadata keeps the file metadata every shard agrees on
+        (schema version, model id, num_layers, and the config when all runs used the same).
+
+    Raises:
+        FileNotFoundError: no complete shard in ``out_dir``.
+        ValueError: shards disagree on model or L, or have an unsupported schema version.
+    """
+    files = shard_files(out_dir)
+    if not files:
+        pending = len(inprogress_files(out_dir))
+        raise FileNotFoundError(
+            f"no complete shards (shard-*.parquet) in {os.fspath(out_dir)}"
+            + (f"; {pending} in-progress file(s) are not readable yet" if pending else "")
+        )
+    tables = [pq.read_table(f, columns=list(columns) if columns is not None else None)
+              for f in files]
+    metas = [_decode_metadata(t.schema.metadata, f) for t, f in zip(tables, files)]
+    _check_consistent(metas, files)
+    common = _common_metadata(tables)
+    tables = [t.replace_schema_metadata(None) for t in tables]
+    return pa.concat_tables(tables).replace_schema_metadata(common)
+
+
+def completed_keys(out_dir: str | os.PathLike) -> set[tuple[str, str]]:
+    """``(dataset, example_id)`` of every row in the complete shards of ``out_dir``."""
+    keys: set[tuple[str, str]] = set()
+    for path in shard_files(out_dir):
+        table = pq.read_table(path, columns=["dataset", "example_id"])
+        datasets = table.column("dataset").cast(pa.string()).to_pylist()
+        keys.update(zip(datasets, table.column("example_id").to_pylist()))
+    return keys
+
+
+def completed_example_ids(
+    out_dir: str | os.PathLike, dataset: str | None = None
+) -> set[str]:
+    """Example ids already written to complete shards of ``out_dir`` (for resume).
+
+    Reads only the ``example_id`` column (and ``dataset`` when filtering). Returns an empty set
+    when the directory does not exist or holds no shard yet.
+
+    Args:
+        out_dir: a shard directory.
+        dataset: when given, only ids of rows from this dataset adapter.
+    """
+    if dataset is not None:
+        return {eid for ds, eid in completed_keys(out_dir) if ds == dataset}
+    ids: set[str] = set()
+    for path in shard_files(out_dir):
+        ids.update(pq.read_table(path, columns=["example_id"]).column(0).to_pylist())
+    return ids
