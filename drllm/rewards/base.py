@@ -1,0 +1,137 @@
+"""Grader base class, the ``GRADERS`` registry and the ``exact`` dummy grader.
+
+A grader turns (model response, gold answer) into a binary :class:`~drllm.types.Grade`. Two
+contracts every grader keeps:
+
+* it NEVER raises on model output, however malformed (None, huge strings, unbalanced braces,
+  odd unicode, LaTeX that crashes sympy): it returns reward 0 with a reason;
+* an unusable GOLD is a dataset bug, caught early: :meth:`Grader.validate_gold` raises
+  ``ValueError`` (adapters call it at load time to reject rows), and :meth:`Grader.grade`
+  raises the same ``ValueError`` rather than silently scoring every response 0.
+
+Usage::
+
+    from drllm.rewards import get_grader, grade
+    grade("mc_letter", "Answer: B", "B")        # Grade(reward=1.0, reason="match", extracted="B")
+    get_grader("math_boxed").validate_gold("\\frac{1}{2}")
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import threading
+from typing import Callable
+
+from drllm.registry import Registry
+from drllm.types import Grade
+
+logger = logging.getLogger(__name__)
+
+#: Registry of grader classes (or zero-argument factories) by name.
+GRADERS: Registry[Callable[[], "Grader"]] = Registry("grader")
+
+_instances: dict[str, Grader] = {}
+_instances_lock = threading.Lock()
+
+
+class Grader(abc.ABC):
+    """Binary reward for one (response, gold) pair.
+
+    Subclasses set ``name`` and implement :meth:`_check_gold` and :meth:`_grade`.
+    """
+
+    name: str = ""
+    #: Canonical golds remembered per instance (a search grades many responses per gold).
+    gold_cache_size: int = 65_536
+
+    def __init__(self) -> None:
+        self._gold_cache: dict[str, str] = {}
+
+    def validate_gold(self, gold: str) -> str:
+        """Check that ``gold`` is usable and return its canonical form (cached).
+
+        Raises:
+            ValueError: with the reason, when no response could ever be graded against it.
+        """
+        if not isinstance(gold, str):
+            raise ValueError(f"{self.name}: gold must be a str, got {type(gold).__name__}")
+        cached = self._gold_cache.get(gold)
+        if cached is None:
+            cached = self._check_gold(gold)
+            if len(self._gold_cache) >= self.gold_cache_size:
+                self._gold_cache.clear()
+            self._gold_cache[gold] = cached
+        return cached
+
+    def grade(self, response: str | None, gold: str) -> Grade:
+        """Grade ``response`` against ``gold``; never raises because of ``response``.
+
+        Raises:
+            ValueError: only if ``gold`` fails :meth:`validate_gold`.
+        """
+        canonical = self.validate_gold(gold)
+        if not isinstance(response, str):
+            return Grade(0.0, f"response is not text ({type(response).__name__})")
+        try:
+            return self._grade(response, canonical)
+        except Exception as exc:  # last line of defence: model output must never crash a search
+            logger.warning("%s: grading failed on a %d-char response (%s: %s); reward 0",
+                           self.name, len(response), type(exc).__name__, exc)
+            return Grade(0.0, f"grader error: {type(exc).__name__}")
+
+    @abc.abstractmethod
+    def _check_gold(self, gold: str) -> str:
+        """Canonical gold or ``ValueError``; ``gold`` is a str."""
+
+    @abc.abstractmethod
+    def _grade(self, response: str, gold: str) -> Grade:
+        """Grade a str response against a canonical gold (from :meth:`_check_gold`)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+@GRADERS.register("exact")
+class ExactGrader(Grader):
+    """Dummy grader for tests: reward 1 iff ``response.strip() == gold.strip()``."""
+
+    name = "exact"
+
+    def _check_gold(self, gold: str) -> str:
+        return gold.strip()
+
+    def _grade(self, response: str, gold: str) -> Grade:
+        extracted = response.strip()
+        if extracted == gold:
+            return Grade(1.0, "match", extracted)
+        return Grade(0.0, "mismatch", extracted)
+
+
+def get_grader(name: str) -> Grader:
+    """The process-wide default-configured instance of grader ``name`` (created once).
+
+    Sharing one instance per process lets graders keep caches (parsed golds, verdicts) and
+    helper processes across calls. Thread-safe.
+
+    Raises:
+        KeyError: unknown name (the message lists the registered ones).
+    """
+    grader = _instances.get(name)
+    if grader is not None:
+        return grader
+    factory = GRADERS.get(name)
+    with _instances_lock:
+        grader = _instances.get(name)
+        if grader is None:
+            grader = factory()
+            if not isinstance(grader, Grader):
+                raise TypeError(f"grader factory {name!r} built {type(grader).__name__}, "
+                                "not a drllm.rewards.Grader")
+            _instances[name] = grader
+    return grader
+
+
+def grade(name: str, response: str | None, gold: str) -> Grade:
+    """Shorthand for ``get_grader(name).grade(response, gold)``."""
+    return get_grader(name).grade(response, gold)

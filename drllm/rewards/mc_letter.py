@@ -1,0 +1,97 @@
+"""Multiple-choice letter graders: ``mc_letter`` (strict, as in the paper) and its lenient twin.
+
+``mc_letter`` follows the paper's Appendix B: the WHOLE stripped response must be the letter,
+optionally prefixed by ``Answer:``, optionally in parentheses, optionally followed by ``.``,
+``:`` or ``)`` — by default ``(?:Answer:\\s*)?\\(?([A-E])\\)?[.:)]?`` applied with ``fullmatch``.
+The letter's case must match (``"b"`` is wrong). ``"B. photosynthesis"`` and ``"The answer is B"``
+score 0 here: this is the reward the paper's MCTS optimised, and it also rewards following the
+answer format.
+
+``mc_letter_lenient`` accepts everything strict does, plus the LAST ``answer is X`` /
+``answer: X`` phrase anywhere in the response and a leading ``X.`` / ``X)`` / ``X:`` / ``(X)``
+followed by text (see :func:`drllm.rewards.extract.extract_letter_lenient`). Use it to measure
+what small models *meant*; use the strict one to reproduce the paper.
+
+Reasons: ``"match"``, ``"mismatch"``, ``"no letter found"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from drllm.rewards.base import GRADERS, Grader
+from drllm.rewards.extract import (
+    STRICT_LETTER_PATTERN,
+    extract_letter_lenient,
+    extract_letter_strict,
+    strict_letter_pattern,
+)
+from drllm.types import Grade
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LETTERS = "ABCDE"
+
+
+@GRADERS.register("mc_letter")
+class MCLetterGrader(Grader):
+    """Strict letter match.
+
+    Args:
+        pattern: regex applied with ``fullmatch`` to the stripped response; exactly one capture
+            group (the letter). ``{letters}`` is replaced by a character class of ``letters``.
+        letters: the admissible answer letters, uppercase (gold must be one of them).
+    """
+
+    name = "mc_letter"
+
+    def __init__(self, pattern: str = STRICT_LETTER_PATTERN,
+                 letters: str = DEFAULT_LETTERS) -> None:
+        super().__init__()
+        if not letters or not all(len(ch) == 1 and ch.isupper() for ch in letters):
+            raise ValueError(f"{self.name}: letters must be non-empty uppercase letters, "
+                             f"got {letters!r}")
+        if len(set(letters)) != len(letters):
+            raise ValueError(f"{self.name}: letters {letters!r} contain duplicates")
+        try:
+            compiled = re.compile(strict_letter_pattern(pattern, letters))
+        except re.error as exc:
+            raise ValueError(f"{self.name}: invalid pattern {pattern!r}: {exc}") from exc
+        if compiled.groups != 1:
+            raise ValueError(f"{self.name}: pattern must have exactly one capture group (the "
+                             f"letter), {pattern!r} has {compiled.groups}")
+        self.letters = letters
+        self.pattern = compiled
+
+    def _check_gold(self, gold: str) -> str:
+        canonical = gold.strip()
+        if canonical not in self.letters or len(canonical) != 1:
+            raise ValueError(f"{self.name}: gold {gold!r} is not one of the letters "
+                             f"{self.letters!r} (map numeric labels with "
+                             "drllm.rewards.normalize_letter first)")
+        return canonical
+
+    def _extract(self, response: str) -> str | None:
+        return extract_letter_strict(response, self.pattern)
+
+    def _grade(self, response: str, gold: str) -> Grade:
+        letter = self._extract(response)
+        if letter is None or letter not in self.letters:
+            return Grade(0.0, "no letter found")
+        if letter == gold:
+            return Grade(1.0, "match", letter)
+        return Grade(0.0, "mismatch", letter)
+
+
+@GRADERS.register("mc_letter_lenient")
+class LenientMCLetterGrader(MCLetterGrader):
+    """Strict match, else the last ``answer is X``, else a leading ``X.``/``X)``/``X:``/``(X)``."""
+
+    name = "mc_letter_lenient"
+
+    def _extract(self, response: str) -> str | None:
+        strict = extract_letter_strict(response, self.pattern)
+        if strict is not None:
+            return strict
+        return extract_letter_lenient(response, self.letters)
