@@ -1,0 +1,380 @@
+"""Plain-torch router training over precomputed pooled features (no Ray imports here).
+
+The building blocks are meant to be called from a Ray Train worker loop (or any loop):
+:func:`make_optimizer` (AdamW + per-step linear warmup then cosine decay), :func:`train_epoch`
+and :func:`evaluate`. Both loops sum their statistics across processes when
+``torch.distributed`` is initialized (as it is under Ray Train's ``TorchTrainer``), so each
+worker can report the global numbers. :func:`fit` runs the whole recipe in-process: id-based
+split, class counts of the training split, focal loss, epochs, validation metrics.
+
+Training is teacher-forced along the MCTS path: router ``i`` sees the states entering block
+``i`` along the example's best path and never depends on router ``i - 1``'s output. The loss is
+one weighted mean over every (row, block) pair of a batch (see :mod:`drllm.routers.loss`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from drllm.routers.dataset import Batch, FeatureBatches, check_dataset, split_by_id, unpack_batch
+from drllm.routers.loss import FocalLoss, class_counts, effective_number_weights
+from drllm.routers.metrics import confusion_matrix, metrics_from_confusion
+from drllm.routers.module import Routers, StackedRouters
+from drllm.routers.optim import lr_factor, make_optimizer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FitHistory",
+    "TrainConfig",
+    "evaluate",
+    "fit",
+    "lr_factor",
+    "make_loss",
+    "make_optimizer",
+    "train_epoch",
+]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Router training hyper-parameters (paper defaults).
+
+    Attributes:
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW decoupled weight decay (applied to every parameter).
+        warmup_steps: optimizer steps of linear warmup before the cosine decay to 0.
+        epochs: passes over the training split.
+        batch_size: effective (global) batch size in examples; a ``k``-worker job uses
+            ``batch_size // k`` per worker (see :meth:`per_worker_batch_size`).
+        gamma: focal-loss focusing parameter (0 = cross-entropy).
+        beta: effective-number class-weight parameter.
+        class_weighting: weight classes by effective number; ``False`` for an unweighted loss.
+        seed: seeds router initialization, shuffling and the id split.
+        val_fraction: share of example ids held out for validation.
+        bottleneck: router hidden width b.
+        windows: pooling windows W; must match the features' W.
+        grad_clip: max global gradient norm, or ``None`` for no clipping.
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    epochs: int = 25
+    batch_size: int = 16
+    gamma: float = 2.0
+    beta: float = 0.999
+    class_weighting: bool = True
+    seed: int = 0
+    val_fraction: float = 0.1
+    bottleneck: int = 128
+    windows: int = 8
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}"),
+            (0 <= self.beta < 1, f"beta must be in [0, 1), got {self.beta}"),
+            (
+                0 <= self.val_fraction < 1,
+                f"val_fraction must be in [0, 1), got {self.val_fraction}",
+            ),
+            (self.bottleneck >= 1, f"bottleneck must be >= 1, got {self.bottleneck}"),
+            (self.windows >= 1, f"windows must be >= 1, got {self.windows}"),
+            (
+                self.grad_clip is None or self.grad_clip > 0,
+                f"grad_clip must be > 0 or None, got {self.grad_clip}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig: {message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Build from a mapping (e.g. a Hydra config); unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; known: {sorted(known)}")
+        return cls(**dict(data))
+
+    def per_worker_batch_size(self, world_size: int) -> int:
+        """Per-worker batch that keeps the effective batch ``batch_size`` over ``world_size``."""
+        if world_size < 1 or self.batch_size % world_size:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not divisible by world_size {world_size}"
+            )
+        return self.batch_size // world_size
+
+
+def _global_sum(values: Tensor) -> Tensor:
+    """Sum ``values`` over processes when ``torch.distributed`` is initialized."""
+    if dist.is_available() and dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _empty_confusion(model: nn.Module, device: torch.device) -> Tensor:
+    """Zero ``[L, 3, 3]`` confusion for a worker whose shard is empty, so collectives still run.
+
+    Raises ``ValueError`` outside distributed runs, where an empty loader is a caller error.
+    """
+    num_layers = getattr(getattr(model, "module", model), "num_layers", None)
+    if not (dist.is_available() and dist.is_initialized()) or num_layers is None:
+        raise ValueError("evaluate got an empty loader")
+    return torch.zeros(num_layers, 3, 3, dtype=torch.int64, device=device)
+
+
+def train_epoch(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler | None,
+    loss_fn: LossFn,
+    *,
+    grad_clip: float | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader``: forward all blocks, loss, backward, clip, step, schedule.
+
+    Args:
+        model: maps ``(features [B, L, W, d], wmask [B, W])`` to logits ``[B, L, 3]``.
+        loader: batches (dicts with ``features`` / ``wmask`` / ``labels``, or tuples).
+        loss_fn: ``(logits [B, L, 3], labels [B, L]) -> scalar``.
+
+    Returns:
+        ``{"loss": mean batch loss, "steps", "examples", "lr": lr after the epoch, "seconds"}``
+        (summed over processes when distributed).
+    """
+    model.train()
+    device = _model_device(model)
+    start = time.perf_counter()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    steps = examples = 0
+    for batch in loader:
+        features, wmask, labels = unpack_batch(batch, device)
+        loss = loss_fn(model(features, wmask), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        loss_sum += loss.detach()
+        steps += 1
+        examples += features.shape[0]
+    totals = _global_sum(
+        torch.tensor([float(loss_sum), steps, examples], dtype=torch.float64, device=device)
+    )
+    loss_total, steps_total, examples_total = (float(x) for x in totals)
+    if steps_total == 0:
+        raise ValueError("train_epoch got an empty loader")
+    return {
+        "loss": loss_total / steps_total,
+        "steps": int(steps_total),
+        "examples": int(examples_total),
+        "lr": float(opt.param_groups[0]["lr"]),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: Iterable[Batch], loss_fn: LossFn | None = None
+) -> dict[str, Any]:
+    """Router metrics over ``loader`` (see :func:`drllm.routers.metrics.metrics_from_confusion`).
+
+    Adds ``"loss"`` (example-weighted mean of ``loss_fn``) when ``loss_fn`` is given. Confusions
+    and loss sums are summed over processes when distributed, so every worker returns the
+    global metrics.
+    """
+    was_training = model.training
+    model.eval()
+    device = _model_device(model)
+    confusion: Tensor | None = None
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    count = torch.zeros((), device=device, dtype=torch.float64)
+    for batch in loader:
+        features, wmask, labels = unpack_batch(batch, device)
+        logits = model(features, wmask)
+        part = confusion_matrix(logits.argmax(-1), labels)
+        confusion = part if confusion is None else confusion + part
+        if loss_fn is not None:
+            loss_sum += loss_fn(logits, labels).double() * features.shape[0]
+        count += features.shape[0]
+    model.train(was_training)
+    if confusion is None:
+        confusion = _empty_confusion(model, device)
+    confusion = _global_sum(confusion)
+    if int(confusion.sum()) == 0:
+        raise ValueError("evaluate got an empty loader")
+    out = metrics_from_confusion(confusion)
+    if loss_fn is not None:
+        sums = _global_sum(torch.stack([loss_sum, count]))
+        out["loss"] = float(sums[0] / sums[1])
+    return out
+
+
+@dataclass(frozen=True)
+class FitHistory:
+    """What :func:`fit` did.
+
+    Attributes:
+        epochs: one dict per epoch: ``epoch``, ``train`` (train_epoch stats), ``val`` (metrics,
+            absent without a validation split).
+        class_counts: training-split label counts ``(skip, execute, repeat)``.
+        class_weights: loss weights used (``None`` when unweighted).
+        train_indices / val_indices: row indices of the id-based split.
+        final_metrics: validation metrics after the last epoch (training metrics if no val rows).
+        seconds: wall time of the training loop (excluding the final evaluation).
+    """
+
+    epochs: tuple[Mapping[str, Any], ...]
+    class_counts: tuple[int, ...]
+    class_weights: tuple[float, ...] | None
+    train_indices: tuple[int, ...]
+    val_indices: tuple[int, ...]
+    final_metrics: Mapping[str, Any]
+    seconds: float
+
+
+def _init_routers(num_layers: int, hidden_size: int, windows: int, cfg: TrainConfig) -> Routers:
+    """Routers initialized from ``cfg.seed`` without disturbing the caller's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return Routers(num_layers, hidden_size, cfg.bottleneck, windows)
+
+
+def make_loss(counts: Sequence[int], cfg: TrainConfig) -> FocalLoss:
+    """The training loss of ``cfg``: focal (``cfg.gamma``), effective-number weighted by the
+    training split's ``counts`` unless ``cfg.class_weighting`` is off."""
+    if cfg.class_weighting:
+        return FocalLoss(effective_number_weights(counts, cfg.beta), cfg.gamma)
+    return FocalLoss(None, cfg.gamma)
+
+
+def _resolve_device(device: torch.device | str | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _run_epochs(
+    model: nn.Module,
+    train_loader: FeatureBatches,
+    val_loader: FeatureBatches | None,
+    loss_fn: FocalLoss,
+    cfg: TrainConfig,
+) -> list[dict[str, Any]]:
+    """The epoch loop of :func:`fit`: train, then validate when there is a validation split."""
+    opt, sched = make_optimizer(model, cfg, cfg.epochs * len(train_loader))
+    epochs: list[dict[str, Any]] = []
+    for epoch in range(cfg.epochs):
+        train_loader.set_epoch(epoch)
+        stats = train_epoch(model, train_loader, opt, sched, loss_fn, grad_clip=cfg.grad_clip)
+        record: dict[str, Any] = {"epoch": epoch, "train": stats}
+        note = ""
+        if val_loader is not None:
+            record["val"] = evaluate(model, val_loader, loss_fn)
+            note = f", val macro-F1 {record['val']['macro_f1']:.4f}"
+        logger.info("epoch %d/%d: train loss %.4f%s", epoch + 1, cfg.epochs, stats["loss"], note)
+        epochs.append(record)
+    return epochs
+
+
+def fit(
+    features: Tensor,
+    labels: Tensor,
+    wmask: Tensor,
+    cfg: TrainConfig = TrainConfig(),
+    *,
+    ids: Sequence[str] | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Routers, FitHistory]:
+    """Train routers in-process on precomputed features (tests, small runs, benchmarks).
+
+    Args:
+        features: ``[N, L, W, d]`` pooled windows (any float dtype).
+        labels: ``[N, L]`` best-path decisions.
+        wmask: ``[N, W]`` valid windows.
+        cfg: hyper-parameters; ``cfg.windows`` must equal the features' W.
+        ids: example ids for the train / val split (default: row numbers as strings).
+        device: where to train (default: CUDA if available, else CPU).
+
+    Returns:
+        ``(routers, history)``: trained per-block :class:`Routers` on CPU, float32.
+    """
+    check_dataset(features, labels, wmask)
+    n, num_layers, windows, hidden_size = features.shape
+    if windows != cfg.windows:
+        raise ValueError(f"features have W={windows} windows but TrainConfig.windows={cfg.windows}")
+    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} feature rows")
+    dev = _resolve_device(device)
+    train_idx, val_idx = split_by_id(ids, cfg.val_fraction, cfg.seed)
+    counts = class_counts(labels[train_idx])
+    loss_fn = make_loss(counts, cfg).to(dev)
+    routers = _init_routers(num_layers, hidden_size, windows, cfg)
+    model = StackedRouters.from_routers(routers).to(dev)
+    batches = dict(features=features, wmask=wmask, labels=labels, device=dev)
+    train_loader = FeatureBatches(
+        indices=train_idx, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, **batches
+    )
+    val_loader = (
+        FeatureBatches(indices=val_idx, batch_size=256, **batches) if len(val_idx) else None
+    )
+    logger.info(
+        "training %d routers (d=%d, W=%d) on %d examples (%d val), class counts %s, %s",
+        num_layers,
+        hidden_size,
+        windows,
+        len(train_idx),
+        len(val_idx),
+        counts,
+        loss_fn,
+    )
+    start = time.perf_counter()
+    epochs = _run_epochs(model, train_loader, val_loader, loss_fn, cfg)
+    seconds = time.perf_counter() - start
+    if val_loader is not None:
+        final = epochs[-1]["val"]
+    else:
+        final = evaluate(
+            model, FeatureBatches(indices=train_idx, batch_size=256, **batches), loss_fn
+        )
+    weights = loss_fn.class_weights
+    history = FitHistory(
+        epochs=tuple(epochs),
+        class_counts=tuple(counts),
+        class_weights=None if weights is None else tuple(float(w) for w in weights),
+        train_indices=tuple(train_idx.tolist()),
+        val_indices=tuple(val_idx.tolist()),
+        final_metrics=final,
+        seconds=seconds,
+    )
+    return model.to_routers().to("cpu", torch.float32), history
