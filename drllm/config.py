@@ -62,8 +62,10 @@ class SearchConf:
     epsilon: float = 0.1
     max_consecutive_skips: int = 2
     max_cost_factor: float = 2.0
+    min_executed: int = 1
     early_stop: bool = True
     early_stop_margin: int = 2
+    success_reward: float = 1.0
     seed: int = 0
     max_new_tokens: int = 64
     stop_strings: List[str] = field(default_factory=list)
@@ -127,8 +129,11 @@ class TrainConf:
     windows: int = 8
     num_workers: int = 1
     use_gpu: Optional[bool] = None
+    cpus_per_worker: Optional[int] = None  # None: the cluster's CPUs split over the workers
+    max_failures: int = 0
     feature_dtype: str = "float16"
     feature_actors: int = 1
+    feature_cpus_per_actor: int = 1
     feature_batch_size: int = 8
 
 
@@ -164,3 +169,73 @@ def build(group: str, factory: Callable[..., T], **kwargs: Any) -> T:
         return factory(**kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid `{group}` config: {err}") from err
+
+
+@dataclass(frozen=True)
+class SearchJobSettings:
+    """The composed search-job config converted into the library's validated frozen configs."""
+
+    model: Any
+    dataset: Any
+    mcts: Any
+    generation: Any
+    pool: Any
+    driver: Any
+    cluster: Any
+    rows_per_shard: int
+    flush_seconds: float
+    shards_subdir: str = "shards"
+
+
+_DRIVER_ONLY_SEARCH_KEYS = ("preset", "max_new_tokens", "stop_strings", "max_concurrent_trees")
+
+
+def search_job_settings(cfg: Any) -> SearchJobSettings:
+    """Validate a composed ``conf/config.yaml`` and build every library config from it.
+
+    Raises:
+        ConfigError: naming the group and key of the first bad value.
+    """
+    from omegaconf import OmegaConf
+
+    from drllm.cluster import ClusterSettings
+    from drllm.data import DatasetConfig
+    from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
+    from drllm.models.loading import ModelSpec
+    from drllm.search import MCTSConfig
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    ds = dict(c["dataset"])
+    for key in ("levels", "data_files"):
+        if ds.get(key) is not None:
+            ds[key] = tuple(ds[key])
+    search, cluster = c["search"], c["cluster"]
+    output = c["output"]
+    if output["rows_per_shard"] < 1:
+        raise ConfigError(f"invalid `output` config: rows_per_shard must be >= 1, got {output['rows_per_shard']}")
+    return SearchJobSettings(
+        model=build("model", ModelSpec, **c["model"]),
+        dataset=build("dataset", DatasetConfig, **ds),
+        mcts=build("search", MCTSConfig.from_mapping, values=search, ignore=_DRIVER_ONLY_SEARCH_KEYS),
+        generation=build(
+            "search", GenerationConfig,
+            max_new_tokens=search["max_new_tokens"], stop_strings=tuple(search["stop_strings"]),
+        ),
+        driver=build("search", DriverConfig, max_concurrent_trees=search["max_concurrent_trees"]),
+        pool=build(
+            "cluster", PoolConfig,
+            num_actors=cluster["num_actors"], num_cpus_per_actor=cluster["num_cpus_per_actor"],
+            use_gpu=cluster["use_gpu"], max_batch_size=cluster["max_batch_size"],
+            batch_wait_ms=cluster["batch_wait_ms"],
+            max_in_flight_per_actor=cluster["max_in_flight_per_actor"],
+            max_restarts=cluster["max_restarts"], namespace=cluster["namespace"],
+        ),
+        cluster=build(
+            "cluster", ClusterSettings,
+            mode=cluster["mode"], address=cluster["address"], num_cpus=cluster["num_cpus"],
+            include_dashboard=cluster["include_dashboard"], namespace=cluster["namespace"],
+        ),
+        rows_per_shard=output["rows_per_shard"],
+        flush_seconds=output["flush_seconds"],
+        shards_subdir=output["dir"],
+    )

@@ -1,0 +1,75 @@
+"""Distributed search: evaluator actors on Ray, the central MCTS driver, metrics, summary.
+
+* :func:`run_search_job` — the main job as one call (actors + driver + shard writer).
+* :class:`SearchDriver` — many concurrent MCTS trees over an :class:`EvaluationPool`.
+* :class:`EvaluationPool` — batching, bounded in-flight calls, requeue and retries over a
+  transport: :class:`RayTransport` (named async Ray actors) or :class:`LocalTransport`.
+* :class:`EvaluatorActor` — one frozen model behind an async request batcher.
+* Backends (:data:`EVALUATORS`): ``"executor"`` (model + executor + graders) and ``"dummy"``.
+
+Importing this package imports neither torch nor ray; they load when a pool starts.
+"""
+
+from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
+from drllm.distributed.dispatch import (
+    CallDone,
+    EvaluationPool,
+    PoolExhaustedError,
+    PoolStats,
+    Transport,
+    is_error_result,
+)
+from drllm.distributed.driver import ListSink, RecordSink, SearchDriver, tree_config, tree_seed
+from drllm.distributed.evaluator import (
+    EVALUATORS,
+    DummyEvaluator,
+    EvalError,
+    Evaluator,
+    EvaluatorContext,
+    EvaluatorInfo,
+    EvaluatorSpec,
+    KeyedBlockReward,
+    WorkerLostError,
+    hash_reward,
+)
+from drllm.distributed.job import executor_spec, run_search_job
+from drllm.distributed.local import LocalTransport
+from drllm.distributed.metrics import SearchMetrics
+from drllm.distributed.pool import ActorResources, RayTransport, create_pool, resolve_resources
+from drllm.distributed.summary import RunSummary
+
+__all__ = [
+    "EVALUATORS",
+    "ActorResources",
+    "CallDone",
+    "DriverConfig",
+    "DummyEvaluator",
+    "EvalError",
+    "EvaluationPool",
+    "Evaluator",
+    "EvaluatorContext",
+    "EvaluatorInfo",
+    "EvaluatorSpec",
+    "GenerationConfig",
+    "KeyedBlockReward",
+    "ListSink",
+    "LocalTransport",
+    "PoolConfig",
+    "PoolExhaustedError",
+    "PoolStats",
+    "RayTransport",
+    "RecordSink",
+    "RunSummary",
+    "SearchDriver",
+    "SearchMetrics",
+    "Transport",
+    "WorkerLostError",
+    "create_pool",
+    "executor_spec",
+    "hash_reward",
+    "is_error_result",
+    "resolve_resources",
+    "run_search_job",
+    "tree_config",
+    "tree_seed",
+]

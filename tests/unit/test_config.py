@@ -58,3 +58,30 @@ def test_wrong_type_names_the_key() -> None:
 def test_train_config_composes_with_required_shards_dir() -> None:
     cfg = _compose(["shards_dir=/tmp/x"], name="train")
     assert cfg.train.epochs == 25 and cfg.train.gamma == 2.0 and cfg.shards_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("search.epsilon=2", "epsilon"),
+        ("search.num_simulations=0", "num_simulations"),
+        ("search.max_new_tokens=0", "max_new_tokens"),
+        ("cluster.max_batch_size=0", "max_batch_size"),
+        ("cluster.mode=cloud", "cluster.mode"),
+        ("dataset.name=nope", "nope"),
+        ("model.dtype=int3", "dtype"),
+    ],
+)
+def test_out_of_range_values_fail_before_anything_starts(override: str, fragment: str) -> None:
+    from drllm.config import ConfigError, search_job_settings
+
+    with pytest.raises(ConfigError, match=fragment):
+        search_job_settings(_compose([override]))
+
+
+def test_default_settings_build() -> None:
+    from drllm.config import search_job_settings
+
+    s = search_job_settings(_compose([]))
+    assert s.mcts.num_simulations == 16 and s.generation.max_new_tokens == 16
+    assert s.dataset.levels == (1,) and s.model.name == "smollm2-135m-instruct"

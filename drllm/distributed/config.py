@@ -1,0 +1,149 @@
+"""Frozen, validated configuration of the distributed search: generation, actor pool, driver.
+
+These mirror the Hydra groups ``search/`` (generation, driver) and ``cluster/`` (pool); the job
+entry point converts the composed config into them, and every value is checked here so a bad
+setting fails before Ray starts an actor.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_real(owner: str, name: str, value: object, minimum: float, *, open_low: bool) -> None:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = value > minimum if open_low else value >= minimum
+    if not ok:
+        bound = f"> {minimum:g}" if open_low else f">= {minimum:g}"
+        raise ValueError(f"{owner}.{name} must be a finite number {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How each evaluation generates along its path (greedy decoding).
+
+    Attributes:
+        max_new_tokens: generated tokens per evaluation at most.
+        stop_strings: generation of a row stops once its text contains one of these.
+    """
+
+    max_new_tokens: int = 64
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_int("GenerationConfig", "max_new_tokens", self.max_new_tokens, 1)
+        if isinstance(self.stop_strings, str):
+            raise ValueError(
+                "GenerationConfig.stop_strings must be a list of strings, not one string "
+                f"({self.stop_strings!r}); write [{self.stop_strings!r}]"
+            )
+        stops = tuple(self.stop_strings)
+        bad = [s for s in stops if not isinstance(s, str) or not s]
+        if bad:
+            raise ValueError(f"GenerationConfig.stop_strings must be non-empty strings, got {bad}")
+        object.__setattr__(self, "stop_strings", stops)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Evaluator actors: how many, their resources, their batching and fault tolerance.
+
+    Attributes:
+        num_actors: evaluator actors. ``None``: one per GPU when GPUs are used, otherwise
+            ``floor(cluster CPUs / num_cpus_per_actor)`` (at least 1).
+        num_cpus_per_actor: CPUs reserved per actor; on CPU this is also the number of torch
+            threads the actor uses (Ray sets ``OMP_NUM_THREADS`` from it).
+        use_gpu: ``None``: use GPUs when the cluster has them; ``True``: require GPUs (fails
+            fast on a CPU-only cluster); ``False``: never ask for GPUs.
+        num_gpus_per_actor: GPUs reserved per actor when GPUs are used (1: one actor per GPU).
+        max_batch_size: requests the actor's batcher merges into one executor call at most,
+            and requests per driver call at most.
+        batch_wait_ms: how long the batcher waits for more requests after the first one
+            arrives before it runs a partial batch (milliseconds).
+        max_in_flight_per_actor: calls (each up to ``max_batch_size`` requests) outstanding per
+            actor; 2 keeps one batch queued while one runs.
+        max_restarts: times Ray restarts a dead actor before it is given up.
+        max_request_retries: times a request whose evaluation raised is retried before it is
+            recorded as reward 0 with the error as reason.
+        namespace: Ray namespace of the named actors.
+        name_prefix: actors are named ``{name_prefix}-{index}``.
+    """
+
+    num_actors: Optional[int] = None
+    num_cpus_per_actor: float = 1
+    use_gpu: Optional[bool] = None
+    num_gpus_per_actor: float = 1.0
+    max_batch_size: int = 16
+    batch_wait_ms: float = 5.0
+    max_in_flight_per_actor: int = 2
+    max_restarts: int = 3
+    max_request_retries: int = 2
+    namespace: str = "drllm"
+    name_prefix: str = "drllm-evaluator"
+
+    def __post_init__(self) -> None:
+        owner = "PoolConfig"
+        if self.num_actors is not None:
+            _check_int(owner, "num_actors", self.num_actors, 1)
+        _check_real(owner, "num_cpus_per_actor", self.num_cpus_per_actor, 0.0, open_low=False)
+        _check_real(owner, "num_gpus_per_actor", self.num_gpus_per_actor, 0.0, open_low=True)
+        if self.use_gpu is not None and not isinstance(self.use_gpu, bool):
+            raise ValueError(f"{owner}.use_gpu must be true, false or null, got {self.use_gpu!r}")
+        _check_int(owner, "max_batch_size", self.max_batch_size, 1)
+        _check_real(owner, "batch_wait_ms", self.batch_wait_ms, 0.0, open_low=False)
+        _check_int(owner, "max_in_flight_per_actor", self.max_in_flight_per_actor, 1)
+        _check_int(owner, "max_restarts", self.max_restarts, 0)
+        _check_int(owner, "max_request_retries", self.max_request_retries, 0)
+        for name in ("namespace", "name_prefix"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{owner}.{name} must be a non-empty string, got {value!r}")
+
+    @property
+    def threads_per_actor(self) -> int:
+        """torch threads each CPU actor uses: ``num_cpus_per_actor`` rounded down, at least 1."""
+        return max(1, int(self.num_cpus_per_actor))
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """The central MCTS driver.
+
+    Attributes:
+        max_concurrent_trees: searches (one per example) in progress at once.
+        max_pending_per_tree: paths one tree may have out for evaluation at once. 1 (default)
+            is the paper's sequential MCTS: each tree's search is then independent of timing
+            and batching, so results are reproducible; more trades search quality for
+            parallelism when there are fewer examples than pool slots.
+        seed_per_example: derive each tree's RNG seed from the MCTS seed and the example id
+            (decorrelates trees; stable across resumes). ``False``: every tree uses the seed.
+        poll_interval_s: longest the driver blocks waiting for results before it refreshes
+            the progress bar and flushes due shards (seconds).
+    """
+
+    max_concurrent_trees: int = 64
+    max_pending_per_tree: int = 1
+    seed_per_example: bool = True
+    poll_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_int("DriverConfig", "max_concurrent_trees", self.max_concurrent_trees, 1)
+        _check_int("DriverConfig", "max_pending_per_tree", self.max_pending_per_tree, 1)
+        _check_real("DriverConfig", "poll_interval_s", self.poll_interval_s, 0.0, open_low=True)
+        if not isinstance(self.seed_per_example, bool):
+            raise ValueError(
+                f"DriverConfig.seed_per_example must be a bool, got {self.seed_per_example!r}"
+            )

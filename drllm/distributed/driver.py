@@ -1,0 +1,346 @@
+"""The central MCTS driver: many incremental search trees at once over one evaluation pool.
+
+The driver keeps up to ``max_concurrent_trees`` :class:`~drllm.search.SearchTree` objects (one
+per example), asks them for paths while the pool can take more work, sends the (example, path)
+requests to the :class:`~drllm.distributed.dispatch.EvaluationPool` (which batches them onto
+the evaluator actors with a bounded number in flight), tells each tree its rewards as they
+arrive, and hands every finished search to the record sink (the shard writer) as one
+:class:`~drllm.shards.SupervisionRecord` with its wall time.
+
+With ``max_pending_per_tree=1`` each tree runs exactly the sequential search of
+:func:`drllm.search.run` with its seed, whatever the batching, the number of actors or the
+arrival order, so results are reproducible and a resumed run finds the same paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
+
+from drllm.distributed.config import DriverConfig
+from drllm.distributed.dispatch import EvaluationPool
+from drllm.distributed.metrics import SearchMetrics
+from drllm.distributed.summary import RunSummary
+from drllm.search import MCTSConfig, SearchTree
+from drllm.shards import SupervisionRecord
+from drllm.types import EvalRequest, EvalResult, Example
+
+logger = logging.getLogger(__name__)
+
+RenderFn = Callable[[Example], str]
+"""Example -> the exact prompt text the model is fed (chat template applied)."""
+
+
+class RecordSink(Protocol):
+    """Where finished searches go: a :class:`~drllm.shards.ShardWriter` or any ``add``-able."""
+
+    def add(self, record: SupervisionRecord) -> None: ...
+
+
+class ListSink:
+    """A :class:`RecordSink` that keeps the records in memory (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self.records: list[SupervisionRecord] = []
+
+    def add(self, record: SupervisionRecord) -> None:
+        self.records.append(record)
+
+
+def tree_seed(seed: int, example_id: str) -> int:
+    """Seed of one example's tree: a stable hash of the MCTS seed and the example id."""
+    digest = hashlib.blake2b(f"{seed}|{example_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def tree_config(mcts: MCTSConfig, example_id: str, seed_per_example: bool = True) -> MCTSConfig:
+    """The MCTS config of one example's tree (its own seed when ``seed_per_example``)."""
+    if not seed_per_example:
+        return mcts
+    return dataclasses.replace(mcts, seed=tree_seed(mcts.seed, example_id))
+
+
+@dataclass
+class _Active:
+    example: Example
+    prompt: str
+    tree: SearchTree
+    started: float
+
+
+@dataclass
+class _Totals:
+    searched: int = 0
+    improved: int = 0
+    default_correct: int = 0
+    evaluations: int = 0
+    memo_hits: int = 0
+    layers_saved: int = 0
+    stale_results: int = 0
+
+
+def _validation_error(example: Example) -> Optional[str]:
+    """Why an example cannot be searched (unknown grader, unusable gold), or None."""
+    from drllm.rewards import get_grader
+
+    try:
+        grader = get_grader(example.grader)
+    except KeyError:
+        return "unknown grader"
+    try:
+        grader.validate_gold(example.gold)
+    except ValueError:
+        return "invalid gold"
+    return None
+
+
+class SearchDriver:
+    """Runs the searches of many examples concurrently over a started pool.
+
+    Args:
+        pool: a started :class:`EvaluationPool` (its ``info`` gives L and the model id).
+        mcts: search knobs shared by every tree (each tree gets its own seed, see
+            :func:`tree_config`).
+        config: concurrency and polling.
+        sink: receives one :class:`SupervisionRecord` per finished search.
+        render: example -> prompt text.
+        metrics: optional metrics (examples done / improved, evaluations, memo hits).
+        progress: show a tqdm bar (examples done, improved, evaluations/s).
+    """
+
+    def __init__(
+        self,
+        pool: EvaluationPool,
+        mcts: MCTSConfig,
+        config: DriverConfig,
+        *,
+        sink: RecordSink,
+        render: RenderFn,
+        metrics: Optional[SearchMetrics] = None,
+        progress: bool = False,
+    ) -> None:
+        if pool.info is None:
+            raise ValueError("the pool must be started (EvaluationPool.start()) before driving it")
+        self.pool = pool
+        self.mcts = mcts
+        self.config = config
+        self.sink = sink
+        self.render = render
+        self.metrics = metrics
+        self.progress = progress
+        self.num_layers = pool.info.num_layers
+        self.model_id = pool.info.model_id
+        # Fail now, not on the first tree, if the config cannot search this model.
+        SearchTree(self.num_layers, mcts)
+
+    # ------------------------------------------------------------------ public
+
+    def run(
+        self,
+        examples: Iterable[Example],
+        *,
+        done_keys: Iterable[tuple[str, str]] = (),
+        rejected: Mapping[str, int] | None = None,
+    ) -> RunSummary:
+        """Search every example not already done; returns the run's totals.
+
+        Args:
+            examples: the questions. Duplicate ids are searched once.
+            done_keys: ``(dataset, example_id)`` already written (resume); skipped.
+            rejected: rows the dataset adapter rejected, by reason (counted, never searched).
+        """
+        start = time.perf_counter()
+        examples = list(examples)
+        done = set(done_keys)
+        self._rejected: Counter = Counter(rejected or {})
+        self._totals = _Totals()
+        stats = self.pool.stats
+        self._faults0 = (stats.failed, stats.retries, stats.requeued, stats.lost_calls,
+                         stats.workers_gone)
+        todo, skipped, duplicates = self._plan(examples, done)
+        self._queue: deque[Example] = deque(todo)
+        self._active: dict[str, _Active] = {}
+        self._bar = self._make_bar(len(todo))
+        self._start = start
+        try:
+            self._loop()
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+        return self._summary(len(examples), skipped, duplicates, time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan(
+        self, examples: Sequence[Example], done: set[tuple[str, str]]
+    ) -> tuple[list[Example], int, int]:
+        todo: list[Example] = []
+        seen: set[str] = set()
+        skipped = duplicates = 0
+        for ex in examples:
+            if (ex.dataset, str(ex.id)) in done:
+                skipped += 1
+            elif ex.id in seen:
+                duplicates += 1
+                logger.warning("example id %r appears twice; searching it once", ex.id)
+            else:
+                seen.add(ex.id)
+                reason = _validation_error(ex)
+                if reason is None:
+                    todo.append(ex)
+                else:
+                    self._rejected[reason] += 1
+                    logger.warning("rejecting example %s/%s: %s", ex.dataset, ex.id, reason)
+        logger.info("search plan: %d to search, %d already done, %d duplicate, %d rejected",
+                    len(todo), skipped, duplicates, sum(self._rejected.values()))
+        return todo, skipped, duplicates
+
+    # ------------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        sink_flush = getattr(self.sink, "flush_if_due", None)
+        while self._queue or self._active:
+            self._activate()
+            asked = self._ask()
+            self._finish_done_trees()
+            if self.pool.idle and not asked and self._active:
+                stuck = [a.example.id for a in self._active.values() if not a.tree.done]
+                raise RuntimeError(
+                    f"search stalled: trees {stuck[:5]} are not done, have nothing pending and "
+                    "hand out no path (a SearchTree bug)"
+                )
+            if not self._active:
+                continue
+            results = self.pool.wait(self.config.poll_interval_s)
+            self._tell(results)
+            self._finish_done_trees()
+            if sink_flush is not None:
+                sink_flush()
+            self._refresh_bar()
+
+    def _activate(self) -> None:
+        while self._queue and len(self._active) < self.config.max_concurrent_trees:
+            ex = self._queue.popleft()
+            try:
+                prompt = self.render(ex)
+            except Exception as err:  # noqa: BLE001 - one bad row never stops the run
+                self._rejected["prompt render failed"] += 1
+                logger.warning("rejecting example %s/%s: prompt rendering failed: %s: %s",
+                               ex.dataset, ex.id, type(err).__name__, err)
+                continue
+            cfg = tree_config(self.mcts, ex.id, self.config.seed_per_example)
+            self._active[ex.id] = _Active(ex, prompt, SearchTree(self.num_layers, cfg),
+                                          time.perf_counter())
+
+    def _ask(self) -> int:
+        """Ask trees for paths while the pool wants more work; the number of paths sent."""
+        sent = 0
+        for state in list(self._active.values()):
+            if not self.pool.wants_more:
+                break
+            tree = state.tree
+            want = self.config.max_pending_per_tree - len(tree.pending)
+            if want <= 0 or tree.done:
+                continue
+            ex = state.example
+            paths = tree.ask(want)
+            self.pool.submit([EvalRequest(ex.id, state.prompt, ex.gold, ex.grader, p)
+                              for p in paths])
+            sent += len(paths)
+        if sent:
+            self.pool.dispatch()
+        return sent
+
+    def _tell(self, results: Sequence[EvalResult]) -> None:
+        per_dataset: Counter = Counter()
+        for res in results:
+            state = self._active.get(res.example_id)
+            if state is None or res.path not in state.tree.pending:
+                self._totals.stale_results += 1  # its tree already finished (early stop)
+                continue
+            state.tree.tell(res.path, res.evaluation)
+            per_dataset[state.example.dataset] += 1
+        self._totals.evaluations += sum(per_dataset.values())
+        if self.metrics is not None:
+            for dataset, count in per_dataset.items():
+                self.metrics.evaluations(count, dataset)
+
+    def _finish_done_trees(self) -> None:
+        for example_id in [k for k, a in self._active.items() if a.tree.done]:
+            state = self._active.pop(example_id)
+            self.pool.cancel(example_id)
+            result = state.tree.result()
+            seconds = time.perf_counter() - state.started
+            self.sink.add(SupervisionRecord(
+                example=state.example, result=result, model_id=self.model_id,
+                rendered_prompt=state.prompt, search_seconds=seconds,
+            ))
+            t = self._totals
+            t.searched += 1
+            t.improved += int(result.improved)
+            t.default_correct += int(result.default_reward >= self.mcts.success_reward)
+            t.memo_hits += result.memo_hits
+            t.layers_saved += result.layers_saved
+            if self.metrics is not None:
+                self.metrics.example_done(state.example.dataset, improved=result.improved,
+                                          memo_hits=result.memo_hits)
+            if self._bar is not None:
+                self._bar.update(1)
+            logger.debug("finished %s: best %s reward %.2f (default %.2f), %d evals, %.1f s",
+                         example_id, result.best_path, result.best_reward,
+                         result.default_reward, result.evaluations, seconds)
+
+    # ------------------------------------------------------------------ reporting
+
+    def _make_bar(self, total: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="search", unit="ex", dynamic_ncols=True)
+
+    def _refresh_bar(self) -> None:
+        if self._bar is None:
+            return
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        self._bar.set_postfix(
+            improved=self._totals.improved,
+            evals_s=f"{self._totals.evaluations / elapsed:.2f}",
+            in_flight=self.pool.in_flight,
+            refresh=False,
+        )
+        self._bar.refresh()
+
+    def _summary(self, given: int, skipped: int, duplicates: int, wall: float) -> RunSummary:
+        t, stats = self._totals, self.pool.stats
+        failed, retries, requeued, lost, gone = (now - before for now, before in zip(
+            (stats.failed, stats.retries, stats.requeued, stats.lost_calls, stats.workers_gone),
+            self._faults0))
+        return RunSummary(
+            model_id=self.model_id,
+            num_layers=self.num_layers,
+            num_workers=self.pool.transport.num_workers,
+            examples_given=given,
+            skipped_done=skipped,
+            duplicates=duplicates,
+            rejected=dict(self._rejected),
+            searched=t.searched,
+            improved=t.improved,
+            default_correct=t.default_correct,
+            evaluations=t.evaluations,
+            memo_hits=t.memo_hits,
+            failed_evaluations=failed,
+            retries=retries,
+            requeued=requeued,
+            lost_calls=lost,
+            workers_gone=gone,
+            mean_layers_saved=t.layers_saved / t.searched if t.searched else 0.0,
+            mean_batch_size=stats.mean_batch_size,
+            wall_seconds=wall,
+            evals_per_s=t.evaluations / wall if wall > 0 else 0.0,
+        )

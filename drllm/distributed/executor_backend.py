@@ -1,0 +1,200 @@
+"""The real evaluation backend: one frozen model, the edited-path executor and the graders.
+
+Registered as ``"executor"`` in :data:`drllm.distributed.evaluator.EVALUATORS`. Each evaluator
+actor builds one :class:`ExecutorEvaluator` (loading the model once), then evaluates batches of
+(example, path) requests: the rows of a batch carry their own paths and run in one executor
+call; each response is graded with the example's grader. Tokenized prompts are cached per
+example, since a search evaluates the same prompt along many paths.
+
+torch and transformers are imported lazily so that importing this module (to register the
+backend) stays cheap in the driver process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from collections import OrderedDict
+from typing import Any, Callable, Optional, Sequence
+
+from drllm.distributed.config import GenerationConfig
+from drllm.distributed.evaluator import EVALUATORS, Evaluator, EvaluatorContext, EvaluatorInfo
+from drllm.paths import DEFAULT_CONSTRAINTS, Path, PathConstraints
+from drllm.types import EvalRequest, Evaluation
+
+logger = logging.getLogger(__name__)
+
+ModelLoader = Callable[[], Any]
+"""Zero-argument, picklable callable returning a ``drllm.models.loading.LoadedModel``."""
+
+
+@dataclass(frozen=True)
+class TinyModelLoader:
+    """Picklable loader of a tiny random model (:mod:`drllm.models.tiny`) for dry runs and tests.
+
+    Pass as ``EvaluatorSpec("executor", {"loader": TinyModelLoader(...)})``; every actor builds
+    the same seeded weights.
+    """
+
+    model_type: str = "llama"
+    num_layers: int = 4
+    hidden_size: int = 64
+    seed: int = 0
+
+    def __call__(self) -> Any:
+        from drllm.models.loading import LoadedModel
+        from drllm.models.tiny import tiny_model, tiny_tokenizer
+
+        model = tiny_model(self.model_type, self.num_layers, self.hidden_size, self.seed)
+        return LoadedModel(
+            model=model, tokenizer=tiny_tokenizer(),
+            model_id=f"tiny-{self.model_type}-L{self.num_layers}-d{self.hidden_size}-s{self.seed}",
+            num_layers=self.num_layers, hidden_size=self.hidden_size, model_type=self.model_type,
+        )
+
+
+def _model_device(model: Any) -> str:
+    try:
+        return str(next(model.parameters()).device)
+    except (StopIteration, AttributeError):
+        return "cpu"
+
+
+@EVALUATORS.register("executor")
+class ExecutorEvaluator(Evaluator):
+    """Generate greedily along each request's path with :class:`PathExecutor` and grade it.
+
+    Args:
+        model: a frozen HF causal LM the executor can drive.
+        tokenizer: its tokenizer.
+        model_id: id reported in :class:`EvaluatorInfo` and written to shards.
+        generation: max new tokens and stop strings.
+        constraints: path rules the executor enforces; give the search's
+            (``MCTSConfig.constraints``) so every path the search proposes is accepted.
+        prompt_cache_size: tokenized prompts kept (one per example, least recently used out).
+    """
+
+    name = "executor"
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        model_id: str,
+        generation: GenerationConfig = GenerationConfig(),
+        constraints: PathConstraints = DEFAULT_CONSTRAINTS,
+        prompt_cache_size: int = 4096,
+    ) -> None:
+        from drllm.models.executor import PathExecutor
+
+        if not isinstance(generation, GenerationConfig):
+            raise TypeError(
+                f"generation must be a GenerationConfig, got {type(generation).__name__}"
+            )
+        if prompt_cache_size < 1:
+            raise ValueError(f"prompt_cache_size must be >= 1, got {prompt_cache_size}")
+        self.executor = PathExecutor(model, tokenizer, constraints)
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self.generation = generation
+        self._device = _model_device(model)
+        self._cache_size = prompt_cache_size
+        self._prompt_ids: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    @classmethod
+    def from_options(
+        cls,
+        context: EvaluatorContext,
+        *,
+        model_spec: Any = None,
+        loader: Optional[ModelLoader] = None,
+        generation: GenerationConfig = GenerationConfig(),
+        constraints: PathConstraints = DEFAULT_CONSTRAINTS,
+        prompt_cache_size: int = 4096,
+    ) -> "ExecutorEvaluator":
+        """Load the model inside the worker.
+
+        Args:
+            context: the worker; ``context.device`` (``"cuda"`` on a GPU actor) overrides the
+                spec's device, ``context.num_threads`` sets torch's intra-op threads.
+            model_spec: a ``drllm.models.loading.ModelSpec`` (exactly one of ``model_spec``
+                and ``loader``).
+            loader: zero-argument callable returning a ``LoadedModel`` (tests: tiny models).
+            generation: max new tokens and stop strings.
+            constraints: path rules (the search's).
+            prompt_cache_size: tokenized prompts kept.
+        """
+        import torch
+
+        if (model_spec is None) == (loader is None):
+            raise ValueError("executor backend: give exactly one of model_spec and loader")
+        if context.num_threads is not None:
+            torch.set_num_threads(context.num_threads)
+        if model_spec is not None:
+            from drllm.models.loading import load_model
+
+            if context.device is not None and context.device != model_spec.device:
+                logger.info("worker %d: loading on %s (spec said %s)",
+                            context.worker_index, context.device, model_spec.device)
+                model_spec = dataclasses.replace(model_spec, device=context.device)
+            loaded = load_model(model_spec)
+        else:
+            loaded = loader()
+        logger.info("worker %d: loaded %s (L=%d) on %s", context.worker_index, loaded.model_id,
+                    loaded.num_layers, _model_device(loaded.model))
+        return cls(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
+                   generation=generation, constraints=constraints,
+                   prompt_cache_size=prompt_cache_size)
+
+    @property
+    def info(self) -> EvaluatorInfo:
+        return EvaluatorInfo(self.name, self.model_id, self.executor.num_layers, self._device)
+
+    def _token_ids(self, request: EvalRequest) -> list[int]:
+        """Token ids of the request's rendered prompt, cached per example id."""
+        hit = self._prompt_ids.get(request.example_id)
+        if hit is not None and hit[0] == request.prompt:
+            self._prompt_ids.move_to_end(request.example_id)
+            self.cache_hits += 1
+            return hit[1]
+        self.cache_misses += 1
+        ids = self.executor.encode([request.prompt])[0]
+        self._prompt_ids[request.example_id] = (request.prompt, ids)
+        if len(self._prompt_ids) > self._cache_size:
+            self._prompt_ids.popitem(last=False)
+        return ids
+
+    def evaluate(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
+        """One executor call for the whole batch (rows with different paths), then grading.
+
+        ``layers_executed`` is the executor's count: blocks executed summed over every forward
+        pass of the row (prefill plus each generated token).
+        """
+        from drllm.rewards import get_grader
+
+        if not requests:
+            return []
+        prompts = [self._token_ids(r) for r in requests]
+        paths = [Path(r.path) for r in requests]
+        generations = self.executor.generate(
+            prompts, paths,
+            max_new_tokens=self.generation.max_new_tokens,
+            stop_strings=self.generation.stop_strings,
+        )
+        results = []
+        for request, gen in zip(requests, generations, strict=True):
+            grade = get_grader(request.grader).grade(gen.text, request.gold)
+            results.append(Evaluation(
+                reward=float(grade.reward),
+                response=gen.text,
+                layers_executed=int(gen.layers_executed),
+                reason=grade.reason,
+            ))
+        return results
+
+    def close(self) -> None:
+        self._prompt_ids.clear()

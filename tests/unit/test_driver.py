@@ -1,0 +1,253 @@
+"""The MCTS driver over an in-process pool (no Ray): golden equivalence with the sequential
+search, known-best bandit paths, batching and bounded in-flight calls, resume, fault handling."""
+
+from __future__ import annotations
+
+import pytest
+
+from drllm.distributed import (
+    DriverConfig,
+    EvaluationPool,
+    EvaluatorSpec,
+    KeyedBlockReward,
+    ListSink,
+    LocalTransport,
+    PoolConfig,
+    PoolExhaustedError,
+    SearchDriver,
+    hash_reward,
+    is_error_result,
+    run_search_job,
+    tree_config,
+)
+from drllm.paths import Path
+from drllm.search import MCTSConfig, run
+from drllm.shards import ShardWriter, read_shards
+from drllm.types import EvalRequest, Evaluation, Example
+
+L = 6
+MCTS = MCTSConfig(num_simulations=12, seed=3)
+
+
+def make_examples(n: int, dataset: str = "toy") -> list[Example]:
+    return [
+        Example(
+            id=f"q{i}", dataset=dataset, split="train", prompt=f"question {i}",
+            messages=({"role": "user", "content": f"question {i}"},), gold="42", grader="exact",
+        )
+        for i in range(n)
+    ]
+
+
+def render(ex: Example) -> str:
+    return f"<user>{ex.prompt}</user>"
+
+
+def make_pool(workers: int = 2, batch: int = 4, in_flight: int = 2, retries: int = 2,
+              restarts: int = 3, **dummy) -> EvaluationPool:
+    spec = EvaluatorSpec("dummy", {"num_layers": L, **dummy})
+    pool = EvaluationPool(LocalTransport(spec, workers, restarts), max_batch_size=batch,
+                          max_in_flight_per_worker=in_flight, max_request_retries=retries)
+    pool.start()
+    return pool
+
+
+def drive(pool: EvaluationPool, examples, mcts=MCTS, trees: int = 16, per_tree: int = 1,
+          **run_kw):
+    sink = ListSink()
+    driver = SearchDriver(pool, mcts, DriverConfig(max_concurrent_trees=trees,
+                                                   max_pending_per_tree=per_tree),
+                          sink=sink, render=render)
+    return driver.run(examples, **run_kw), {r.example.id: r for r in sink.records}
+
+
+def golden(ex: Example, reward_fn=hash_reward, mcts=MCTS):
+    """The sequential search of one example with the same rewards and tree seed."""
+
+    def evaluate(path: Path) -> Evaluation:
+        response = f"{ex.id}:{path.to_str()}"
+        return Evaluation(reward_fn(ex.id, path), response, path.cost * 4, "dummy")
+
+    return run(L, evaluate, tree_config(mcts, ex.id))
+
+
+def test_driver_matches_sequential_search_exactly():
+    examples = make_examples(10)
+    summary, records = drive(make_pool(workers=2, batch=4), examples)
+    assert sorted(records) == sorted(ex.id for ex in examples)
+    for ex in examples:
+        assert records[ex.id].result == golden(ex), ex.id
+        assert records[ex.id].rendered_prompt == render(ex)
+        assert records[ex.id].search_seconds >= 0
+    assert summary.searched == 10
+    assert summary.evaluations == sum(r.result.evaluations for r in records.values())
+    assert summary.memo_hits == sum(r.result.memo_hits for r in records.values())
+    assert summary.improved == sum(r.result.improved for r in records.values())
+    assert summary.failed_evaluations == 0 and summary.requeued == 0
+
+
+def test_tree_seeds_differ_per_example_and_are_stable():
+    a, b = tree_config(MCTS, "q1"), tree_config(MCTS, "q2")
+    assert a.seed != b.seed and a.seed == tree_config(MCTS, "q1").seed
+    assert tree_config(MCTS, "q1", seed_per_example=False) is MCTS
+
+
+def test_bandit_rewards_reach_the_known_best_paths():
+    examples = make_examples(8)
+    key = {ex.id: i % L for i, ex in enumerate(examples)}
+    reward = KeyedBlockReward(key)
+    mcts = MCTSConfig(num_simulations=40, seed=0)
+    summary, records = drive(make_pool(reward_fn=reward), examples, mcts=mcts)
+    for ex in examples:
+        res = records[ex.id].result
+        assert res.default_reward == 0.0
+        assert res.best_reward == 1.0 and res.improved
+        assert res.best_path[key[ex.id]] == 0, (ex.id, res.best_path)
+        assert res.stopped_early  # the default was wrong and a correct path was found
+        assert res == golden(ex, reward, mcts)
+    assert summary.improved == 8 and summary.default_correct == 0
+
+
+def test_requests_are_batched_and_in_flight_calls_bounded():
+    # All-wrong rewards: no early stop, every tree runs its full budget.
+    pool = make_pool(workers=2, batch=4, in_flight=2, reward_fn=lambda eid, path: 0.0)
+    summary, _ = drive(pool, make_examples(24), trees=24)
+    assert summary.evaluations == 24 * MCTS.num_simulations
+    transport = pool.transport
+    sizes = [n for _, n in transport.call_log]
+    assert max(sizes) == 4 and all(1 <= n <= 4 for n in sizes)
+    assert summary.mean_batch_size > 3.5
+    assert max(transport.max_outstanding) == 2
+    assert pool.stats.max_in_flight_calls == 2
+    assert {w for w, _ in transport.call_log} == {0, 1}
+    assert pool.idle
+
+
+def test_resume_skips_done_examples_and_counts_them():
+    examples = make_examples(6)
+    done = {("toy", "q0"), ("toy", "q3"), ("other", "q1")}
+    summary, records = drive(make_pool(), examples, done_keys=done)
+    assert sorted(records) == ["q1", "q2", "q4", "q5"]
+    assert summary.skipped_done == 2 and summary.searched == 4
+
+
+def test_invalid_rows_are_counted_and_never_stop_the_run():
+    good = make_examples(3)
+    bad_grader = Example("b1", "toy", "train", "x", (), "1", "no_such_grader")
+    bad_gold = Example("b2", "toy", "train", "x", (), "Z", "mc_letter")
+    bad_render = Example("boom", "toy", "train", "x", (), "1", "exact")
+
+    def picky_render(ex):
+        if ex.id == "boom":
+            raise ValueError("cannot render")
+        return render(ex)
+
+    sink = ListSink()
+    driver = SearchDriver(make_pool(), MCTS, DriverConfig(), sink=sink, render=picky_render)
+    summary = driver.run([*good, bad_grader, bad_gold, bad_render, good[0]],
+                         rejected={"missing answer": 5})
+    assert sorted(r.example.id for r in sink.records) == ["q0", "q1", "q2"]
+    assert summary.rejected == {"missing answer": 5, "unknown grader": 1, "invalid gold": 1,
+                                "prompt render failed": 1}
+    assert summary.rejected_total == 8 and summary.duplicates == 1
+
+
+def test_backend_errors_are_retried_then_recorded_as_reward_zero():
+    examples = make_examples(4)
+    pool = make_pool(retries=2, fail_example_ids=["q1"])
+    summary, records = drive(pool, examples)
+    assert sorted(records) == ["q0", "q1", "q2", "q3"]
+    res = records["q1"].result
+    assert res.default_reward == 0.0
+    assert res.default_response == ""
+    assert summary.failed_evaluations == res.evaluations > 0
+    assert summary.retries == 2 * summary.failed_evaluations
+    for ex in examples:
+        if ex.id != "q1":
+            assert records[ex.id].result == golden(ex)
+
+
+def test_flaky_backend_errors_recover_with_identical_results():
+    examples = make_examples(5)
+    summary, records = drive(make_pool(workers=1, flaky_example_ids=["q2", "q4"]), examples)
+    assert summary.failed_evaluations == 0 and summary.retries > 0
+    for ex in examples:
+        assert records[ex.id].result == golden(ex)
+
+
+def test_error_results_are_marked():
+    pool = make_pool(workers=1, retries=0, fail_example_ids=["q0"])
+    pool.submit([EvalRequest("q0", "p", "42", "exact", Path.default(L)),
+                 EvalRequest("q1", "p", "42", "exact", Path.default(L))])
+    results = []
+    while not pool.idle:
+        results += pool.wait(0.1)
+    by_id = {r.example_id: r for r in results}
+    assert is_error_result(by_id["q0"]) and not is_error_result(by_id["q1"])
+    assert by_id["q0"].evaluation.reward == 0.0
+    assert "InjectedFault" in by_id["q0"].evaluation.reason
+    assert by_id["q1"].evaluation.reward == hash_reward("q1", Path.default(L))
+    assert pool.stats.failed == 1 and pool.stats.retries == 0
+
+
+def test_dead_worker_requests_are_requeued_and_every_example_written_once():
+    examples = make_examples(12)
+    pool = make_pool(workers=2, batch=3, die_after=5)
+    summary, records = drive(pool, examples)
+    assert sorted(records) == sorted(ex.id for ex in examples)
+    assert summary.requeued > 0 and summary.lost_calls > 0
+    assert pool.transport.restarts == [1, 1] and summary.workers_gone == 0
+    for ex in examples:
+        assert records[ex.id].result == golden(ex)
+
+
+def test_run_fails_cleanly_when_every_worker_is_gone():
+    pool = make_pool(workers=2, restarts=0, die_after=2, die_after_restart=True)
+    with pytest.raises(PoolExhaustedError, match="all 2 evaluator workers died"):
+        drive(pool, make_examples(6))
+
+
+def test_several_paths_per_tree_and_stale_results_after_early_stop():
+    examples = make_examples(6)
+    reward = KeyedBlockReward({ex.id: 2 for ex in examples})
+    mcts = MCTSConfig(num_simulations=30, seed=1)
+    summary, records = drive(make_pool(workers=2, batch=8, reward_fn=reward), examples,
+                             mcts=mcts, per_tree=4)
+    assert sorted(records) == sorted(ex.id for ex in examples)
+    for rec in records.values():
+        assert rec.result.best_reward == 1.0 and rec.result.best_path[2] == 0
+    assert summary.searched == 6
+
+
+def test_run_search_job_in_process_writes_shards_and_resumes(tmp_path):
+    examples = make_examples(7)
+    spec = EvaluatorSpec("dummy", {"num_layers": L})
+    kwargs = dict(render=render, mcts_config=MCTS, evaluator=spec, progress=False,
+                  in_process=True, pool_config=PoolConfig(num_actors=2, max_batch_size=4),
+                  driver_config=DriverConfig(max_concurrent_trees=4))
+
+    def writer(info):
+        return ShardWriter(tmp_path, writer_id="w0", num_layers=info.num_layers,
+                           model_id=info.model_id, config={"test": 1}, rows_per_shard=2)
+
+    first = run_search_job(examples[:4], writer=writer, **kwargs)
+    assert first.searched == 4
+    with ShardWriter(tmp_path, writer_id="w1", num_layers=L, model_id="dummy",
+                     config={"test": 1}) as w:
+        second = run_search_job(examples, writer=w, **kwargs)
+    with ShardWriter(tmp_path, writer_id="w2", num_layers=L, model_id="dummy",
+                     config={"test": 1}) as w:
+        third = run_search_job(examples, writer=w, **kwargs)
+    assert second.searched == 3 and second.skipped_done == 4
+    assert third.searched == 0 and third.skipped_done == 7 and third.num_workers == 0
+    ids = read_shards(tmp_path).column("example_id").to_pylist()
+    assert sorted(ids) == sorted(ex.id for ex in examples)
+
+
+def test_writer_for_another_model_fails_before_searching(tmp_path):
+    spec = EvaluatorSpec("dummy", {"num_layers": L})
+    with ShardWriter(tmp_path, writer_id="w0", num_layers=L + 1, model_id="dummy",
+                     config={}) as w:
+        with pytest.raises(ValueError, match="L=7"):
+            run_search_job(make_examples(2), writer=w, render=render, evaluator=spec,
+                           in_process=True, progress=False)
