@@ -8,10 +8,16 @@ converted copy under ``$DRLLM_CACHE`` (default ``~/.cache/drllm``) and load in a
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Callable
 
 import pytest
+
+# Ray 2.60 enables token auth on new local clusters; every Ray cluster a test starts (the
+# session fixture, subprocess drivers, anything that connects implicitly) runs without it.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT / ".." / "shared" / "data"
