@@ -1,0 +1,386 @@
+"""On-disk router features: one Arrow IPC file per feature pass, described by ``_features.json``.
+
+A features directory holds
+
+* ``features-{digest}.arrow`` -- an uncompressed Arrow IPC file, one row per searched example:
+  ``example_id`` (string), ``dataset`` (string), ``num_tokens`` (int32, prompt tokens),
+  ``labels`` (``fixed_size_list<int8>[L]``, the best-path decisions), ``wmask``
+  (``fixed_size_list<int8>[W]``, valid windows) and ``features``
+  (``fixed_size_list<float16 | float32>[L * W * d]``, the pooled windows entering each block,
+  row-major ``[L, W, d]``);
+* ``_features.json`` -- the cache key the file was computed for, its shape and provenance.
+
+The key is the feature-pass identity: model id (and dtype), the shard files (names, sizes,
+modification times), the shard manifest's digest, ``W`` and the storage dtype. A rerun whose key
+matches reuses the file; any change (a new shard, another model, another ``W``) recomputes it.
+The file is written under a dot-prefixed temporary name and renamed, and ``_features.json`` is
+replaced last, so a crash never leaves a half-written file that looks complete.
+
+Any Arrow reader works on the file (``pyarrow.ipc.open_file``, pandas ``read_feather``);
+:func:`load_features` returns the tensors the training loop consumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import torch
+
+from drllm.shards.layout import MANIFEST_NAME, shard_files
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INFO_NAME = "_features.json"
+FEATURE_DTYPES = {
+    "float16": (pa.float16(), torch.float16),
+    "float32": (pa.float32(), torch.float32),
+}
+
+
+def feature_schema(num_layers: int, windows: int, hidden_size: int, dtype: str) -> pa.Schema:
+    """Arrow schema of a features file for ``L`` blocks, ``W`` windows, width ``d``."""
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"feature dtype must be one of {sorted(FEATURE_DTYPES)}, got {dtype!r}")
+    value_type = FEATURE_DTYPES[dtype][0]
+    width = num_layers * windows * hidden_size
+    return pa.schema(
+        [
+            ("example_id", pa.string()),
+            ("dataset", pa.string()),
+            ("num_tokens", pa.int32()),
+            ("labels", pa.list_(pa.field("element", pa.int8()), num_layers)),
+            ("wmask", pa.list_(pa.field("element", pa.int8()), windows)),
+            ("features", pa.list_(pa.field("element", value_type), width)),
+        ]
+    )
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def shards_fingerprint(shards_dir: str | os.PathLike) -> dict[str, Any]:
+    """Identity of a shard directory's contents: ``files`` (name, size, mtime_ns) and manifest.
+
+    Raises:
+        FileNotFoundError: the directory holds no complete shard.
+    """
+    root = Path(shards_dir)
+    files = shard_files(root)
+    if not files:
+        raise FileNotFoundError(f"no complete shards (shard-*.parquet) in {root}")
+    listed = []
+    for path in files:
+        st = path.stat()
+        listed.append([path.name, st.st_size, st.st_mtime_ns])
+    manifest = root / MANIFEST_NAME
+    digest = _sha256(manifest.read_bytes()) if manifest.is_file() else None
+    return {"files": listed, "manifest_sha256": digest}
+
+
+def feature_key(
+    *,
+    model_id: str,
+    model_dtype: str | None,
+    shards_dir: str | os.PathLike,
+    windows: int,
+    dtype: str,
+) -> dict[str, Any]:
+    """The cache key of a feature pass (see the module docstring)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_id": model_id,
+        "model_dtype": model_dtype,
+        "shards_dir": str(Path(shards_dir).resolve()),
+        "shards": shards_fingerprint(shards_dir),
+        "windows": int(windows),
+        "dtype": dtype,
+    }
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """16 hex digits of SHA-256 over the key's canonical JSON."""
+    return _sha256(json.dumps(key, sort_keys=True).encode("utf-8"))[:16]
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What ``_features.json`` records about a features file.
+
+    Attributes:
+        key: the cache key (see :func:`feature_key`); ``digest`` is its hash.
+        file: file name inside the features directory.
+        rows: examples (one row each).
+        num_layers / windows / hidden_size: ``L``, ``W``, ``d`` of the ``features`` column.
+        dtype: storage dtype of the features.
+        model_id: the frozen model the features were computed with.
+        created: ISO 8601 UTC time of the write.
+        seconds: wall time of the feature pass that wrote the file.
+    """
+
+    key: Mapping[str, Any]
+    digest: str
+    file: str
+    rows: int
+    num_layers: int
+    windows: int
+    hidden_size: int
+    dtype: str
+    model_id: str
+    created: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_info(features_dir: str | os.PathLike) -> FeatureInfo | None:
+    """The directory's :class:`FeatureInfo`, or ``None`` when absent or unreadable."""
+    path = Path(features_dir) / INFO_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return FeatureInfo(**data)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as err:
+        logger.warning("ignoring unreadable %s (%s); features will be recomputed", path, err)
+        return None
+
+
+def find_reusable(features_dir: str | os.PathLike, key: Mapping[str, Any]) -> FeatureInfo | None:
+    """The existing features of ``features_dir`` if they were computed for ``key``."""
+    info = read_info(features_dir)
+    if info is None:
+        return None
+    if info.digest != key_digest(key) or dict(info.key) != dict(key):
+        logger.info("features in %s are stale (key changed); recomputing", features_dir)
+        return None
+    if not (Path(features_dir) / info.file).is_file():
+        logger.warning("%s names %s, which is missing; recomputing", INFO_NAME, info.file)
+        return None
+    return info
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class FeatureFileWriter:
+    """Streams Arrow batches into a new features file; :meth:`commit` publishes it.
+
+    Args:
+        features_dir: output directory (created if missing).
+        key: the cache key the file is computed for.
+        num_layers / windows / hidden_size / dtype: shape and storage dtype of the rows.
+        model_id: the model the features come from (recorded in ``_features.json``).
+
+    Use as a context manager: leaving the block without :meth:`commit` (an error) deletes the
+    temporary file and leaves the previous features untouched.
+    """
+
+    def __init__(
+        self,
+        features_dir: str | os.PathLike,
+        key: Mapping[str, Any],
+        *,
+        num_layers: int,
+        windows: int,
+        hidden_size: int,
+        dtype: str,
+        model_id: str,
+    ) -> None:
+        self.dir = Path(features_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.key, self.digest = dict(key), key_digest(key)
+        self.schema = feature_schema(num_layers, windows, hidden_size, dtype)
+        self.shape = (num_layers, windows, hidden_size)
+        self.dtype, self.model_id = dtype, model_id
+        self.name = f"features-{self.digest}.arrow"
+        self.tmp = self.dir / f".{self.name}.inprogress-{os.getpid()}"
+        self.rows = 0
+        self._start = time.perf_counter()
+        self._writer = ipc.new_file(str(self.tmp), self.schema)
+        self._open = True
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            self._writer.close()
+
+    def write(self, table: pa.Table | pa.RecordBatch) -> None:
+        """Append rows (their schema must equal :func:`feature_schema`)."""
+        if not table.schema.equals(self.schema):
+            raise ValueError(
+                f"feature batch schema does not match the file:\n{table.schema}\nexpected\n"
+                f"{self.schema}"
+            )
+        if isinstance(table, pa.Table):
+            self._writer.write_table(table)
+        else:
+            self._writer.write_batch(table)
+        self.rows += table.num_rows
+
+    def commit(self) -> FeatureInfo:
+        """Close, rename into place, write ``_features.json`` and drop stale feature files."""
+        self._close()
+        if self.rows == 0:
+            raise ValueError("the feature pass produced no rows; nothing to commit")
+        final = self.dir / self.name
+        os.replace(self.tmp, final)
+        num_layers, windows, hidden_size = self.shape
+        info = FeatureInfo(
+            key=self.key, digest=self.digest, file=self.name, rows=self.rows,
+            num_layers=num_layers, windows=windows, hidden_size=hidden_size, dtype=self.dtype,
+            model_id=self.model_id,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            seconds=time.perf_counter() - self._start,
+        )
+        _atomic_write_text(self.dir / INFO_NAME, json.dumps(info.to_dict(), indent=2) + "\n")
+        for stale in self.dir.glob("features-*.arrow"):
+            if stale.name != self.name:
+                stale.unlink()
+        logger.info("wrote %d feature rows to %s", self.rows, final)
+        return info
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        try:
+            self._close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "FeatureFileWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None or self.tmp.exists():
+            self.abort()
+
+
+@dataclass(frozen=True)
+class FeatureData:
+    """Router features in memory.
+
+    Attributes:
+        features: ``[N, L, W, d]`` pooled windows (storage dtype), or ``None`` when loaded
+            without them (``with_features=False``).
+        wmask: ``[N, W]`` bool valid windows.
+        labels: ``[N, L]`` int64 best-path decisions.
+        example_ids / datasets: per-row ids and dataset names.
+        num_tokens: ``[N]`` int64 prompt lengths (tokens).
+        info: the directory's :class:`FeatureInfo`.
+    """
+
+    features: torch.Tensor | None
+    wmask: torch.Tensor
+    labels: torch.Tensor
+    example_ids: tuple[str, ...]
+    datasets: tuple[str, ...]
+    num_tokens: torch.Tensor
+    info: FeatureInfo
+
+
+def _fixed_rows(column: pa.ChunkedArray, width: int, dtype: Any) -> np.ndarray:
+    """``[N, width]`` numpy copy (owning its memory) of a fixed-size-list column."""
+    parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    if len(parts) == 1:
+        flat = np.array(parts[0], dtype=dtype, copy=True)
+    else:
+        flat = np.concatenate(parts).astype(dtype, copy=False)
+    return flat.reshape(-1, width)
+
+
+def load_features(
+    features_dir: str | os.PathLike, *, with_features: bool = True
+) -> FeatureData:
+    """Read the committed features of ``features_dir`` (memory-mapped, then copied to torch).
+
+    Args:
+        with_features: also load the ``[N, L, W, d]`` features (False: labels, masks and ids
+            only, which reads a few bytes per row).
+
+    Raises:
+        FileNotFoundError: no committed features in the directory.
+    """
+    root = Path(features_dir)
+    info = read_info(root)
+    if info is None or not (root / info.file).is_file():
+        raise FileNotFoundError(
+            f"no committed features in {root} (missing {INFO_NAME} or its file); run the "
+            "feature pass (drllm.routers.features.run_feature_pass) first"
+        )
+    columns = ["example_id", "dataset", "num_tokens", "labels", "wmask"]
+    if with_features:
+        columns.append("features")
+    with pa.memory_map(str(root / info.file)) as source:
+        table = ipc.open_file(source).read_all().select(columns)
+        L, W, d = info.num_layers, info.windows, info.hidden_size
+        labels = torch.from_numpy(_fixed_rows(table.column("labels"), L, np.int64))
+        wmask = torch.from_numpy(_fixed_rows(table.column("wmask"), W, np.bool_))
+        features = None
+        if with_features:
+            np_dtype = np.float16 if info.dtype == "float16" else np.float32
+            flat = _fixed_rows(table.column("features"), L * W * d, np_dtype)
+            features = torch.from_numpy(flat).view(-1, L, W, d)
+        ids = tuple(table.column("example_id").to_pylist())
+        datasets = tuple(table.column("dataset").to_pylist())
+        tokens = torch.from_numpy(table.column("num_tokens").to_numpy().astype(np.int64))
+    return FeatureData(features, wmask, labels, ids, datasets, tokens, info)
+
+
+def feature_table(
+    *,
+    example_ids: Sequence[str],
+    datasets: Sequence[str],
+    num_tokens: Sequence[int],
+    labels: np.ndarray,
+    wmask: np.ndarray,
+    features: np.ndarray,
+    dtype: str,
+) -> pa.Table:
+    """A features table from numpy arrays (``labels [B, L]``, ``wmask [B, W]``,
+    ``features [B, L, W, d]``), cast to the storage ``dtype``.
+
+    Raises:
+        ValueError: a feature is not finite after the cast (fp16 overflow: use float32).
+    """
+    batch, num_layers, windows, hidden_size = features.shape
+    np_dtype = np.float16 if dtype == "float16" else np.float32
+    stored = np.ascontiguousarray(features, dtype=np_dtype)
+    if not np.isfinite(stored).all():
+        raise ValueError(
+            f"pooled features are not finite in {dtype} (hidden states exceed its range); "
+            "store them as float32 (train.feature_dtype=float32)"
+        )
+    schema = feature_schema(num_layers, windows, hidden_size, dtype)
+
+    def fixed(name: str, values: np.ndarray) -> pa.FixedSizeListArray:
+        return pa.FixedSizeListArray.from_arrays(
+            pa.array(values.reshape(-1)), type=schema.field(name).type
+        )
+
+    return pa.Table.from_arrays(
+        [
+            pa.array(list(example_ids), pa.string()),
+            pa.array(list(datasets), pa.string()),
+            pa.array(np.asarray(num_tokens, dtype=np.int32)),
+            fixed("labels", np.asarray(labels, dtype=np.int8)),
+            fixed("wmask", np.asarray(wmask, dtype=np.int8)),
+            fixed("features", stored),
+        ],
+        schema=schema,
+    )

@@ -1,0 +1,386 @@
+"""The feature pass: pooled hidden states entering every block along each example's best path.
+
+Router ``i`` is trained on the states that enter block ``i`` when the frozen model runs the
+example's prompt along its MCTS best path (teacher forcing: block ``i`` sees the states the
+*labeled* path produces, never those of router predictions). This module computes them once, so
+router training never runs the LLM:
+
+* :func:`extract_features` -- one cacheless prefill of a batch along fixed per-row paths; the
+  executor's block hook pools (:func:`~drllm.routers.module.window_pool`, ``W`` windows, padding
+  excluded) the states entering every block: ``[B, L, W, d]`` plus the window mask ``[B, W]``;
+* :class:`FeatureExtractor` -- the Ray Data callable class: loads the model once per actor and
+  maps shard rows (``rendered_prompt``, ``best_path``) to feature rows;
+* :func:`run_feature_pass` -- reads the shards with ``ray.data.read_parquet``, maps them through
+  a fixed-size actor pool (``ActorPoolStrategy``), and streams the rows into a features file
+  (:mod:`drllm.routers.feature_store`); a rerun with the same key reuses the file.
+
+Prompts are the shards' ``rendered_prompt`` (chat template already applied), tokenized by
+:meth:`PathExecutor.encode`, which adds no special tokens (the template wrote them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from drllm.models.loading import LoadedModel, ModelSpec
+from drllm.paths import PathConstraints
+from drllm.routers.feature_store import (
+    FEATURE_DTYPES,
+    FeatureFileWriter,
+    FeatureInfo,
+    feature_key,
+    feature_table,
+    find_reusable,
+)
+from drllm.routers.module import DEFAULT_WINDOWS, window_pool
+
+logger = logging.getLogger(__name__)
+
+ModelSource = Union[ModelSpec, Callable[[], LoadedModel]]
+"""A :class:`ModelSpec`, or a picklable zero-argument callable returning a ``LoadedModel``."""
+
+SHARD_COLUMNS = ("example_id", "dataset", "rendered_prompt", "best_path")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How the feature pass runs.
+
+    Attributes:
+        windows: W, pooling windows per prompt (clamped per row by its length).
+        dtype: storage dtype of the features, ``float16`` or ``float32``.
+        batch_size: shard rows per model call (one left-padded prefill).
+        num_actors: size of the Ray Data actor pool (one model copy each).
+        num_cpus_per_actor: CPUs (and torch threads) per CPU actor.
+        use_gpu: one GPU per actor; ``None`` uses GPUs when the cluster has them.
+    """
+
+    windows: int = DEFAULT_WINDOWS
+    dtype: str = "float16"
+    batch_size: int = 8
+    num_actors: int = 1
+    num_cpus_per_actor: int = 1
+    use_gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FEATURE_DTYPES:
+            raise ValueError(
+                f"FeatureConfig.dtype must be one of {sorted(FEATURE_DTYPES)}, got {self.dtype!r}"
+            )
+        for name in ("windows", "batch_size", "num_actors", "num_cpus_per_actor"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"FeatureConfig.{name} must be a positive int, got {value!r}")
+
+
+def permissive_constraints(num_layers: int) -> PathConstraints:
+    """Constraints that accept every well-formed path of ``L`` blocks (labels are data)."""
+    return PathConstraints(max_consecutive_skips=num_layers, max_cost_factor=2.0, min_executed=0)
+
+
+def left_pad(
+    token_ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids [B, T], attention_mask [B, T])``, left-padded to the longest row."""
+    if not token_ids or any(len(seq) == 0 for seq in token_ids):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(seq) for seq in token_ids)
+    input_ids = torch.full((len(token_ids), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(token_ids), width), dtype=torch.long)
+    for row, seq in enumerate(token_ids):
+        input_ids[row, width - len(seq):] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, width - len(seq):] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def extract_features(
+    executor: Any,
+    token_ids: Sequence[Sequence[int]],
+    paths: Sequence[Sequence[int]],
+    windows: int = DEFAULT_WINDOWS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced router features of a batch.
+
+    Args:
+        executor: a :class:`~drllm.models.executor.PathExecutor` of the frozen model; its
+            constraints must accept ``paths``.
+        token_ids: prompt token ids per row (any lengths; left-padded here).
+        paths: one path of ``L`` decisions per row (the labels).
+        windows: W.
+
+    Returns:
+        ``(features [B, L, W, d] float32 on CPU, wmask [B, W] bool)``: ``features[b, i]`` is
+        ``window_pool`` of the states entering block ``i`` when row ``b`` runs along
+        ``paths[b]``.
+    """
+    input_ids, mask = left_pad(token_ids, executor.pad_token_id, executor.device)
+    num_layers = executor.num_layers
+    pooled: list[torch.Tensor | None] = [None] * num_layers
+    wmasks: list[torch.Tensor] = []
+
+    def hook(block: int, hidden: torch.Tensor, hook_mask: torch.Tensor) -> None:
+        pooled[block], wmask = window_pool(hidden, hook_mask, windows)
+        wmasks.append(wmask)
+        return None
+
+    executor.prefill_states(input_ids, mask, paths=list(paths), block_hook=hook)
+    missing = [i for i, p in enumerate(pooled) if p is None]
+    assert not missing, f"block hook not called for blocks {missing}"
+    features = torch.stack(pooled, dim=1).cpu()  # type: ignore[arg-type]
+    return features, wmasks[0].cpu()
+
+
+def label_array(best_paths: pa.ChunkedArray | pa.Array, num_layers: int) -> np.ndarray:
+    """``[N, L]`` int8 decisions of a ``best_path`` column (fixed-size lists)."""
+    column = best_paths.combine_chunks() if isinstance(best_paths, pa.ChunkedArray) else best_paths
+    return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, num_layers)
+
+
+def _load(model: ModelSource, device: str | None) -> LoadedModel:
+    if isinstance(model, ModelSpec):
+        from drllm.models.loading import load_model
+
+        if device is not None and device != model.device:
+            model = dataclasses.replace(model, device=device)
+        return load_model(model)
+    loaded = model()
+    if device is not None:
+        loaded.model.to(device)
+    return loaded
+
+
+class FeatureExtractor:
+    """Ray Data callable class: one frozen model per actor, shard rows in, feature rows out.
+
+    Args:
+        model: the frozen model (spec or loader), loaded once in ``__init__``.
+        windows / dtype: W and the storage dtype.
+        expected_model_id / expected_num_layers: what the shards were searched with; a loaded
+            model that differs raises ``ValueError`` before any row is processed.
+        num_threads: torch intra-op threads (CPU actors: their CPU share).
+        device: ``"cuda"`` on a GPU actor, else ``None`` (the spec's device).
+    """
+
+    def __init__(
+        self,
+        model: ModelSource,
+        *,
+        windows: int = DEFAULT_WINDOWS,
+        dtype: str = "float16",
+        expected_model_id: str | None = None,
+        expected_num_layers: int | None = None,
+        num_threads: int | None = None,
+        device: str | None = None,
+    ) -> None:
+        from drllm.models.executor import PathExecutor
+
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        loaded = _load(model, device)
+        if expected_model_id is not None and loaded.model_id != expected_model_id:
+            raise ValueError(
+                f"the shards were searched with model {expected_model_id!r} but the feature pass "
+                f"loaded {loaded.model_id!r}; pass the search's model (model.name=...)"
+            )
+        if expected_num_layers is not None and loaded.num_layers != expected_num_layers:
+            raise ValueError(
+                f"the shards hold paths of L={expected_num_layers} blocks but model "
+                f"{loaded.model_id!r} has {loaded.num_layers}"
+            )
+        self.model_id = loaded.model_id
+        self.windows, self.dtype = windows, dtype
+        self.executor = PathExecutor(
+            loaded.model, loaded.tokenizer, permissive_constraints(loaded.num_layers)
+        )
+        logger.info("feature extractor ready: %s (L=%d, d=%d) on %s", loaded.model_id,
+                    loaded.num_layers, loaded.hidden_size, self.executor.device)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Shard rows (:data:`SHARD_COLUMNS`) -> feature rows (``feature_schema``)."""
+        num_layers = self.executor.num_layers
+        paths = label_array(batch.column("best_path"), num_layers)
+        prompts = [str(p) for p in batch.column("rendered_prompt").to_pylist()]
+        token_ids = self.executor.encode(prompts)
+        features, wmask = extract_features(self.executor, token_ids, paths.tolist(), self.windows)
+        return feature_table(
+            example_ids=[str(x) for x in batch.column("example_id").to_pylist()],
+            datasets=[str(x) for x in batch.column("dataset").to_pylist()],
+            num_tokens=[len(t) for t in token_ids],
+            labels=paths,
+            wmask=wmask.numpy(),
+            features=features.numpy(),
+            dtype=self.dtype,
+        )
+
+
+@dataclass(frozen=True)
+class ShardsIdentity:
+    """Model id, ``L`` and row count of a shard directory, from the files' metadata."""
+
+    files: tuple[FsPath, ...]
+    model_id: str
+    num_layers: int
+    rows: int
+
+
+def shards_identity(shards_dir: str | FsPath) -> ShardsIdentity:
+    """Read every shard footer; the shards must agree on the model and ``L``."""
+    from drllm.shards import read_shard_metadata, shard_files
+
+    files = tuple(shard_files(shards_dir))
+    if not files:
+        raise FileNotFoundError(f"no complete shards (shard-*.parquet) in {shards_dir}")
+    metas = [read_shard_metadata(f) for f in files]
+    for meta, path in zip(metas, files):
+        if (meta["model_id"], meta["num_layers"]) != (metas[0]["model_id"], metas[0]["num_layers"]):
+            raise ValueError(
+                f"{path} holds model {meta['model_id']!r} (L={meta['num_layers']}) but "
+                f"{files[0]} holds {metas[0]['model_id']!r} (L={metas[0]['num_layers']})"
+            )
+    return ShardsIdentity(files, metas[0]["model_id"], metas[0]["num_layers"],
+                          sum(m["rows"] for m in metas))
+
+
+def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: ShardsIdentity) -> Any:
+    """``ds.map_batches`` through a fixed-size pool of :class:`FeatureExtractor` actors."""
+    import ray
+
+    from drllm.cluster import cluster_gpus
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_gpus() > 0
+    resources = {"num_gpus": 1} if use_gpu else {"num_cpus": cfg.num_cpus_per_actor}
+    return ds.map_batches(
+        FeatureExtractor,
+        fn_constructor_kwargs={
+            "model": model, "windows": cfg.windows, "dtype": cfg.dtype,
+            "expected_model_id": ident.model_id, "expected_num_layers": ident.num_layers,
+            "num_threads": None if use_gpu else cfg.num_cpus_per_actor,
+            "device": "cuda" if use_gpu else None,
+        },
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        udf_modifying_row_count=False,
+        **resources,
+    )
+
+
+def run_feature_pass(
+    shards_dir: str | FsPath,
+    features_dir: str | FsPath,
+    model: ModelSource,
+    cfg: FeatureConfig = FeatureConfig(),
+    *,
+    progress: bool = True,
+    force: bool = False,
+    in_process: bool = False,
+) -> FeatureInfo:
+    """Compute (or reuse) the router features of every row of ``shards_dir``.
+
+    Ray must be connected (:func:`drllm.cluster.connect`) unless ``in_process``. The pass runs
+    to completion before returning, so its actors release their CPUs / GPUs before training
+    starts.
+
+    Args:
+        shards_dir: supervision shards of one model.
+        features_dir: where the features file and ``_features.json`` go.
+        model: the model the shards were searched with (its id is checked by each actor).
+        cfg: windows, dtype, batch size, actor pool.
+        progress: show a progress bar over rows.
+        force: recompute even when the existing features match the key.
+        in_process: run one :class:`FeatureExtractor` in this process, without Ray (small
+            runs, notebooks, tests).
+
+    Returns:
+        The :class:`FeatureInfo` of the (new or reused) features.
+    """
+    import ray
+
+    ident = shards_identity(shards_dir)
+    key = feature_key(
+        model_id=ident.model_id,
+        model_dtype=model.dtype if isinstance(model, ModelSpec) else None,
+        shards_dir=shards_dir, windows=cfg.windows, dtype=cfg.dtype,
+    )
+    reused = None if force else find_reusable(features_dir, key)
+    if reused is not None:
+        logger.info("reusing %d feature rows in %s (same shards, model, W, dtype)",
+                    reused.rows, features_dir)
+        return reused
+    logger.info("feature pass: %d rows of %s, %s, W=%d, %s", ident.rows, shards_dir,
+                "in process" if in_process else f"{cfg.num_actors} actor(s)", cfg.windows,
+                cfg.dtype)
+    if in_process:
+        return _write_stream(_local_batches(model, cfg, ident), features_dir, key, ident, cfg,
+                             progress)
+    if not ray.is_initialized():
+        raise RuntimeError("the feature pass needs Ray: call drllm.cluster.connect(...) first, "
+                           "or pass in_process=True")
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars
+    context.enable_progress_bars = progress  # Ray Data's own bars; ours counts rows
+    try:
+        ds = ray.data.read_parquet([str(f) for f in ident.files], columns=list(SHARD_COLUMNS))
+        batches = _map_features(ds, model, cfg, ident).iter_batches(
+            batch_size=None, batch_format="pyarrow")
+        return _write_stream(batches, features_dir, key, ident, cfg, progress)
+    finally:
+        context.enable_progress_bars = saved
+
+
+def _local_batches(
+    model: ModelSource, cfg: FeatureConfig, ident: ShardsIdentity
+) -> Iterator[pa.Table]:
+    """Feature tables computed in this process by one :class:`FeatureExtractor`."""
+    import pyarrow.parquet as pq
+
+    extractor = FeatureExtractor(
+        model, windows=cfg.windows, dtype=cfg.dtype, expected_model_id=ident.model_id,
+        expected_num_layers=ident.num_layers,
+    )
+    for path in ident.files:
+        table = pq.read_table(path, columns=list(SHARD_COLUMNS))
+        for start in range(0, table.num_rows, cfg.batch_size):
+            yield extractor(table.slice(start, cfg.batch_size))
+
+
+def _write_stream(
+    batches: Iterable[pa.Table], features_dir: str | FsPath, key: dict[str, Any],
+    ident: ShardsIdentity, cfg: FeatureConfig, progress: bool,
+) -> FeatureInfo:
+    """Stream feature tables into a features file and commit it."""
+    from tqdm.auto import tqdm
+
+    writer: FeatureFileWriter | None = None
+    bar = tqdm(total=ident.rows, desc="features", unit="row", disable=not progress)
+    try:
+        for table in batches:
+            if writer is None:
+                width = table.schema.field("features").type.list_size
+                writer = FeatureFileWriter(
+                    features_dir, key, num_layers=ident.num_layers, windows=cfg.windows,
+                    hidden_size=width // (ident.num_layers * cfg.windows), dtype=cfg.dtype,
+                    model_id=ident.model_id,
+                )
+            writer.write(table)
+            bar.update(table.num_rows)
+        if writer is None:
+            raise ValueError(f"the shards of {ident.files[0].parent} produced no feature rows")
+        if writer.rows != ident.rows:
+            raise RuntimeError(f"feature pass wrote {writer.rows} rows for {ident.rows} shard rows")
+        return writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()

@@ -1,0 +1,351 @@
+"""The router-training job: feature pass, then a Ray Train ``TorchTrainer`` fit, then a checkpoint.
+
+``python -m drllm.jobs.train`` (Hydra) only converts its config with :func:`train_job_settings`
+and calls :func:`run_train_job`:
+
+1. :func:`~drllm.routers.features.run_feature_pass` runs to completion first (Ray Data actor
+   pool; reused when the shards, model, ``W`` and dtype are unchanged), so its actors have
+   released their CPUs before training asks for them -- the pipeline cannot deadlock on a
+   small machine;
+2. :func:`fit_routers` splits rows by example id, counts the **training** split's labels for the
+   loss weights, and runs :func:`~drllm.routers.train_worker.train_loop_per_worker` on
+   ``num_workers`` Ray Train workers (CPU by default, one GPU each when the cluster has GPUs);
+3. the final routers are written with :meth:`Routers.save_pretrained` to
+   ``<output>/<checkpoint_dir>`` along with the validation metrics, which are also printed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from drllm.routers.feature_store import load_features
+from drllm.routers.features import FeatureConfig, ModelSource, run_feature_pass
+from drllm.routers.loss import class_counts
+from drllm.routers.dataset import split_by_id
+from drllm.routers.metrics import CLASS_NAMES
+from drllm.routers.module import Routers
+from drllm.routers.training import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_FILE = "train_summary.json"
+
+
+@dataclass(frozen=True)
+class RayTrainSettings:
+    """How the ``TorchTrainer`` is scaled.
+
+    Attributes:
+        num_workers: Ray Train workers (DDP when > 1).
+        use_gpu: one GPU per worker; ``None`` uses GPUs when the cluster has them.
+        cpus_per_worker: CPUs reserved per worker; ``None`` splits the cluster's CPUs evenly
+            over the workers (at least 1).
+        threads: torch intra-op threads per CPU worker; ``None``: its ``cpus_per_worker``. On
+            a shared, oversubscribed host fewer threads than reserved CPUs can be much faster
+            (the router matmuls are small; spinning OpenMP threads lose their time slices).
+        max_failures: worker-group restarts tolerated (each resumes from the last epoch).
+        log_level: level of the ``drllm`` loggers inside the workers.
+    """
+
+    num_workers: int = 1
+    use_gpu: bool | None = None
+    cpus_per_worker: int | None = None
+    threads: int | None = None
+    max_failures: int = 0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker < 1:
+            raise ValueError(f"cpus_per_worker must be >= 1 or None, got {self.cpus_per_worker}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be >= -1 (-1: unlimited), got {self.max_failures}")
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What :func:`fit_routers` produced.
+
+    Attributes:
+        routers: the trained routers (CPU, float32).
+        metrics: evaluation metrics after the last epoch (validation split; the training split
+            when there is none), as :func:`~drllm.routers.metrics.metrics_from_confusion`.
+        history: per-epoch reports (see :func:`~drllm.routers.train_worker.flat_metrics`).
+        class_counts: training-split label counts ``(skip, execute, repeat)``.
+        train_rows / val_rows: examples on each side of the id split.
+        seconds: wall time of ``TorchTrainer.fit`` (Ray Train start-up included).
+        checkpoint_path: the final Ray Train checkpoint (routers + training state).
+    """
+
+    routers: Routers
+    metrics: Mapping[str, Any]
+    history: tuple[Mapping[str, Any], ...]
+    class_counts: tuple[int, ...]
+    train_rows: int
+    val_rows: int
+    seconds: float
+    checkpoint_path: str
+
+
+def _worker_resources(settings: RayTrainSettings) -> tuple[bool, int]:
+    """``(use_gpu, cpus_per_worker)`` resolved against the connected cluster."""
+    import ray
+
+    from drllm.cluster import cluster_gpus
+
+    use_gpu = settings.use_gpu if settings.use_gpu is not None else cluster_gpus() > 0
+    if settings.cpus_per_worker is not None:
+        return use_gpu, settings.cpus_per_worker
+    total = int(ray.cluster_resources().get("CPU", 1))
+    return use_gpu, max(1, total // settings.num_workers)
+
+
+def run_name_for(features_digest: str, cfg: TrainConfig, num_workers: int) -> str:
+    """``routers-<16 hex digits>`` identifying (features, hyper-parameters, worker count)."""
+    text = json.dumps([features_digest, cfg.to_dict(), num_workers], sort_keys=True)
+    return f"routers-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _torch_trainer(
+    train_loop_config: dict[str, Any], settings: RayTrainSettings, use_gpu: bool,
+    resources: dict[str, float], run_name: str, storage_path: str | Path,
+) -> Any:
+    """The ``TorchTrainer`` of :func:`fit_routers` (last checkpoint kept, restarts allowed)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from drllm.routers.train_worker import train_loop_per_worker
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=train_loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=settings.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=str(Path(storage_path).resolve()),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
+            worker_runtime_env={"env_vars": _worker_env(use_gpu)},
+        ),
+    )
+
+
+def _worker_env(use_gpu: bool) -> dict[str, str]:
+    """Environment of the training workers.
+
+    CPU workers default to ``OMP_WAIT_POLICY=PASSIVE`` (unless set here): with OpenMP's
+    spinning waits, a 2-thread worker on a host shared with other processes measured ~7x
+    slower per step than 1 thread (spinning threads burn the time slices the busy thread
+    needs); with passive waits 2 threads are never slower than 1.
+    """
+    if use_gpu:
+        return {}
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+
+
+def fit_routers(
+    features_dir: str | Path,
+    cfg: TrainConfig,
+    settings: RayTrainSettings = RayTrainSettings(),
+    *,
+    storage_path: str | Path,
+    base_model_id: str | None = None,
+    run_name: str | None = None,
+) -> TrainOutcome:
+    """Train routers on the features of ``features_dir`` with a Ray Train ``TorchTrainer``.
+
+    Ray must be connected. ``storage_path`` (made absolute) receives the Ray Train run
+    ``run_name`` (its last checkpoint is kept). The default name is
+    ``routers-<hash of the features' key, cfg and the worker count>``: rerunning the same
+    training resumes that run from its last completed epoch (a finished run is only evaluated
+    again), while new features or hyper-parameters start a new run. ``base_model_id`` defaults
+    to the features' model.
+    """
+    from drllm.routers.checkpoint import load_routers
+    from drllm.routers.train_worker import loop_config
+
+    data = load_features(features_dir, with_features=False)
+    if data.info.windows != cfg.windows:
+        raise ValueError(f"features in {features_dir} have W={data.info.windows} windows but the "
+                         f"training config says windows={cfg.windows}")
+    run_name = run_name or run_name_for(data.info.digest, cfg, settings.num_workers)
+    train_idx, val_idx = split_by_id(data.example_ids, cfg.val_fraction, cfg.seed)
+    counts = class_counts(data.labels[train_idx])
+    use_gpu, cpus = _worker_resources(settings)
+    cfg.per_worker_batch_size(settings.num_workers)  # fail fast on an indivisible batch
+    resources: dict[str, float] = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
+    logger.info("Ray Train run %s: %d worker(s) x %s, %d train / %d val rows, class counts %s",
+                run_name, settings.num_workers, resources, len(train_idx), len(val_idx), counts)
+    trainer = _torch_trainer(
+        loop_config(
+            features_dir=str(Path(features_dir).resolve()), train=cfg,
+            train_idx=train_idx.tolist(), val_idx=val_idx.tolist(), class_counts=counts,
+            base_model_id=base_model_id or data.info.model_id,
+            threads=None if use_gpu else (settings.threads or cpus),
+            log_level=settings.log_level,
+        ),
+        settings, use_gpu, resources, run_name, storage_path,
+    )
+    start = time.perf_counter()
+    result = trainer.fit()
+    seconds = time.perf_counter() - start
+    if result.error is not None:
+        raise RuntimeError(f"router training failed: {result.error}") from result.error
+    if result.checkpoint is None or not result.return_value:
+        raise RuntimeError("router training finished without a checkpoint or final metrics")
+    with result.checkpoint.as_directory() as directory:
+        routers = load_routers(directory)
+    out = result.return_value
+    return TrainOutcome(
+        routers=routers, metrics=out["final_metrics"], history=tuple(out["history"]),
+        class_counts=tuple(counts), train_rows=len(train_idx), val_rows=len(val_idx),
+        seconds=seconds, checkpoint_path=str(result.checkpoint.path),
+    )
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """A human-readable block of router metrics (per class, macro-F1, per-layer accuracy)."""
+    lines = [f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name in CLASS_NAMES:
+        c = metrics["per_class"][name]
+        lines.append(f"{name:<10}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}"
+                     f"{c['support']:>10d}")
+    layer = metrics["per_layer_accuracy"]
+    lines += [
+        f"macro-F1  {metrics['macro_f1']:.4f}",
+        f"accuracy  {metrics['accuracy']:.4f}",
+        f"per-layer accuracy: min {min(layer):.4f}, mean {sum(layer) / len(layer):.4f}, "
+        f"max {max(layer):.4f}",
+    ]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TrainJobSettings:
+    """The composed train-job config as the library's validated objects.
+
+    Attributes:
+        model: the frozen model the shards were searched with.
+        cluster: how to reach Ray (:class:`drllm.cluster.ClusterSettings`).
+        train: router hyper-parameters.
+        features: feature-pass settings.
+        ray_train: ``TorchTrainer`` scaling.
+        shards_dir: supervision shards (absolute).
+        features_dir: where features go (``None``: ``<shards_dir>/features``).
+        checkpoint_subdir: routers directory, relative to the run's output directory.
+        progress: show progress bars.
+    """
+
+    model: ModelSource
+    cluster: Any
+    train: TrainConfig
+    features: FeatureConfig
+    ray_train: RayTrainSettings
+    shards_dir: Path
+    features_dir: Path | None = None
+    checkpoint_subdir: str = "routers"
+    progress: bool = True
+
+
+def train_job_settings(cfg: Any) -> TrainJobSettings:
+    """Validate a composed ``conf/train.yaml`` (a ``TrainJobConf``) into :class:`TrainJobSettings`.
+
+    Raises:
+        ConfigError: naming the group and key of the first bad value.
+    """
+    from omegaconf import OmegaConf
+
+    from drllm.cluster import ClusterSettings
+    from drllm.config import ConfigError, build
+    from drllm.models.loading import ModelSpec
+
+    if OmegaConf.is_missing(cfg, "shards_dir"):
+        raise ConfigError("shards_dir is required: python -m drllm.jobs.train shards_dir=/abs/path")
+    c = OmegaConf.to_container(cfg, resolve=True)
+    t, cluster = dict(c["train"]), c["cluster"]
+    if not c.get("shards_dir"):
+        raise ConfigError("shards_dir is required: python -m drllm.jobs.train shards_dir=/abs/path")
+    train_keys = ("lr", "weight_decay", "warmup_steps", "epochs", "batch_size", "gamma", "beta",
+                  "seed", "val_fraction", "bottleneck", "windows")
+    return TrainJobSettings(
+        model=build("model", ModelSpec, **c["model"]),
+        cluster=build(
+            "cluster", ClusterSettings, mode=cluster["mode"], address=cluster["address"],
+            num_cpus=cluster["num_cpus"], include_dashboard=cluster["include_dashboard"],
+            namespace=cluster["namespace"],
+        ),
+        train=build("train", TrainConfig, **{k: t[k] for k in train_keys}),
+        features=build(
+            "train", FeatureConfig, windows=t["windows"], dtype=t["feature_dtype"],
+            batch_size=t["feature_batch_size"], num_actors=t["feature_actors"],
+            num_cpus_per_actor=t["feature_cpus_per_actor"], use_gpu=t["use_gpu"],
+        ),
+        ray_train=build(
+            "train", RayTrainSettings, num_workers=t["num_workers"], use_gpu=t["use_gpu"],
+            cpus_per_worker=t["cpus_per_worker"], max_failures=t["max_failures"],
+            log_level=c.get("log_level", "INFO"),
+        ),
+        shards_dir=Path(c["shards_dir"]).expanduser().resolve(),
+        features_dir=(Path(c["features_dir"]).expanduser().resolve()
+                      if c.get("features_dir") else None),
+        checkpoint_subdir=c["checkpoint_dir"],
+        progress=bool(c.get("progress", True)),
+    )
+
+
+def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[str, Any]:
+    """Feature pass, Ray Train fit and checkpoint; returns (and writes) the job summary.
+
+    Writes ``<output_dir>/<checkpoint_subdir>/`` (the routers), ``<output_dir>/ray_train/`` (the
+    Ray Train run) and ``<output_dir>/train_summary.json``, and prints the validation metrics.
+    """
+    from drllm.cluster import connect
+
+    started = time.perf_counter()
+    output_dir = Path(output_dir).resolve()
+    features_dir = settings.features_dir or settings.shards_dir / "features"
+    connect(settings.cluster)
+    info = run_feature_pass(settings.shards_dir, features_dir, settings.model, settings.features,
+                            progress=settings.progress)
+    outcome = fit_routers(features_dir, settings.train, settings.ray_train,
+                          storage_path=output_dir / "ray_train", base_model_id=info.model_id)
+    routers_dir = output_dir / settings.checkpoint_subdir
+    outcome.routers.save_pretrained(
+        routers_dir, base_model_id=info.model_id, class_counts=outcome.class_counts,
+        train_config=settings.train, metrics=outcome.metrics,
+    )
+    summary = {
+        "model_id": info.model_id,
+        "shards_dir": str(settings.shards_dir),
+        "features_dir": str(features_dir),
+        "feature_rows": info.rows,
+        "train_rows": outcome.train_rows,
+        "val_rows": outcome.val_rows,
+        "class_counts": list(outcome.class_counts),
+        "metrics": outcome.metrics,
+        "history": list(outcome.history),
+        "fit_seconds": outcome.seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "routers_dir": str(routers_dir),
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    split = "validation" if outcome.val_rows else "training (no validation split)"
+    print(f"router metrics on the {split} split ({outcome.val_rows or outcome.train_rows} "
+          f"examples x {info.num_layers} blocks):")
+    print(format_metrics(outcome.metrics))
+    print(f"routers   {routers_dir}")
+    print(f"summary   {output_dir / SUMMARY_FILE}")
+    return summary

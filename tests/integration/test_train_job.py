@@ -1,0 +1,216 @@
+"""The router-training job on a local Ray cluster, end to end on a tiny model.
+
+Real search (evaluator actor, MCTS, shard writer) -> feature pass (Ray Data actor pool) ->
+Ray Train ``TorchTrainer`` (1 CPU worker) -> router checkpoint -> RoutedModel. Shares the
+session's ``ray_local`` cluster (2 CPUs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path as FsPath
+
+import pytest
+import torch
+
+from drllm.cluster import ClusterSettings
+from drllm.distributed import EvaluatorSpec, GenerationConfig, PoolConfig, run_search_job
+from drllm.distributed.executor_backend import TinyModelLoader
+from drllm.inference import RoutedModel
+from drllm.models.loading import ModelSpec
+from drllm.models.tiny import tiny_model, tiny_tokenizer
+from drllm.routers.checkpoint import RouterCheckpointError, read_config
+from drllm.routers.feature_store import load_features, read_info
+from drllm.routers.features import FeatureConfig, run_feature_pass
+from drllm.routers.dataset import split_by_id
+from drllm.routers.metrics import compute_metrics
+from drllm.routers.module import Routers
+from drllm.routers.train_job import (
+    RayTrainSettings,
+    TrainJobSettings,
+    fit_routers,
+    run_train_job,
+    train_job_settings,
+)
+from drllm.routers.training import TrainConfig
+from drllm.search import MCTSConfig
+from drllm.shards import ShardWriter, read_shards
+from drllm.types import Example
+
+REPO = FsPath(__file__).resolve().parents[2]
+L, D = 4, 64
+LOADER = TinyModelLoader("llama", num_layers=L, hidden_size=D, seed=1)
+MODEL_ID = "tiny-llama-L4-d64-s1"
+N = 24
+FEATURES = FeatureConfig(windows=4, batch_size=8, num_actors=1)
+
+
+def examples() -> list[Example]:
+    return [Example(id=f"e{i}", dataset="arith" if i % 3 else "toy", split="train",
+                    prompt=f"What is {i} + {i % 7}?",
+                    messages=({"role": "user", "content": f"What is {i} + {i % 7}?"},),
+                    gold=str(i + i % 7), grader="exact") for i in range(N)]
+
+
+def val_metrics(routers: Routers, data, cfg: TrainConfig) -> dict:
+    """Metrics of ``routers`` on the validation split of the features, computed here."""
+    _, val_idx = split_by_id(data.example_ids, cfg.val_fraction, cfg.seed)
+    with torch.no_grad():
+        preds = routers(data.features[val_idx].float(), data.wmask[val_idx]).argmax(-1)
+    return compute_metrics(preds, data.labels[val_idx])
+
+
+def without_loss(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "loss"}
+
+
+@pytest.fixture(scope="module")
+def shards(ray_local, tmp_path_factory) -> FsPath:
+    """Shards written by the real search job library (tiny model on one evaluator actor)."""
+    out = tmp_path_factory.mktemp("run") / "shards"
+    tok = tiny_tokenizer()
+    mcts = MCTSConfig(num_simulations=6, seed=0)
+    spec = EvaluatorSpec("executor", {"loader": LOADER, "generation": GenerationConfig(4),
+                                      "constraints": mcts.constraints})
+    with ShardWriter(out, writer_id="w0", num_layers=L, model_id=MODEL_ID, config={"t": 1},
+                     rows_per_shard=10) as writer:
+        summary = run_search_job(
+            examples(), writer=writer, evaluator=spec, mcts_config=mcts,
+            render=lambda ex: tok.apply_chat_template(list(ex.messages),
+                                                      add_generation_prompt=True, tokenize=False),
+            pool_config=PoolConfig(num_actors=1, max_batch_size=8, name_prefix="trainjob"),
+            progress=False,
+        )
+    assert summary.searched == N
+    return out
+
+
+@pytest.fixture(scope="module")
+def features(shards) -> FsPath:
+    """Features of the shards computed by the Ray Data actor pool."""
+    out = shards.parent / "features"
+    info = run_feature_pass(shards, out, LOADER, FEATURES, progress=False)
+    assert info.rows == N and info.model_id == MODEL_ID
+    return out
+
+
+def test_features_follow_the_shards(shards, features):
+    table = read_shards(shards, columns=["example_id", "best_path"])
+    best = dict(zip(table.column("example_id").to_pylist(), table.column("best_path").to_pylist()))
+    data = load_features(features)
+    assert sorted(data.example_ids) == sorted(best)
+    for eid, labels in zip(data.example_ids, data.labels.tolist()):
+        assert labels == best[eid]
+    assert data.features.shape == (N, L, 4, D) and data.features.dtype == torch.float16
+    # the actor pool computed what one in-process extractor computes
+    local = run_feature_pass(shards, shards.parent / "local", LOADER, FEATURES, progress=False,
+                             in_process=True)
+    ref = load_features(shards.parent / "local")
+    assert local.digest == read_info(features).digest
+    order = {eid: i for i, eid in enumerate(ref.example_ids)}
+    idx = torch.tensor([order[eid] for eid in data.example_ids])
+    torch.testing.assert_close(data.features.float(), ref.features[idx].float(), atol=2e-3,
+                               rtol=2e-3)
+
+
+def test_feature_actors_refuse_another_model(shards, tmp_path):
+    other = TinyModelLoader("llama", num_layers=L, hidden_size=D, seed=2)
+    with pytest.raises(Exception, match="searched with model 'tiny-llama-L4-d64-s1' but the "
+                                        "feature pass loaded 'tiny-llama-L4-d64-s2'"):
+        run_feature_pass(shards, tmp_path / "bad", other, FEATURES, progress=False)
+    assert read_info(tmp_path / "bad") is None and not list(tmp_path.glob("bad/*.arrow*"))
+
+
+def test_train_job_end_to_end(shards, features, tmp_path, capsys):
+    cfg = TrainConfig(epochs=3, warmup_steps=2, batch_size=4, val_fraction=0.25, windows=4,
+                      bottleneck=16)
+    settings = TrainJobSettings(
+        model=LOADER, cluster=ClusterSettings(), train=cfg, features=FEATURES,
+        ray_train=RayTrainSettings(num_workers=1, cpus_per_worker=1),
+        shards_dir=shards, features_dir=features, progress=False,
+    )
+    info = read_info(features)
+    summary = run_train_job(settings, tmp_path / "out")
+    assert read_info(features) == info  # same shards, model, W, dtype: features reused
+    data = load_features(features)
+
+    # checkpoint round trip, metrics
+    routers_dir = tmp_path / "out" / "routers"
+    routers = Routers.from_pretrained(routers_dir, expected_num_layers=L, expected_hidden_size=D,
+                                      expected_model_id=MODEL_ID)
+    config = read_config(routers_dir)
+    assert config["base_model_id"] == MODEL_ID and config["windows"] == 4
+    assert sum(config["class_counts"]) == summary["train_rows"] * L
+    assert summary["train_rows"] + summary["val_rows"] == N and summary["val_rows"] > 0
+    metrics = config["metrics"]
+    assert set(metrics["per_class"]) == {"skip", "execute", "repeat"}
+    assert len(metrics["per_layer_accuracy"]) == L
+    assert metrics["num_samples"] == summary["val_rows"] * L
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert all("macro_f1" in h and "skip_f1" in h for h in summary["history"])
+    saved = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert saved["metrics"] == metrics
+    printed = capsys.readouterr().out
+    assert "macro-F1" in printed and "repeat" in printed
+
+    # the checkpointed routers reproduce the reported validation metrics
+    assert without_loss(metrics) == val_metrics(routers, data, cfg)
+
+    # rerun: training resumes the finished run from its checkpoint (no new epochs)
+    again = run_train_job(settings, tmp_path / "out")
+    assert again["history"] == summary["history"] and again["metrics"] == summary["metrics"]
+
+
+def test_two_ddp_workers(features, tmp_path):
+    """Two DDP workers (one CPU each) train on disjoint halves; metrics are global."""
+    cfg = TrainConfig(epochs=2, warmup_steps=1, batch_size=4, val_fraction=0.25, windows=4,
+                      bottleneck=16)
+    out = fit_routers(features, cfg, RayTrainSettings(num_workers=2, cpus_per_worker=1),
+                      storage_path=tmp_path / "ray")
+    assert len(out.history) == 2 and out.routers.num_layers == L
+    # global metrics: both workers' halves of the validation split, by the checkpointed routers
+    assert without_loss(out.metrics) == val_metrics(out.routers, load_features(features), cfg)
+
+
+def test_routed_model_checks_the_checkpoint_against_the_model(shards, tmp_path):
+    routers = Routers(L, D, bottleneck=16, windows=4)
+    routers.save_pretrained(tmp_path / "routers", base_model_id=MODEL_ID)
+    tok = tiny_tokenizer()
+    for layers in (L, L - 1):
+        model = tiny_model("llama", layers, D, seed=1)
+        model.save_pretrained(tmp_path / f"model{layers}")
+        tok.save_pretrained(tmp_path / f"model{layers}")
+    other = ModelSpec(name=str(tmp_path / f"model{L - 1}"))
+    with pytest.raises(RouterCheckpointError, match=r"blocks \(L\) 4 but the model has blocks "
+                                                    r"\(L\) 3"):
+        RoutedModel.from_pretrained(other, tmp_path / "routers", check_model_id=False)
+    same = ModelSpec(name=str(tmp_path / f"model{L}"))
+    with pytest.raises(RouterCheckpointError, match="model id"):
+        RoutedModel.from_pretrained(same, tmp_path / "routers")
+    routed = RoutedModel.from_pretrained(same, tmp_path / "routers", check_model_id=False)
+    out = routed.generate(["What is 2 + 2?"], max_new_tokens=3)
+    assert len(out) == 1 and len(out[0].token_ids) >= 1
+
+
+def test_hydra_config_converts_to_settings(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from drllm.config import ConfigError, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[
+            f"shards_dir={tmp_path}", "train.epochs=2", "train.num_workers=2",
+            "train.feature_dtype=float32", "train.cpus_per_worker=1",
+        ])
+        missing = compose(config_name="train")
+    s = train_job_settings(cfg)
+    assert s.train.epochs == 2 and s.train.batch_size == 16 and s.train.warmup_steps == 500
+    assert s.ray_train.num_workers == 2 and s.ray_train.cpus_per_worker == 1
+    assert s.features.dtype == "float32" and s.features.windows == 8
+    assert s.shards_dir == tmp_path.resolve() and s.model.name == "smollm2-135m-instruct"
+    with pytest.raises(ConfigError, match="shards_dir is required"):
+        train_job_settings(missing)
+    cfg.train.feature_dtype = "int8"
+    with pytest.raises(ConfigError, match="invalid `train` config.*dtype"):
+        train_job_settings(cfg)

@@ -1,0 +1,239 @@
+"""The feature pass: teacher-forced pooled states vs stock HF layers, padding, the cache key."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path as FsPath
+
+import numpy as np
+import pytest
+import torch
+
+from drllm.bench.train import random_path, write_synthetic_shards
+from drllm.models.executor import PathExecutor
+from drllm.models.loading import LoadedModel
+from drllm.models.tiny import tiny_model, tiny_tokenizer
+from drllm.paths import Path
+from drllm.routers import features as features_mod
+from drllm.routers.feature_store import (
+    INFO_NAME,
+    feature_key,
+    find_reusable,
+    key_digest,
+    load_features,
+    read_info,
+)
+from drllm.routers.features import (
+    FeatureConfig,
+    extract_features,
+    permissive_constraints,
+    run_feature_pass,
+)
+from drllm.routers.module import window_pool
+from drllm.types import Example
+
+L, D, W = 5, 64, 4
+PROMPTS = [
+    "<|im_start|>user\nWhat is 12 + 30? Reply with the number.<|im_end|>\n<|im_start|>assistant\n",
+    "<|im_start|>user\nHi<|im_end|>\n",
+    "abc",
+]
+PATHS = [Path.parse("ESRER"), Path.parse("RSSEE"), Path.parse("EERSE")]
+
+
+class TinyLoader:
+    """Picklable loader of the tiny test model (what ``run_feature_pass`` accepts)."""
+
+    model_id = "tiny-llama-L5"
+
+    def __call__(self) -> LoadedModel:
+        return LoadedModel(tiny_model("llama", L, D, seed=3), tiny_tokenizer(), self.model_id,
+                           L, D, "llama")
+
+
+@pytest.fixture(scope="module")
+def loaded() -> LoadedModel:
+    return TinyLoader()()
+
+
+@pytest.fixture(scope="module")
+def executor(loaded):
+    return PathExecutor(loaded.model, loaded.tokenizer, permissive_constraints(L))
+
+
+def reference_entering_states(model, token_ids: list[int], path: Path) -> list[torch.Tensor]:
+    """States entering each block along ``path``, from the stock HF forward of the model with its
+    layer list expanded along the path (skips dropped, repeats listed twice). ``[1, T, d]`` each.
+
+    The states entering block ``i`` are the input of the first step after all steps of blocks
+    ``< i`` (the path must execute its last block so that step exists).
+    """
+    layers = model.model.layers
+    steps = [i for i, d in enumerate(path) for _ in range(d)]
+    assert path[-1] != 0
+    seen: list[torch.Tensor] = []
+
+    def capture(_module, args, kwargs):
+        seen.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+
+    handles = [layer.register_forward_pre_hook(capture, with_kwargs=True) for layer in layers]
+    saved = model.config.num_hidden_layers
+    try:
+        model.model.layers = torch.nn.ModuleList([layers[i] for i in steps])
+        model.config.num_hidden_layers = len(steps)
+        with torch.no_grad():
+            model(torch.tensor([token_ids]), use_cache=False)
+    finally:
+        model.model.layers = layers
+        model.config.num_hidden_layers = saved
+        for h in handles:
+            h.remove()
+    assert len(seen) == len(steps)
+    return [seen[sum(path[:i])] for i in range(len(path))]
+
+
+def test_features_equal_window_pool_of_teacher_forced_states(loaded, executor):
+    ids = executor.encode(PROMPTS)
+    model = tiny_model("llama", L, D, seed=3)  # a private copy: the reference edits its layers
+    feats, wmask = extract_features(executor, ids, PATHS, W)
+    assert feats.shape == (3, L, W, D) and wmask.shape == (3, W)
+    for row, (seq, path) in enumerate(zip(ids, PATHS)):
+        states = reference_entering_states(model, seq, path)
+        ones = torch.ones(1, len(seq), dtype=torch.long)
+        for block, hidden in enumerate(states):
+            pooled, wm = window_pool(hidden, ones, W)
+            torch.testing.assert_close(feats[row, block], pooled[0], rtol=1e-4, atol=1e-4)
+            assert torch.equal(wmask[row], wm[0])
+    # a different path changes the states entering the blocks after its first edit
+    other, _ = extract_features(executor, ids[:1], [Path.default(L)], W)
+    torch.testing.assert_close(other[0, :2], feats[0, :2])
+    assert not torch.allclose(other[0, 2:], feats[0, 2:], atol=1e-3)
+
+
+def test_left_padding_is_excluded_and_short_prompts_clamp_windows(executor):
+    ids = executor.encode(PROMPTS)
+    assert len(ids[2]) == 3 < W
+    batched, wmask = extract_features(executor, ids, PATHS, W)
+    assert wmask[2].tolist() == [True, True, True, False]
+    assert torch.all(batched[2, :, 3] == 0)
+    for row in range(3):
+        alone, wm = extract_features(executor, [ids[row]], [PATHS[row]], W)
+        torch.testing.assert_close(batched[row], alone[0], rtol=1e-4, atol=1e-4)
+        assert torch.equal(wmask[row], wm[0])
+
+
+def _examples(n: int) -> list[Example]:
+    return [Example(id=f"q{i}", dataset="toy" if i % 2 else "arith", split="train",
+                    prompt=f"What is {i} + {2 * i}?",
+                    messages=({"role": "user", "content": f"What is {i} + {2 * i}?"},),
+                    gold=str(3 * i), grader="exact") for i in range(n)]
+
+
+def _write(shards: FsPath, examples: list[Example], seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    tok = tiny_tokenizer()
+    prompts = [tok.apply_chat_template([dict(e.messages[0])], add_generation_prompt=True,
+                                       tokenize=False) for e in examples]
+    paths = [random_path(L, rng, edits=3) for _ in examples]
+    write_synthetic_shards(shards, examples, prompts, paths, model_id=TinyLoader.model_id,
+                           rows_per_shard=4)
+    return paths
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts FeatureExtractor batches (model work) in this process."""
+    calls = {"batches": 0}
+    original = features_mod.FeatureExtractor.__call__
+
+    def counting(self, batch):
+        calls["batches"] += 1
+        return original(self, batch)
+
+    monkeypatch.setattr(features_mod.FeatureExtractor, "__call__", counting)
+    return calls
+
+
+def test_pass_writes_labels_and_features_then_reuses_then_recomputes(tmp_path, counted, executor):
+    shards, out = tmp_path / "shards", tmp_path / "features"
+    examples = _examples(10)
+    paths = _write(shards, examples)
+    cfg = FeatureConfig(windows=W, dtype="float32", batch_size=4)
+    info = run_feature_pass(shards, out, TinyLoader(), cfg, progress=False, in_process=True)
+    assert counted["batches"] == 3 and info.rows == 10
+    assert (info.num_layers, info.windows, info.hidden_size) == (L, W, D)
+    data = load_features(out)
+    by_id = {eid: i for i, eid in enumerate(data.example_ids)}
+    assert sorted(by_id) == sorted(e.id for e in examples)
+    for example, path in zip(examples, paths):
+        assert data.labels[by_id[example.id]].tolist() == list(path)
+        assert data.datasets[by_id[example.id]] == example.dataset
+    # stored features equal a direct extraction of the same row along its labeled path
+    row = by_id["q7"]
+    prompt = tiny_tokenizer().apply_chat_template([dict(examples[7].messages[0])],
+                                                  add_generation_prompt=True, tokenize=False)
+    ids = executor.encode([prompt])
+    direct, _ = extract_features(executor, ids, [paths[7]], W)
+    torch.testing.assert_close(data.features[row], direct[0], rtol=1e-4, atol=1e-4)
+    assert int(data.num_tokens[row]) == len(ids[0])
+
+    # rerun: same key -> no model work and the very same FeatureInfo (a recompute would have
+    # a new time stamp and duration, and without Ray running it could not even start)
+    again = run_feature_pass(shards, out, TinyLoader(), cfg, progress=False)
+    assert counted["batches"] == 3 and again == info
+    saved = json.loads((out / INFO_NAME).read_text())
+    assert saved["digest"] == key_digest(saved["key"]) == info.digest
+
+    # another W or dtype is another key
+    assert find_reusable(out, {**info.key, "windows": W + 1}) is None
+    assert find_reusable(out, {**info.key, "dtype": "float16"}) is None
+
+    # shards change (two more examples) -> recompute, stale file removed
+    _write(shards, _examples(12), seed=0)
+    new = run_feature_pass(shards, out, TinyLoader(), cfg, progress=False, in_process=True)
+    assert new.digest != info.digest and new.rows == 12 and counted["batches"] > 3
+    assert [p.name for p in out.glob("features-*.arrow")] == [new.file]
+    assert read_info(out) == new
+
+
+def test_fp16_storage_and_model_mismatch(tmp_path):
+    shards = tmp_path / "shards"
+    _write(shards, _examples(3))
+    info = run_feature_pass(shards, tmp_path / "f16", TinyLoader(), FeatureConfig(windows=W),
+                            progress=False, in_process=True)
+    data = load_features(tmp_path / "f16")
+    assert info.dtype == "float16" and data.features.dtype == torch.float16
+    f32 = run_feature_pass(shards, tmp_path / "f32", TinyLoader(),
+                           FeatureConfig(windows=W, dtype="float32"), progress=False,
+                           in_process=True)
+    ref = load_features(tmp_path / "f32")
+    assert f32.digest != info.digest
+    order = np.argsort(ref.example_ids)
+    assert list(np.argsort(data.example_ids)) == list(order)
+    torch.testing.assert_close(data.features.float(), ref.features, rtol=2e-3, atol=2e-3)
+    assert load_features(tmp_path / "f16", with_features=False).features is None
+
+    class OtherLoader(TinyLoader):
+        model_id = "someone-else"
+
+    with pytest.raises(ValueError, match="searched with model 'tiny-llama-L5'.*'someone-else'"):
+        run_feature_pass(shards, tmp_path / "bad", OtherLoader(), FeatureConfig(windows=W),
+                         progress=False, in_process=True)
+    assert read_info(tmp_path / "bad") is None and not list(tmp_path.glob("bad/*.arrow*"))
+
+
+def test_key_tracks_shard_files(tmp_path):
+    shards = tmp_path / "shards"
+    _write(shards, _examples(5))
+    key = feature_key(model_id="m", model_dtype=None, shards_dir=shards, windows=8,
+                      dtype="float16")
+    assert key == feature_key(model_id="m", model_dtype=None, shards_dir=shards, windows=8,
+                              dtype="float16")
+    assert [f[0] for f in key["shards"]["files"]] == sorted(p.name for p in shards.glob("shard-*"))
+    assert key["shards"]["manifest_sha256"] is not None
+    with pytest.raises(FileNotFoundError, match="no complete shards"):
+        feature_key(model_id="m", model_dtype=None, shards_dir=tmp_path / "empty", windows=8,
+                    dtype="float16")
+    with pytest.raises(ValueError, match="dtype"):
+        FeatureConfig(dtype="bfloat16")
