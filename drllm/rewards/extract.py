@@ -53,7 +53,7 @@ _MAX_NUMBER_CHARS = 100
 LENIENT_SCAN_CHARS = 20_000
 
 
-def _match_brace(text: str, open_idx: int) -> int | None:
+def match_brace(text: str, open_idx: int) -> int | None:
     """Index of the ``}`` closing the ``{`` at ``open_idx`` (escapes ``\\x`` skipped), or None."""
     depth = 0
     i = open_idx
@@ -107,7 +107,7 @@ def last_boxed(text: str | None) -> str | None:
     if i >= n:
         return None
     if text[i] == "{":
-        close = _match_brace(text, i)
+        close = match_brace(text, i)
         return None if close is None else text[i + 1 : close].strip()
     if i == found[1]:  # "\boxed" immediately followed by a non-brace, non-space char
         return None

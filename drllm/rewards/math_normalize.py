@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+from drllm.rewards.extract import match_brace
+
 #: Answers longer than this are compared verbatim (stripped); no final answer is this long.
 MAX_NORMALIZE_CHARS = 2000
 
@@ -82,21 +84,7 @@ def _unwrap_box(s: str) -> str:
 
 def _closes_at_end(s: str, open_idx: int) -> bool:
     """Whether the ``{`` at ``open_idx`` is closed by the string's last character."""
-    depth = 0
-    i = open_idx
-    while i < len(s):
-        ch = s[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i == len(s) - 1
-        i += 1
-    return False
+    return match_brace(s, open_idx) == len(s) - 1
 
 
 def _strip_outer_braces(s: str) -> str:
