@@ -1,0 +1,139 @@
+"""The two phases of batched greedy generation along per-row paths: prefill, then decode.
+
+Prefill runs the prompts (sorted by length) in length buckets (:mod:`drllm.models.buckets`):
+each bucket is left-padded only to its own longest prompt and fills its own slot cache; the
+bucket caches are then stacked into one left-padded cache (:meth:`SlotKVCache.concat`), so the
+decode phase sees one batch. Decisions (given, or chosen by a block hook during prefill) are
+fixed from then on.
+
+Decode feeds each active row's last token, one forward pass per step, reusing the prefill
+decisions through a precomputed step plan. Rows that finish leave the batch: their rows are
+dropped from the inputs, the masks and every cache slot, so they stop costing compute.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from drllm.models.forward import BlockHook, plan_steps
+from drllm.models.kv import SlotKVCache
+from drllm.models.stopping import StopRule
+
+if TYPE_CHECKING:
+    from drllm.models.executor import PathExecutor
+
+logger = logging.getLogger(__name__)
+
+#: Cache room allocated up front for generated tokens; slots grow by this much when full.
+CACHE_CHUNK = 128
+
+
+@dataclass
+class DecodeState:
+    """Mutable state of the active rows between forward passes.
+
+    Attributes:
+        cache: slot cache of the active rows, ``length`` positions filled.
+        valid: ``[B, capacity]`` bool, True at key columns holding a real token.
+        length: key columns filled so far (prompt width, then one per decode step).
+        all_valid: no active row has padding (masks can be skipped).
+        next_tokens: ``[B]`` greedy tokens produced by the last forward pass.
+        next_positions: ``[B]`` rotary position of each row's next token.
+        decisions: ``[B][L]`` decisions of the active rows.
+        rows: batch row of each active row.
+    """
+
+    cache: SlotKVCache
+    valid: torch.Tensor
+    length: int
+    all_valid: bool
+    next_tokens: torch.Tensor
+    next_positions: torch.Tensor
+    decisions: list[list[int]]
+    rows: list[int]
+
+
+def prefill(
+    ex: "PathExecutor", ids: Sequence[Sequence[int]], decisions: list[list[int]],
+    max_new_tokens: int, hook: BlockHook | None, groups: Sequence[tuple[int, int]],
+) -> DecodeState:
+    """Prefill prompts ``ids`` along ``decisions`` (``hook`` may fill them in), bucket by bucket.
+
+    Args:
+        groups: ``[start, end)`` row ranges prefilled together (see :func:`plan_buckets`); the
+            hook is called once per group per block, with that group's rows.
+    """
+    lengths = [len(seq) for seq in ids]
+    width = max(lengths)
+    capacity = width + min(max_new_tokens, CACHE_CHUNK)
+    parts, last_hidden = [], []
+    for start, end in groups:
+        input_ids, mask = ex.left_pad(ids[start:end])
+        group_width = input_ids.shape[1]
+        cache = SlotKVCache(capacity=group_width if len(groups) > 1 else capacity, grow=CACHE_CHUNK)
+        hidden = ex._runner.run(
+            ex._embed(input_ids), (mask.cumsum(1) - 1).clamp_(min=0), mask.bool(),
+            decisions[start:end], all_valid=min(lengths[start:end]) == group_width, cache=cache,
+            hook=hook, hook_mask=mask,
+        )
+        parts.append((cache, end - start))
+        last_hidden.append(hidden[:, -1:])
+    if len(groups) > 1:
+        logger.debug("prefill in %d length buckets: %s", len(groups), groups)
+        cache = SlotKVCache.concat(parts, capacity=capacity, grow=CACHE_CHUNK)
+    valid = torch.zeros((len(ids), width + max_new_tokens), dtype=torch.bool, device=ex.device)
+    for row, n in enumerate(lengths):
+        valid[row, width - n : width] = True
+    logits = ex._head(torch.cat(last_hidden))[:, -1]
+    return DecodeState(
+        cache=cache, valid=valid, length=width, all_valid=min(lengths) == width,
+        next_tokens=logits.float().argmax(-1),
+        next_positions=torch.tensor(lengths, device=ex.device),
+        decisions=decisions, rows=list(range(len(ids))),
+    )
+
+
+def _drop_finished(ex: "PathExecutor", state: DecodeState, keep: list[bool]) -> None:
+    """Remove the rows where ``keep`` is False from every part of ``state``."""
+    keep_t = torch.tensor(keep, device=ex.device)
+    state.next_tokens = state.next_tokens[keep_t]
+    state.next_positions = state.next_positions[keep_t]
+    state.valid = state.valid[keep_t]
+    state.cache.compact(keep_t)
+    state.rows = [r for r, k in zip(state.rows, keep) if k]
+    state.decisions = [d for d, k in zip(state.decisions, keep) if k]
+    state.all_valid = state.all_valid or bool(state.valid[:, : state.length].all())
+
+
+def decode(
+    ex: "PathExecutor", state: DecodeState, rule: StopRule
+) -> tuple[list[list[int]], list[str]]:
+    """Greedy decoding until every row stops; ``(token ids, finish reason)`` per batch row."""
+    batch = len(state.rows)
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    reasons: list[str | None] = [None] * batch
+    plan = plan_steps(state.decisions, ex.num_layers, ex.device)
+    while True:
+        keep = []
+        for row, token in zip(state.rows, state.next_tokens.tolist()):
+            tokens[row].append(token)
+            reasons[row] = rule.check(tokens[row])
+            keep.append(reasons[row] is None)
+        if not any(keep):
+            return tokens, reasons  # type: ignore[return-value]
+        if not all(keep):
+            _drop_finished(ex, state, keep)
+            plan = plan_steps(state.decisions, ex.num_layers, ex.device)
+        state.valid[:, state.length] = True
+        state.length += 1
+        hidden = ex._runner.run(
+            ex._embed(state.next_tokens[:, None]), state.next_positions[:, None],
+            state.valid[:, : state.length], state.decisions, all_valid=state.all_valid,
+            cache=state.cache, plan=plan,
+        )
+        state.next_tokens = ex._head(hidden)[:, -1].float().argmax(-1)
+        state.next_positions = state.next_positions + 1
