@@ -218,3 +218,22 @@ def run_search_benchmark(
     }
     result["met"] = {k: result[k] >= v for k, v in TARGETS.items()}
     return result
+
+
+def add_arguments(parser: Any) -> None:
+    """Options of ``python -m drllm.jobs.bench search``."""
+    parser.add_argument("--num-examples", type=int, default=16)
+    parser.add_argument("--num-simulations", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_from_args(args: Any) -> dict[str, Any]:
+    """Run :func:`run_search_benchmark` with the parsed options of :func:`add_arguments`."""
+    return run_search_benchmark(
+        num_examples=args.num_examples, num_simulations=args.num_simulations,
+        max_new_tokens=args.max_new_tokens, max_batch_size=args.max_batch_size,
+        repeats=args.repeats, seed=args.seed,
+    )

@@ -16,6 +16,7 @@ import logging
 import sys
 from typing import Any, Callable
 
+from drllm.bench import search as search_bench
 from drllm.bench import train as train_bench
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def _executor(args: argparse.Namespace) -> dict[str, Any]:
 BENCHMARKS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                             Callable[[argparse.Namespace], dict[str, Any]]]] = {
     "executor": (_executor_args, _executor),
+    "search": (search_bench.add_arguments, search_bench.run_from_args),
     "train": (train_bench.add_arguments, train_bench.run_from_args),
 }
 
