@@ -300,9 +300,14 @@ class SearchDriver:
     def _make_bar(self, total: int):
         if not self.progress:
             return None
+        import sys
+
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc="search", unit="ex", dynamic_ncols=True)
+        # In a log file (Ray Job, CI) a bar redrawn every poll floods it: redraw every 30 s.
+        interactive = sys.stderr.isatty()
+        return tqdm(total=total, desc="search", unit="ex", dynamic_ncols=True,
+                    mininterval=0.1 if interactive else 30.0)
 
     def _refresh_bar(self) -> None:
         if self._bar is None:

@@ -1,0 +1,79 @@
+"""`python -m drllm.jobs.search` end to end through Hydra, with a tiny model saved to disk:
+multirun (one output dir per run, one Ray instance), summary.json, shards, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from drllm.shards import read_shards
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from drllm.models.tiny import tiny_model, tiny_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", num_layers=4).save_pretrained(out)
+    tiny_tokenizer().save_pretrained(out)
+    return out
+
+
+def _search(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "drllm.jobs.search", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def _common(tiny_dir: Path) -> list[str]:
+    return [
+        f"model.name={tiny_dir}", "dataset.num_examples=3", "search.num_simulations=4",
+        "search.max_new_tokens=3", "cluster.num_actors=1", "cluster.num_cpus=2", "progress=false",
+    ]
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_dir_per_run_and_reruns_resume(tiny_dir: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _search(["-m", *_common(tiny_dir), "dataset.seed=0,1", f"hydra.sweep.dir={sweep}",
+                    "hydra.sweep.subdir=seed${dataset.seed}"])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = proc.stdout + proc.stderr  # Hydra sends job logs to stdout
+    # One Ray instance for the whole sweep: the second job reuses it.
+    assert log.count("starting a local Ray instance") == 1, log[-4000:]
+    assert "reusing the Ray instance" in log
+    for seed in (0, 1):
+        run_dir = sweep / f"seed{seed}"
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["examples"] == 3 and summary["this_run"]["searched"] == 3
+        assert 0.0 <= summary["default_accuracy"] <= summary["search_accuracy"] <= 1.0
+        table = read_shards(run_dir / "shards")
+        assert sorted(table.column("example_id").to_pylist()) == sorted(set(table.column("example_id").to_pylist()))
+        assert table.num_rows == 3 and set(table.column("num_layers").to_pylist()) == {4}
+    ids = [set(read_shards(sweep / f"seed{s}" / "shards").column("example_id").to_pylist()) for s in (0, 1)]
+    assert ids[0] != ids[1], "different dataset seeds must sample different examples"
+
+    # Rerunning one run's config in its directory searches nothing new.
+    rerun = _search([*_common(tiny_dir), "dataset.seed=0", f"hydra.run.dir={sweep / 'seed0'}"])
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    summary = json.loads((sweep / "seed0" / "summary.json").read_text())
+    assert summary["this_run"]["searched"] == 0 and summary["this_run"]["skipped_done"] == 3
+    assert summary["examples"] == 3
+    assert read_shards(sweep / "seed0" / "shards").num_rows == 3
+
+
+def test_bad_value_fails_before_ray_starts(tiny_dir: Path, tmp_path: Path) -> None:
+    proc = _search([*_common(tiny_dir), "search.epsilon=1.5", f"hydra.run.dir={tmp_path}"], timeout=120)
+    assert proc.returncode != 0
+    assert "epsilon" in proc.stderr
+    assert "starting a local Ray" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "shards").exists()
