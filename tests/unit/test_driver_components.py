@@ -242,13 +242,21 @@ def test_actor_class_batches_concurrent_calls_without_ray():
 
 
 def test_actor_class_outside_ray_never_starts_ray():
+    # In a fresh interpreter: the session's Ray fixture may already be up in this one.
+    import subprocess
     import sys
 
-    from drllm.distributed.actor import EvaluatorActor
-
-    EvaluatorActor(0, EvaluatorSpec("dummy", {"num_layers": 2}))
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized()
+    code = (
+        "import sys\n"
+        "from drllm.distributed.actor import EvaluatorActor\n"
+        "from drllm.distributed.evaluator import EvaluatorSpec\n"
+        "EvaluatorActor(0, EvaluatorSpec('dummy', {'num_layers': 2}))\n"
+        "ray = sys.modules.get('ray')\n"
+        "print('RAY_UP' if ray is not None and ray.is_initialized() else 'RAY_DOWN')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "RAY_DOWN"
 
 
 def test_batcher_close_cancels_the_loop_and_queued_requests():
