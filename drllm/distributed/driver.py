@@ -166,6 +166,7 @@ class SearchDriver:
         self._queue: deque[Example] = deque(todo)
         self._active: dict[str, _Active] = {}
         self._bar = self._make_bar(len(todo))
+        self._last_redraw = 0.0
         self._start = start
         try:
             self._loop()
@@ -319,7 +320,12 @@ class SearchDriver:
             in_flight=self.pool.in_flight,
             refresh=False,
         )
-        self._bar.refresh()
+        # tqdm's own mininterval paces redraws on updates; a forced redraw (for the live
+        # evals/s) is paced the same way so a log file gets a line every 30 s, not every poll.
+        now = time.monotonic()
+        if now - self._last_redraw >= self._bar.mininterval:
+            self._last_redraw = now
+            self._bar.refresh()
 
     def _summary(self, given: int, skipped: int, duplicates: int, wall: float) -> RunSummary:
         t, stats = self._totals, self.pool.stats
