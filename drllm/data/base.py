@@ -50,6 +50,13 @@ class RowRejected(Exception):
         self.reason = reason
 
 
+def required_text(value: Any, reason: str) -> str:
+    """``value`` unchanged if it is a non-blank string; otherwise reject the row with ``reason``."""
+    if not isinstance(value, str) or not value.strip():
+        raise RowRejected(reason)
+    return value
+
+
 class DatasetAdapter(ABC):
     """One dataset layout. Instances are stateless and registered in :data:`DATASETS`.
 

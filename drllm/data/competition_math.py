@@ -17,7 +17,14 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, RowRejected, parse_level
+from drllm.data.base import (
+    DATASETS,
+    DatasetAdapter,
+    DatasetConfig,
+    RowRejected,
+    parse_level,
+    required_text,
+)
 from drllm.data.prompts import MATH_INSTRUCTION, make_example, with_instruction
 from drllm.rewards.extract import last_boxed
 from drllm.types import Example
@@ -41,8 +48,7 @@ def boxed_gold(solution: Any) -> str:
     Raises:
         RowRejected: no solution, no box, or an empty box.
     """
-    if not isinstance(solution, str) or not solution.strip():
-        raise RowRejected("missing solution")
+    solution = required_text(solution, "missing solution")
     gold = last_boxed(solution)
     if gold is None:
         raise RowRejected("no \\boxed in solution")
@@ -65,9 +71,7 @@ class CompetitionMathAdapter(DatasetAdapter):
         return parse_level(row.get("level"))
 
     def parse(self, row: Mapping[str, Any], index: int, config: DatasetConfig) -> Example:
-        problem = row.get("problem")
-        if not isinstance(problem, str) or not problem.strip():
-            raise RowRejected("empty problem")
+        problem = required_text(row.get("problem"), "empty problem")
         gold = boxed_gold(row.get("solution"))
         return make_example(
             id=f"{config.split}-{index}",

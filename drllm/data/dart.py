@@ -17,7 +17,7 @@ import json
 import logging
 from typing import Any, Mapping
 
-from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, RowRejected, parse_level
+from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, parse_level, required_text
 from drllm.data.prompts import MATH_INSTRUCTION, make_example, with_instruction
 from drllm.types import Example
 
@@ -66,12 +66,8 @@ class DartAdapter(DatasetAdapter):
         return parse_level(_metadata(row).get("level"))
 
     def parse(self, row: Mapping[str, Any], index: int, config: DatasetConfig) -> Example:
-        query = row.get("query")
-        if not isinstance(query, str) or not query.strip():
-            raise RowRejected("empty query")
-        gold = row.get("gt_ans")
-        if not isinstance(gold, str) or not gold.strip():
-            raise RowRejected("missing gt_ans")
+        query = required_text(row.get("query"), "empty query")
+        gold = required_text(row.get("gt_ans"), "missing gt_ans")
         meta = _metadata(row)
         return make_example(
             id=query_id(query),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, RowRejected
+from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, RowRejected, required_text
 from drllm.data.prompts import GSM8K_INSTRUCTION, make_example, with_instruction
 from drllm.rewards.extract import gsm8k_gold
 from drllm.types import Example
@@ -31,12 +31,8 @@ class Gsm8kAdapter(DatasetAdapter):
     columns = ("question", "answer")
 
     def parse(self, row: Mapping[str, Any], index: int, config: DatasetConfig) -> Example:
-        question = row.get("question")
-        if not isinstance(question, str) or not question.strip():
-            raise RowRejected("empty question")
-        answer = row.get("answer")
-        if not isinstance(answer, str) or not answer.strip():
-            raise RowRejected("missing answer")
+        question = required_text(row.get("question"), "empty question")
+        answer = required_text(row.get("answer"), "missing answer")
         gold = gsm8k_gold(answer) if "####" in answer else None
         if gold is None:
             raise RowRejected("no number after #### in answer")
