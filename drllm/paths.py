@@ -105,6 +105,11 @@ class Path(tuple):
     def is_default(self) -> bool:
         return all(d == EXECUTE for d in self)
 
+    @property
+    def edits(self) -> int:
+        """Minimal number of MCTS edits from the default path (see :func:`edit_count`)."""
+        return edit_count(self)
+
     def to_str(self) -> str:
         return "".join(_LETTERS[d] for d in self)
 
@@ -133,6 +138,27 @@ def max_skip_run(path: tuple[int, ...]) -> int:
         run = run + 1 if d == SKIP else 0
         best = max(best, run)
     return best
+
+
+def edit_count(path: tuple[int, ...]) -> int:
+    """The minimal number of :class:`Action` edits that turn the default path into ``path``.
+
+    An edit skips 1 or 2 consecutive executed blocks or repeats one block, so a maximal run of
+    ``r`` skipped blocks takes ``ceil(r / 2)`` skip edits and every repeated block one repeat
+    edit: ``edit_count = sum(ceil(r / 2) over skip runs) + number of repeats``. This is also
+    reachable whenever ``path`` and the default path are both valid (skips first, then repeats:
+    every intermediate path skips a subset of ``path``'s skipped blocks, executes at least as
+    many blocks and costs at most ``max(L, cost(path))``), so it is the search depth at which
+    ``path`` can first appear. The default path has 0 edits.
+    """
+    edits = run = 0
+    for d in path:
+        if d == SKIP:
+            run += 1
+            continue
+        edits += (run + 1) // 2 + (d == REPEAT)
+        run = 0
+    return edits + (run + 1) // 2
 
 
 def check_path(

@@ -31,6 +31,13 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+EXPANSIONS = ("widening", "full")
+"""Values of :attr:`MCTSConfig.expansion`."""
+
+PRIORS = ("uniform", "layer_importance", "router")
+"""Values of :attr:`MCTSConfig.prior` (names; the caller builds the prior object)."""
+
+
 @dataclass(frozen=True)
 class MCTSConfig:
     """Knobs of one length-aware MCTS search (one tree per question).
@@ -54,6 +61,36 @@ class MCTSConfig:
             1.0 correct, 0.0 wrong).
         seed: seed of the tree's RNG (untried-action order and epsilon draws); same seed and
             same rewards give the same sequence of evaluated paths.
+        expansion: ``"widening"`` or ``"full"``. ``"full"`` is the paper's literal reading:
+            descend by UCB through fully expanded nodes and expand one untried edit at the
+            first node that has one; with ``L = 30`` the root has 89 legal edits, so 50
+            simulations never leave depth 1. ``"widening"`` (progressive widening) lets a node
+            with ``N`` visits add a child only while it has fewer than ``ceil(widen_k *
+            N ** widen_alpha)`` children, and keeps one node per path (transposition table);
+            ``"full"`` keeps the literal per-question memo instead (a path reached again
+            through another order of edits is a new node answered from the memo).
+        widen_k: ``k`` of the widening limit (> 0). Default ``k = 1, alpha = 0.5``: a node
+            with ``N`` visits holds at most ``ceil(sqrt(N))`` children, so after 50
+            simulations the root holds 8 and a child with ~6 visits 3; with ``L = 30`` (89 root
+            edits) the search then reaches depth 3-4 (flat rewards) where ``full`` stays at 1.
+            Measured on the L = 30 bandits of ``tests/unit/test_search_depth.py``: depth-2
+            labels found in 44 % of seeds, depth-3 in 14 % (82 % with a layer-importance
+            prior), ``full`` 0 %. Wider settings (``k = 2`` or ``alpha >= 0.6``) find depth 2
+            more often (56-70 %) but depth 3 at most 6 % (0 % with the prior at ``k = 2``: the
+            root keeps 11-15 children, each of which fills its own quota before the search
+            goes deeper); narrower ones (``alpha <= 0.3``) lose breadth (depth 2: 26 %). The
+            price, at small ``L`` (<= 10, 26-29 root edits that ``full`` enumerates within
+            the budget): shallow targets in a flat landscape are found in 50-96 % of seeds
+            instead of all (``tests/unit/test_search_bandits.py``).
+        widen_alpha: ``alpha`` of the widening limit, in ``[0, 1]``.
+        patience: simulations still started after the first path that meets the early-stop
+            rule before the search stops (their results awaited); a cheaper correct path found
+            meanwhile becomes the best. ``0`` is the paper's rule (stop at once).
+        prior: name of the expansion prior a caller builds (``"uniform"``,
+            ``"layer_importance"`` or ``"router"``, see :mod:`drllm.search.prior`). The tree
+            itself only uses the :class:`~drllm.search.prior.Prior` object it is given.
+        prior_temperature: softmax temperature of a block prior (> 0; lower = follow the prior
+            more strictly).
     """
 
     num_simulations: int = 50
@@ -67,6 +104,12 @@ class MCTSConfig:
     early_stop_margin: int = 2
     success_reward: float = 1.0
     seed: int = 0
+    expansion: str = "widening"
+    widen_k: float = 1.0
+    widen_alpha: float = 0.5
+    patience: int = 0
+    prior: str = "uniform"
+    prior_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         self._check_int("num_simulations", minimum=1)
@@ -83,6 +126,22 @@ class MCTSConfig:
             raise ValueError(
                 f"MCTSConfig.early_stop must be a bool (true/false), got {self.early_stop!r}"
             )
+        self._check_int("patience", minimum=0)
+        self._check_real("widen_alpha", 0.0, 1.0)
+        self._check_positive("widen_k")
+        self._check_positive("prior_temperature")
+        self._check_choice("expansion", EXPANSIONS)
+        self._check_choice("prior", PRIORS)
+
+    def _check_positive(self, name: str) -> None:
+        self._check_real(name, -math.inf, math.inf)
+        if getattr(self, name) <= 0:
+            raise ValueError(f"MCTSConfig.{name} must be > 0, got {getattr(self, name)}")
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
+        value = getattr(self, name)
+        if value not in choices:
+            raise ValueError(f"MCTSConfig.{name} must be one of {list(choices)}, got {value!r}")
 
     def _check_int(self, name: str, minimum: int | None) -> None:
         value = getattr(self, name)
@@ -133,6 +192,9 @@ class MCTSConfig:
 def as_evaluation(value: Evaluation | float) -> Evaluation:
     """Normalize an evaluate-function result; a bare number is a reward with an empty response.
 
+    A failed :class:`Evaluation` (``failed=True``) passes through unchecked: its reward is
+    meaningless (often 0.0) and the search never uses it as a reward.
+
     Raises:
         ValueError: the value is neither an :class:`Evaluation` nor a number, or its reward is
             not finite.
@@ -146,6 +208,8 @@ def as_evaluation(value: Evaluation | float) -> Evaluation:
             f"an evaluation must be drllm.types.Evaluation or a float reward, got "
             f"{type(value).__name__}: {value!r}"
         )
+    if result.failed:
+        return result
     if not isinstance(result.reward, numbers.Real) or not math.isfinite(result.reward):
         raise ValueError(f"reward must be a finite number, got {result.reward!r}")
     return result

@@ -8,6 +8,9 @@ Selection score of an evaluated child ``j`` of a node with ``N`` visits::
 so the penalty is ``lambda`` for the default path, less for paths that skip, more for paths that
 repeat. The penalty shapes **selection only**: the rewards backpropagated and averaged are raw.
 
+Progressive widening lets a node with ``N`` visits hold at most ``ceil(k * N ** alpha)``
+children before selection must descend into one of them (:func:`widening_limit`).
+
 Pure Python: imports neither torch, transformers nor ray.
 """
 
@@ -93,6 +96,14 @@ def selection_order(
     return order
 
 
+def widening_limit(visits: int, k: float, alpha: float) -> int:
+    """Children a node with ``visits`` simulations through it may hold: ``ceil(k * N^alpha)``.
+
+    At least 1, so a freshly evaluated node (``N = 1``) may always add its first child.
+    """
+    return max(1, math.ceil(k * max(visits, 1) ** alpha))
+
+
 def should_stop_early(
     reward: float,
     cost: int,
@@ -107,8 +118,8 @@ def should_stop_early(
     Stop iff the new path is correct (``reward >= success_reward``) and either
 
     * the default path was wrong (``default_reward < success_reward``), or
-    * the new path is strictly cheaper than the best retained path so far
-      (``cost < best_cost``, the best taken *before* this path is added) **and** at least
+    * the new path is strictly cheaper than the cheapest correct path so far
+      (``cost < best_cost``, taken *before* this path is added) **and** at least
       ``margin`` blocks cheaper than the default (``cost <= num_layers - margin``).
 
     The default path's own evaluation never stops the search.
@@ -118,8 +129,9 @@ def should_stop_early(
         cost: its cost, blocks per forward pass.
         num_layers: ``L`` (the default path's cost).
         default_reward: the default path's reward.
-        best_cost: cost of the best retained path before this one (highest reward, then lowest
-            cost); when the default is correct this is the cheapest correct path so far.
+        best_cost: cost of the cheapest correct path before this one (when the default is
+            correct: the default itself, ``num_layers``, or a cheaper correct path); only read
+            when the default is correct.
         success_reward: reward at or above which a path is correct.
         margin: required saving against the default, in blocks per forward pass.
     """

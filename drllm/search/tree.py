@@ -1,23 +1,35 @@
-"""The length-aware MCTS tree for one question, driven incrementally (ask / tell).
+"""The length-aware MCTS for one question, driven incrementally (ask / tell).
 
 A driver that searches many questions at once keeps one :class:`SearchTree` per question, asks
 each for paths to evaluate, batches the requests across trees, and tells each tree its results
 in any order. :func:`drllm.search.run` is the same loop with one path in flight.
 
 Simulation ``0`` evaluates the default path (the root). Every later simulation descends from
-the root through fully expanded nodes by the length-aware UCB (:mod:`drllm.search.policy`),
-expands **one** untried edit (:func:`drllm.paths.legal_actions`) at the first node that has one,
-obtains the new path's reward once and backpropagates it (raw, no length penalty) to the root.
+the root by the length-aware UCB (:mod:`drllm.search.policy`), expands **one** untried edit
+(:func:`drllm.paths.legal_actions`, in the order of the :class:`~drllm.search.prior.Prior`),
+obtains the new path's reward once and backpropagates it (raw, no length penalty) along the
+nodes the simulation traversed. Where it expands depends on ``MCTSConfig.expansion``:
 
-Rewards are memoized per tree: a path reached again through another order of edits is not
-evaluated again; its simulation completes at once from the memo (a *memo hit*). A path that is
-already handed out and pending is not handed out twice either: the new node waits for the same
-result and completes as a memo hit when it arrives.
+* ``"full"`` (the paper's literal reading): at the first node on the way that has an untried
+  edit. Paths are memoized per tree: a path reached again through another order of edits is
+  a new node whose simulation completes at once from the memo (a *memo hit*), or waits for
+  the same pending result.
+* ``"widening"``: a node with ``N`` visits expands only while it has fewer than
+  ``ceil(k * N^alpha)`` children, else selection descends into its best child; a node with
+  nothing selectable below but untried edits still expands, so the search never stalls. A
+  transposition table keeps one node per path: an expansion reaching a path already in the
+  tree links that node as a child (a DAG), counts a *transposition hit*, evaluates nothing
+  and moves on to the next untried edit without spending a simulation.
 
 With several simulations in flight, nodes whose evaluation is pending are not selectable, and
-selection backtracks (next-best UCB child) out of subtrees that have nothing expandable until
-their results arrive. Subtrees with no edits left anywhere are marked exhausted and never
+selection backtracks (next-best UCB child) out of parts that have nothing expandable until
+their results arrive. Nodes with no edits left anywhere below are marked exhausted and never
 entered again; an exhausted root ends the search before the budget.
+
+A failed evaluation (``Evaluation.failed``) is not a reward: never memoized nor
+backpropagated, counted in ``failed_evaluations``; its node is removed (the simulation still
+counts against the budget) and the search goes on with other edits. If the root fails the
+tree is done at once and :meth:`SearchTree.result` raises.
 
 Pure Python: imports neither torch, transformers nor ray.
 """
@@ -26,69 +38,17 @@ from __future__ import annotations
 
 import logging
 import numbers
-import random
 
-from drllm.paths import Action, Path, check_path, legal_actions
+from drllm.paths import Path, check_path
 from drllm.search.config import MCTSConfig, as_evaluation
-from drllm.search.policy import selection_order, should_stop_early
+from drllm.search.expansion import Expander, Trail
+from drllm.search.node import Node, backpropagate
+from drllm.search.policy import should_stop_early
+from drllm.search.prior import Prior, UniformPrior
 from drllm.search.results import Retention
 from drllm.types import Evaluation, SearchResult
 
 logger = logging.getLogger(__name__)
-
-
-class Node:
-    """One path in the tree.
-
-    Attributes:
-        path: the node's path (the parent's path with ``action`` applied).
-        action: the edit that created it (``None`` for the root).
-        parent: parent node (``None`` for the root).
-        cost: ``sum(path)``, blocks per forward pass.
-        children: expanded children, in expansion order.
-        untried: edits not yet expanded, popped from the end (``None`` until selection first
-            reaches the node; then the legal edits in a seeded random order).
-        visits: simulations backpropagated through this node.
-        reward_sum: sum of their raw rewards.
-        evaluated: the node's own reward has arrived (selectable from then on).
-        exhausted: no untried edit anywhere in the subtree (never selected again).
-    """
-
-    __slots__ = (
-        "path",
-        "action",
-        "parent",
-        "cost",
-        "children",
-        "untried",
-        "visits",
-        "reward_sum",
-        "evaluated",
-        "exhausted",
-    )
-
-    def __init__(self, path: Path, action: Action | None = None, parent: Node | None = None):
-        self.path = path
-        self.action = action
-        self.parent = parent
-        self.cost = path.cost
-        self.children: list[Node] = []
-        self.untried: list[Action] | None = None
-        self.visits = 0
-        self.reward_sum = 0.0
-        self.evaluated = False
-        self.exhausted = False
-
-    @property
-    def mean_reward(self) -> float:
-        """Average raw reward of the simulations through this node (0 before any)."""
-        return self.reward_sum / self.visits if self.visits else 0.0
-
-    def __repr__(self) -> str:
-        return (
-            f"Node({self.path.to_str()}, visits={self.visits}, mean={self.mean_reward:.3f}, "
-            f"children={len(self.children)})"
-        )
 
 
 class SearchTree:
@@ -104,15 +64,25 @@ class SearchTree:
                 tree.tell(path, evaluation)   # any order
         result = tree.result()
 
-    ``ask`` never hands out a path twice (pending or already evaluated). The budget
-    ``config.num_simulations`` counts simulations *started*, the root's included. ``done`` is
-    true once early stop fired (pending results are then no longer needed), or once the budget is
-    spent or the tree exhausted **and** nothing is pending. Results told after early stop are
-    still recorded (memo, backpropagation, retained paths) but cannot change
-    ``stopped_early``; ``ask`` returns ``[]`` after ``done``.
+    ``ask`` never hands out a path twice (pending or already evaluated), except a path whose
+    evaluation failed and that another expansion reaches again. The budget
+    ``config.num_simulations`` counts simulations *started*, the root's and failed ones
+    included. ``done`` is true once early stop fired (pending results are then no longer
+    needed), once the default path failed, or once the budget is spent or the tree exhausted
+    **and** nothing is pending. Results told after early stop are still recorded (memo,
+    backpropagation, retained paths) but cannot change ``stopped_early``; ``ask`` returns
+    ``[]`` after ``done``.
+
+    Args:
+        num_layers: ``L``, decoder blocks in the model.
+        config: search knobs.
+        prior: expansion order of untried edits (``None``: :class:`UniformPrior`). The tree
+            uses this object only; ``config.prior`` just names what a caller should build.
     """
 
-    def __init__(self, num_layers: int, config: MCTSConfig = MCTSConfig()) -> None:
+    def __init__(
+        self, num_layers: int, config: MCTSConfig = MCTSConfig(), prior: Prior | None = None
+    ) -> None:
         if not isinstance(num_layers, numbers.Integral) or isinstance(num_layers, bool):
             raise ValueError(f"num_layers must be an integer, got {num_layers!r}")
         if num_layers < 1:
@@ -121,22 +91,34 @@ class SearchTree:
             raise TypeError(f"config must be an MCTSConfig, got {type(config).__name__}")
         self._num_layers = int(num_layers)
         self._config = config
-        self._constraints = config.constraints
-        reason = check_path(Path.default(self._num_layers), self._num_layers, self._constraints)
+        reason = check_path(Path.default(self._num_layers), self._num_layers, config.constraints)
         if reason is not None:
             raise ValueError(
                 f"the default path of a {self._num_layers}-block model breaks the search "
                 f"constraints ({reason}); lower MCTSConfig.min_executed"
             )
-        self._rng = random.Random(config.seed)
+        self._prior = self._check_prior(prior)
         self._root = Node(Path.default(self._num_layers))
+        self._expander = Expander(self._num_layers, config, self._prior, self._root)
         self._memo: dict[Path, Evaluation] = {}
-        self._pending: dict[Path, list[Node]] = {}
-        self._retention = Retention(self._num_layers)
-        self._started = 0
-        self._evaluations = 0
-        self._memo_hits = 0
+        self._pending: dict[Path, list[Trail]] = {}
+        self._retention = Retention(self._num_layers, config.success_reward)
+        self._started = self._evaluations = self._memo_hits = self._failed = 0
+        self._prior_hits = 0
+        self._depths: list[int] = []
+        self._failed_paths: set[Path] = set()
         self._stopped_early = False
+        self._default_failure: str | None = None
+        self._deadline: int | None = None  # patience: no simulation starts from here on
+        self._grace: set[Path] = set()  # paths started during patience
+
+    def _check_prior(self, prior: Prior | None) -> Prior:
+        if prior is None:  # config.prior is only a name for the caller: no object, uniform
+            return UniformPrior()
+        if not isinstance(prior, Prior):
+            raise TypeError(f"prior must be a drllm.search.Prior, got {type(prior).__name__}")
+        prior.check(self._num_layers)
+        return prior
 
     # ----------------------------------------------------------------- public state
     @property
@@ -146,6 +128,10 @@ class SearchTree:
     @property
     def config(self) -> MCTSConfig:
         return self._config
+
+    @property
+    def prior(self) -> Prior:
+        return self._prior
 
     @property
     def root(self) -> Node:
@@ -166,14 +152,38 @@ class SearchTree:
         return self._stopped_early
 
     @property
+    def failed_evaluations(self) -> int:
+        """Evaluations told with ``failed=True`` so far."""
+        return self._failed
+
+    @property
+    def transposition_hits(self) -> int:
+        return self._expander.transpositions
+
+    @property
+    def default_failed(self) -> bool:
+        """The default path's evaluation failed: the example cannot be labelled."""
+        return self._default_failure is not None
+
+    @property
+    def default_failure_reason(self) -> str | None:
+        """The failed default evaluation's ``reason`` (``None`` unless it failed)."""
+        return self._default_failure
+
+    @property
     def done(self) -> bool:
         """True when no further path will be asked for and no pending result is needed."""
-        if self._stopped_early:
+        if self._stopped_early or self.default_failed:
             return True
         if not self._root.evaluated:
             return False
-        finished = self._started >= self._config.num_simulations or self._root.exhausted
+        finished = self._started >= self._budget() or self._root.exhausted
         return finished and not self._pending
+
+    def _budget(self) -> int:
+        if self._deadline is None:
+            return self._config.num_simulations
+        return min(self._config.num_simulations, self._deadline)
 
     # ----------------------------------------------------------------- ask / tell
     def ask(self, k: int = 1) -> list[Path]:
@@ -182,42 +192,54 @@ class SearchTree:
         Simulations answered by the memo, or waiting on a path already pending, complete or wait
         without handing anything out, so one call may start more than ``k`` simulations (never
         beyond the budget). Returns ``[]`` when done, while the root's reward is pending, or
-        while every expandable subtree waits on pending results.
+        while every expandable part of the tree waits on pending results.
         """
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"ask(k) needs an integer k >= 1, got {k!r}")
-        if self._stopped_early:
+        if self._stopped_early or self.default_failed:
             return []
         if self._started == 0:
             self._started = 1
-            self._pending[self._root.path] = [self._root]
+            self._pending[self._root.path] = [[self._root]]
             return [self._root.path]
         out: list[Path] = []
         while (
             len(out) < k
             and self._root.evaluated
             and not self._root.exhausted
-            and self._started < self._config.num_simulations
+            and self._started < self._budget()
         ):
-            leaf = self._find_expandable(self._root)
-            if leaf is None:
+            trail = self._expander.select()
+            if trail is None:
                 break
-            child = self._expand(leaf)
-            self._started += 1
-            memo = self._memo.get(child.path)
-            if memo is not None:
-                self._memo_hits += 1
-                self._backpropagate(child, float(memo.reward))
-            elif child.path in self._pending:
-                self._pending[child.path].append(child)
-            else:
-                self._pending[child.path] = [child]
-                out.append(child.path)
+            child = self._expander.expand(trail[-1])
+            if child is None:  # every edit left there led to a node already in the tree
+                continue
+            self._start(trail + [child], out)
+        self._check_patience()
         assert out or self.done or self._pending, "search stalled with nothing pending"
         return out
 
+    def _start(self, trail: Trail, out: list[Path]) -> None:
+        """Count a new simulation ending at ``trail[-1]``: memo hit, wait, or hand out."""
+        self._started += 1
+        path = trail[-1].path
+        if self._deadline is not None:
+            self._grace.add(path)
+        memo = self._memo.get(path)
+        if memo is not None:
+            self._memo_hits += 1
+            backpropagate(trail, float(memo.reward))
+        elif path in self._pending:
+            self._pending[path].append(trail)
+        else:
+            self._pending[path] = [trail]
+            out.append(path)
+
     def tell(self, path: tuple[int, ...], evaluation: Evaluation | float) -> None:
         """Report the outcome of a path handed out by :meth:`ask` (any order).
+
+        A failed :class:`Evaluation` (``failed=True``) is recorded as a failure, not a reward.
 
         Raises:
             ValueError: ``path`` is not pending (never handed out, or already told), or the
@@ -225,61 +247,101 @@ class SearchTree:
         """
         key = path if isinstance(path, Path) else Path(path)
         if key not in self._pending:
-            state = "was already told" if key in self._memo else "was never handed out by ask()"
+            if key in self._memo:
+                state = "was already told"
+            elif key in self._failed_paths:
+                state = "already failed and is not pending again"
+            else:
+                state = "was never handed out by ask()"
             raise ValueError(f"tell({key.to_str()}): this path {state} for this tree")
         ev = as_evaluation(evaluation)
-        nodes = self._pending.pop(key)
-        self._record(nodes[0].path, ev, is_root=nodes[0] is self._root)
-        reward = float(ev.reward)
-        self._backpropagate(nodes[0], reward)
-        for waiting in nodes[1:]:
-            self._memo_hits += 1
-            self._backpropagate(waiting, reward)
+        trails = self._pending.pop(key)
+        if ev.failed:
+            self._fail(key, trails, ev)
+        else:
+            self._record(key, ev, is_root=trails[0][-1] is self._root)
+            reward = float(ev.reward)
+            backpropagate(trails[0], reward)
+            for waiting in trails[1:]:
+                self._memo_hits += 1
+                backpropagate(waiting, reward)
+        self._check_patience()
 
     def result(self) -> SearchResult:
         """The search outcome so far (final once :attr:`done`).
 
         ``simulations`` counts completed simulations (``evaluations + memo_hits``); simulations
-        abandoned by early stop while pending are not counted.
+        abandoned by early stop while pending, and failed ones, are not counted.
 
         Raises:
-            RuntimeError: the default path's reward has not arrived yet.
+            RuntimeError: the default path's reward has not arrived yet, or its evaluation
+                failed (the example cannot be labelled and must not be written).
         """
+        if self._default_failure is not None:
+            raise RuntimeError(
+                f"the default path's evaluation failed ({self._default_failure}); this example "
+                f"has no reward to compare against and no search result"
+            )
         if not self._root.evaluated:
             raise RuntimeError("result() needs the default path's reward; tell it first")
         return self._retention.to_result(
             evaluations=self._evaluations,
             memo_hits=self._memo_hits,
             stopped_early=self._stopped_early,
+            failed_evaluations=self._failed,
+            evaluated_depths=tuple(self._depths),
+            transposition_hits=self._expander.transpositions,
+            prior_hits=self._prior_hits,
         )
 
-    # ----------------------------------------------------------------- internals
+    # ----------------------------------------------------------------- recording
+    def _fail(self, path: Path, trails: list[Trail], ev: Evaluation) -> None:
+        """A failed evaluation: count it, drop its node(s) so other edits get tried."""
+        self._failed += 1
+        self._failed_paths.add(path)
+        reason = ev.reason or "no reason given"
+        if trails[0][-1] is self._root:
+            self._default_failure = reason
+            logger.warning("default path evaluation failed (%s): search abandoned", reason)
+            return
+        for trail in trails:
+            trail[-1].detach()
+            self._expander.forget(trail[-1])
+        logger.debug("evaluation of %s failed (%s); node removed", path.to_str(), reason)
+
     def _record(self, path: Path, ev: Evaluation, is_root: bool) -> None:
         """Memoize a new evaluation, apply the early-stop rule, update the retained paths."""
         self._evaluations += 1
         self._memo[path] = ev
+        self._depths.append(path.edits)
         reward = float(ev.reward)
         retention = self._retention
         if is_root:
             retention.set_default(path, ev)
             return
         cfg = self._config
+        self._prior_hits += int(reward >= cfg.success_reward)
         if (
             cfg.early_stop
             and not self._stopped_early
+            and self._deadline is None
             and should_stop_early(
                 reward,
                 path.cost,
                 self._num_layers,
                 retention.default_reward,
-                retention.best_cost,
+                retention.cheapest_correct_cost,
                 cfg.success_reward,
                 cfg.early_stop_margin,
             )
         ):
-            self._stopped_early = True
+            if cfg.patience == 0:
+                self._stopped_early = True
+            else:
+                self._deadline = self._started + cfg.patience
             logger.debug(
-                "early stop after %d simulations: %s reward %.3g cost %d (default reward %.3g)",
+                "early stop %s after %d simulations: %s reward %.3g cost %d (default %.3g)",
+                "now" if cfg.patience == 0 else f"after {cfg.patience} more",
                 self._started,
                 path.to_str(),
                 reward,
@@ -288,49 +350,9 @@ class SearchTree:
             )
         retention.add(path, ev)
 
-    def _find_expandable(self, node: Node) -> Node | None:
-        """The node where this simulation expands, or ``None`` if nothing is expandable now.
-
-        Depth-first in selection order: a node with untried edits is the answer; otherwise try
-        its evaluated, non-exhausted children best-first (UCB, epsilon-random first pick).
-        """
-        if node.untried is None:
-            node.untried = legal_actions(node.path, self._constraints)
-            self._rng.shuffle(node.untried)
-        if node.untried:
-            return node
-        cfg = self._config
-        candidates = [ch for ch in node.children if ch.evaluated and not ch.exhausted]
-        order = selection_order(
-            candidates,
-            node.visits,
-            self._num_layers,
-            cfg.c,
-            cfg.length_penalty,
-            cfg.epsilon,
-            self._rng,
-        )
-        for index in order:
-            found = self._find_expandable(candidates[index])
-            if found is not None:
-                return found
-        if all(ch.exhausted for ch in node.children):
-            node.exhausted = True
-        return None
-
-    def _expand(self, node: Node) -> Node:
-        assert node.untried, "expanding a node without untried edits"
-        action = node.untried.pop()
-        child = Node(action.apply(node.path), action, node)
-        node.children.append(child)
-        return child
-
-    @staticmethod
-    def _backpropagate(node: Node, reward: float) -> None:
-        """Mark ``node`` evaluated and add one visit and the raw ``reward`` up to the root."""
-        node.evaluated = True
-        current: Node | None = node
-        while current is not None:
-            current.visits += 1
-            current.reward_sum += reward
-            current = current.parent
+    def _check_patience(self) -> None:
+        """Fire a deferred early stop once the patience simulations started and finished."""
+        if self._deadline is None or self._stopped_early:
+            return
+        if self._started >= self._deadline and not any(p in self._pending for p in self._grace):
+            self._stopped_early = True

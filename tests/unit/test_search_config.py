@@ -23,6 +23,13 @@ def test_defaults_are_the_papers() -> None:
     assert cfg.constraints == PathConstraints(2, 2.0, 1)
 
 
+def test_defaults_beyond_the_paper() -> None:
+    cfg = MCTSConfig()
+    assert (cfg.expansion, cfg.widen_k, cfg.widen_alpha, cfg.patience) == ("widening", 1.0, 0.5, 0)
+    assert (cfg.prior, cfg.prior_temperature) == ("uniform", 1.0)
+    assert MCTSConfig(expansion="full", prior="router", patience=8).patience == 8
+
+
 def test_constraints_follow_the_knobs() -> None:
     cfg = MCTSConfig(max_consecutive_skips=1, max_cost_factor=1.5, min_executed=3)
     assert cfg.constraints == PathConstraints(
@@ -55,6 +62,16 @@ def test_ints_accepted_for_float_knobs() -> None:
         ({"early_stop_margin": -2}, "early_stop_margin must be >= 0"),
         ({"success_reward": float("nan")}, "success_reward must be a finite number"),
         ({"seed": 1.0}, "seed must be an integer"),
+        ({"expansion": "wide"}, r"expansion must be one of \['widening', 'full'\], got 'wide'"),
+        ({"widen_k": 0}, "widen_k must be > 0, got 0"),
+        ({"widen_k": float("inf")}, "widen_k must be a finite number"),
+        ({"widen_alpha": 1.5}, r"widen_alpha must be in \[0, 1\]"),
+        ({"widen_alpha": -0.1}, r"widen_alpha must be in \[0, 1\]"),
+        ({"patience": -1}, "patience must be >= 0"),
+        ({"patience": 1.5}, "patience must be an integer"),
+        ({"prior": "learned"}, r"prior must be one of \['uniform', 'layer_importance', 'router'\]"),
+        ({"prior_temperature": 0.0}, "prior_temperature must be > 0"),
+        ({"prior_temperature": -1}, "prior_temperature must be > 0, got -1"),
     ],
 )
 def test_invalid_config_is_rejected_with_a_clear_message(kwargs: dict, message: str) -> None:
@@ -78,6 +95,11 @@ def test_as_evaluation() -> None:
         as_evaluation(Evaluation(reward=float("inf")))
     with pytest.raises(ValueError, match="Evaluation or a float reward, got str"):
         as_evaluation("1.0")  # type: ignore[arg-type]
+    # a failed evaluation is not a reward: passed through, whatever its reward field holds
+    failed = Evaluation(reward=0.0, reason="worker died", failed=True)
+    assert as_evaluation(failed) is failed
+    nan_failed = Evaluation(reward=float("nan"), failed=True)
+    assert as_evaluation(nan_failed) is nan_failed
 
 
 def test_tree_arguments_are_checked() -> None:

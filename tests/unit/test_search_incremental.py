@@ -1,4 +1,9 @@
-"""The incremental ask / tell interface: equivalence with run, out-of-order results, properties."""
+"""The incremental ask / tell interface: equivalence with run, out-of-order results, properties.
+
+Every test runs in both expansion modes except the one about pending duplicates, which exist
+only in ``full`` mode (without a transposition table); its ``widening`` counterpart checks
+that edit orders meeting on a pending path are linked to its node instead.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +18,29 @@ from drllm.paths import Path, check_path
 from drllm.search import MCTSConfig, Node, SearchTree, run
 from drllm.types import Evaluation
 
+MODES = ("full", "widening")
+
 
 def _nodes(root: Node) -> list[Node]:
-    out, stack = [], [root]
+    """Every node reachable from ``root``, once each (a DAG under widening)."""
+    out, stack, seen = [], [root], set()
     while stack:
         node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
         out.append(node)
         stack.extend(node.children)
+    return out
+
+
+def _subtree(node: Node) -> list[Node]:
+    """Nodes below ``node`` through its children, with repetition (a plain tree in full)."""
+    out, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        out.append(current)
+        stack.extend(current.children)
     return out
 
 
@@ -54,8 +75,9 @@ def drive(
     raise AssertionError("search did not finish")
 
 
-def test_root_is_evaluated_alone_first() -> None:
-    tree = SearchTree(6, MCTSConfig(seed=2))
+@pytest.mark.parametrize("mode", MODES)
+def test_root_is_evaluated_alone_first(mode: str) -> None:
+    tree = SearchTree(6, MCTSConfig(seed=2, expansion=mode))
     assert tree.ask(8) == [Path.default(6)] and tree.ask(8) == []
     tree.tell(Path.default(6), 0.0)
     batch = tree.ask(8)
@@ -63,8 +85,9 @@ def test_root_is_evaluated_alone_first() -> None:
     assert tree.pending == tuple(batch) and tree.simulations_started == 9
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("seed", range(4))
-def test_incremental_k1_matches_run(seed: int) -> None:
+def test_incremental_k1_matches_run(seed: int, mode: str) -> None:
     def reward(p: Path) -> Evaluation:
         return Evaluation(reward=float(sum(p[:3]) == 2), response=p.to_str())
 
@@ -74,7 +97,7 @@ def test_incremental_k1_matches_run(seed: int) -> None:
         run_calls.append(p)
         return reward(p)
 
-    config = MCTSConfig(seed=seed, epsilon=0.3)
+    config = MCTSConfig(seed=seed, epsilon=0.3, expansion=mode)
     expected = run(9, evaluate, config)
     tree = SearchTree(9, config)
     calls: list[Path] = []
@@ -86,9 +109,10 @@ def test_incremental_k1_matches_run(seed: int) -> None:
     assert tree.result() == expected
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("seed", range(5))
-def test_k4_shuffled_results_still_find_the_skip_of_block_3(seed: int) -> None:
-    tree = SearchTree(10, MCTSConfig(seed=seed))
+def test_k4_shuffled_results_still_find_the_skip_of_block_3(seed: int, mode: str) -> None:
+    tree = SearchTree(10, MCTSConfig(seed=seed, expansion=mode))
     drive(tree, lambda p: float(p[3] == 0), k=4, rng=random.Random(seed))
     result = tree.result()
     assert result.improved and result.best_path[3] == 0 and result.stopped_early
@@ -96,9 +120,11 @@ def test_k4_shuffled_results_still_find_the_skip_of_block_3(seed: int) -> None:
 
 
 def test_pending_duplicate_paths_wait_instead_of_being_handed_out_twice() -> None:
+    """``full`` only: duplicate nodes of one path exist only without a transposition table."""
     # L=3 has many edit orders meeting on one path; with everything in flight at once, some
     # expansions land on a path that is still pending and must wait for it
-    tree = SearchTree(3, MCTSConfig(num_simulations=200, early_stop=False, epsilon=0.0))
+    config = MCTSConfig(num_simulations=200, early_stop=False, epsilon=0.0, expansion="full")
+    tree = SearchTree(3, config)
     rng = random.Random(0)
     handed: list[Path] = []
     most_waiting = 0
@@ -119,8 +145,36 @@ def test_pending_duplicate_paths_wait_instead_of_being_handed_out_twice() -> Non
     assert tree.root.exhausted  # every edit order of every L=3 path was expanded
 
 
-def test_late_results_after_early_stop_are_recorded() -> None:
-    tree = SearchTree(8, MCTSConfig(seed=0))
+def test_pending_paths_reached_again_are_linked_not_handed_out_twice() -> None:
+    # the widening counterpart: with everything in flight, expansions that reach a pending
+    # path link its node (a transposition) and spend no simulation; nothing waits
+    config = MCTSConfig(num_simulations=200, early_stop=False, epsilon=0.0, expansion="widening")
+    tree = SearchTree(3, config)
+    rng = random.Random(0)
+    handed: list[Path] = []
+    linked_pending = 0
+    while not tree.done:
+        handed.extend(tree.ask(50))
+        assert tree.simulations_started - tree.root.visits == len(tree.pending)  # no waiting
+        pending = set(tree.pending)
+        linked_pending += sum(
+            ch.path in pending and len(ch.parents) > 1 for ch in _nodes(tree.root)
+        )
+        order = list(tree.pending)
+        rng.shuffle(order)
+        for path in order[: rng.randint(0, len(order))]:
+            tree.tell(path, path.cost / 6)
+    result = tree.result()
+    assert linked_pending > 0
+    assert len(handed) == len(set(handed)) == result.evaluations == len(_nodes(tree.root))
+    assert result.memo_hits == 0 and result.transposition_hits > 0
+    assert result.simulations == tree.simulations_started
+    assert tree.root.exhausted
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_late_results_after_early_stop_are_recorded(mode: str) -> None:
+    tree = SearchTree(8, MCTSConfig(seed=0, expansion=mode))
     (root,) = tree.ask(1)
     tree.tell(root, 0.0)
     batch = tree.ask(6)
@@ -136,7 +190,7 @@ def test_late_results_after_early_stop_are_recorded() -> None:
     assert late in result.good_paths and correct in result.good_paths
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     num_layers=st.integers(1, 9),
     skips=st.integers(0, 3),
@@ -148,6 +202,9 @@ def test_late_results_after_early_stop_are_recorded() -> None:
     early_stop=st.booleans(),
     seed=st.integers(0, 2**16),
     late=st.booleans(),
+    mode=st.sampled_from(MODES),
+    widen=st.sampled_from([(1.0, 0.5), (0.5, 0.3), (3.0, 1.0)]),
+    patience=st.sampled_from([0, 0, 0, 3]),
 )
 def test_search_properties(
     num_layers: int,
@@ -160,6 +217,9 @@ def test_search_properties(
     early_stop: bool,
     seed: int,
     late: bool,
+    mode: str,
+    widen: tuple[float, float],
+    patience: int,
 ) -> None:
     config = MCTSConfig(
         num_simulations=budget,
@@ -169,6 +229,10 @@ def test_search_properties(
         epsilon=epsilon,
         early_stop=early_stop,
         seed=seed,
+        expansion=mode,
+        widen_k=widen[0],
+        widen_alpha=widen[1],
+        patience=patience,
     )
     table_rng = random.Random(seed + 1)
     table: dict[Path, float] = {}
@@ -194,29 +258,59 @@ def test_search_properties(
         assert result.simulations == tree.simulations_started
     if not result.stopped_early and not tree.root.exhausted:
         assert tree.simulations_started == budget
+    if mode == "widening":  # transposition table: one node per path, no memo hits
+        assert len({n.path for n in nodes}) == len(nodes) and result.memo_hits == 0
+    else:
+        assert result.transposition_hits == 0
 
-    # backpropagation carries raw rewards (the length penalty is selection-only)
+    # backpropagation carries raw rewards (the length penalty is selection-only) along the
+    # traversed nodes and edges: every visit of a node came in through one edge and either
+    # ended there (its own evaluation) or went on through one edge
+    incoming: dict[int, int] = {}
     for node in nodes:
-        below = [n for n in _nodes(node) if n.evaluated]
-        assert node.visits == len(below)
-        assert node.reward_sum == pytest.approx(sum(table[n.path] for n in below))
+        own = table[node.path] if node.evaluated else 0.0
+        assert node.visits == int(node.evaluated) + sum(node.edge_visits)
+        assert node.reward_sum == pytest.approx(own + sum(node.edge_reward_sums))
+        for child, n in zip(node.children, node.edge_visits):
+            incoming[id(child)] = incoming.get(id(child), 0) + n
+        if mode == "full":  # a plain tree: a node's visits are the evaluated nodes below it
+            below = [n for n in _subtree(node) if n.evaluated]
+            assert node.visits == len(below)
+            assert node.reward_sum == pytest.approx(sum(table[n.path] for n in below))
+    assert all(incoming.get(id(n), 0) == n.visits for n in nodes if n is not tree.root)
 
-    # retention and ranking
+    # labels: solved iff some told path is correct; only correct paths >= the default are kept
     told = {p: table[p] for p in handed if p not in tree.pending}
     default_reward = table[Path.default(num_layers)]
     assert result.default_reward == default_reward
-    assert set(result.good_paths) == {p for p, r in told.items() if r >= default_reward}
-    assert all(r >= default_reward for r in result.good_rewards)
-    keys = [(-r, p.cost) for p, r in zip(result.good_paths, result.good_rewards)]
-    assert keys == sorted(keys)
-    assert result.best_path == result.good_paths[0] and result.best_reward == result.good_rewards[0]
+    solved = any(r >= 1.0 for r in told.values())
+    assert result.solved == solved
+    if solved:
+        good = {p for p, r in told.items() if r >= 1.0 and r >= default_reward}
+        assert set(result.good_paths) == good
+        assert all(r >= max(1.0, default_reward) for r in result.good_rewards)
+        keys = [(-r, p.cost) for p, r in zip(result.good_paths, result.good_rewards)]
+        assert keys == sorted(keys)
+        assert result.best_path == result.good_paths[0]
+        assert result.best_reward == result.good_rewards[0]
+    else:
+        assert result.good_paths == () and result.good_rewards == ()
+        assert result.best_path == Path.default(num_layers)
+        assert result.best_reward == default_reward and result.layers_saved == 0
     assert result.improved == (result.best_reward > default_reward)
-    assert result.layers_saved == num_layers - result.best_cost == num_layers - result.best_path.cost
+    assert result.layers_saved == num_layers - result.best_cost
+    assert result.best_cost == result.best_path.cost
+    assert sorted(result.evaluated_depths) == sorted(p.edits for p in told)
+    assert result.evaluated_depths[0] == 0 and result.failed_evaluations == 0
+    assert result.prior_hits == sum(r >= 1.0 for p, r in told.items() if not p.is_default)
 
-    # early stop fired iff its rule was met by some told path
+    # early stop fired iff its rule was met by some told path (patience: only if met)
     met = any(
         r >= 1.0 and (default_reward < 1.0 or p.cost <= num_layers - 2)
         for p, r in told.items()
         if not p.is_default
     )
-    assert result.stopped_early == (early_stop and met)
+    if patience == 0:
+        assert result.stopped_early == (early_stop and met)
+    else:
+        assert not result.stopped_early or (early_stop and met)

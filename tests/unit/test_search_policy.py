@@ -9,7 +9,13 @@ from dataclasses import dataclass
 import pytest
 
 from drllm.paths import Path
-from drllm.search import Retention, selection_order, should_stop_early, ucb_score
+from drllm.search import (
+    Retention,
+    selection_order,
+    should_stop_early,
+    ucb_score,
+    widening_limit,
+)
 from drllm.types import Evaluation
 
 
@@ -84,7 +90,8 @@ def test_early_stop_rule(
 
 
 def test_retention_keeps_at_least_default_and_ranks_reward_then_cost() -> None:
-    retention = Retention(4)
+    # success reward 0.5: the default (0.5) is correct, so every path >= it is kept
+    retention = Retention(4, success_reward=0.5)
     default = Path.default(4)
     retention.set_default(default, Evaluation(0.5, "d"))
     entries = [
@@ -98,6 +105,7 @@ def test_retention_keeps_at_least_default_and_ranks_reward_then_cost() -> None:
     for text, reward in entries:
         retention.add(Path.parse(text), Evaluation(reward, text.lower()))
     result = retention.to_result(evaluations=7, memo_hits=2, stopped_early=False)
+    assert result.solved
     assert [p.to_str() for p in result.good_paths] == [
         "ESSE", "EESS", "REEE", "ESEE", "EEEE", "RRSE"
     ]
@@ -119,3 +127,59 @@ def test_retention_best_is_default_when_nothing_beats_it() -> None:
     assert result.best_path == Path.default(3) and not result.improved
     assert result.layers_saved == 0 and result.best_response == "ok"
     assert result.good_paths == (Path.default(3), Path.parse("REE"))
+
+
+def test_retention_with_binary_success_keeps_only_correct_paths() -> None:
+    # the same entries with success reward 1.0: the default (0.5) is wrong, the example is
+    # solved by the correct paths, and only they are kept
+    retention = Retention(4)
+    retention.set_default(Path.default(4), Evaluation(0.5, "d"))
+    for text, reward in [("SEEE", 0.0), ("REEE", 1.0), ("ESEE", 0.5), ("ESSE", 1.0)]:
+        retention.add(Path.parse(text), Evaluation(reward, text.lower()))
+    result = retention.to_result(evaluations=5, memo_hits=0, stopped_early=False)
+    assert result.solved and result.improved
+    assert [p.to_str() for p in result.good_paths] == ["ESSE", "REEE"]
+    assert result.good_rewards == (1.0, 1.0)
+    assert (result.best_path.to_str(), result.best_response, result.layers_saved) == (
+        "ESSE", "esse", 2
+    )
+
+
+def test_retention_unsolved_label_is_the_default() -> None:
+    # nothing reaches the success reward: a cheaper path with the default's reward (or a
+    # higher partial one) must not become the label
+    retention = Retention(4)
+    retention.set_default(Path.default(4), Evaluation(0.0, "wrong"))
+    retention.add(Path.parse("SSES"), Evaluation(0.0, "also wrong, cheaper"))
+    retention.add(Path.parse("ESEE"), Evaluation(0.5, "partial"))
+    assert not retention.solved and retention.cheapest_correct_cost == 4
+    result = retention.to_result(evaluations=3, memo_hits=0, stopped_early=False)
+    assert not result.solved and not result.improved
+    assert (result.best_path, result.best_reward, result.best_response) == (
+        Path.default(4), 0.0, "wrong"
+    )
+    assert result.best_cost == 4 and result.layers_saved == 0
+    assert result.good_paths == () and result.good_rewards == ()
+
+
+def test_retention_cheapest_correct_cost_is_what_early_stop_reads() -> None:
+    # a correct costlier path with a higher reward is the label, but early stop compares new
+    # paths with the cheapest correct one
+    retention = Retention(10)
+    retention.set_default(Path.default(10), Evaluation(1.0))
+    assert retention.cheapest_correct_cost == 10
+    retention.add(Path.parse("REEEEEEEEE"), Evaluation(1.5))
+    retention.add(Path.parse("EEEEEEEESE"), Evaluation(1.0))
+    assert retention.best_cost == 11 and retention.cheapest_correct_cost == 9
+    result = retention.to_result(3, 0, False)
+    assert result.best_path == Path.parse("REEEEEEEEE") and result.solved
+    assert [p.to_str() for p in result.good_paths] == ["REEEEEEEEE", "EEEEEEEESE", "EEEEEEEEEE"]
+
+
+def test_widening_limit() -> None:
+    # ceil(k * N^alpha), at least one child
+    assert [widening_limit(n, 1.0, 0.5) for n in (0, 1, 2, 4, 5, 9, 10, 50)] == [
+        1, 1, 2, 2, 3, 3, 4, 8
+    ]
+    assert widening_limit(50, 2.0, 0.5) == 15 and widening_limit(7, 0.5, 1.0) == 4
+    assert widening_limit(100, 0.1, 0.0) == 1
