@@ -27,6 +27,7 @@ from drllm.data.base import (
 )
 from drllm.data.prompts import MATH_INSTRUCTION, make_example, with_instruction
 from drllm.rewards.extract import last_boxed
+from drllm.rewards.math_extract import boxed_answers
 from drllm.types import Example
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,10 @@ MATH_SUBJECTS = (
 
 
 def boxed_gold(solution: Any) -> str:
-    """The gold answer of a worked solution: its last ``\\boxed{}`` content.
+    """The gold answer of a worked solution: its last ``\\boxed{}`` content, or, when the
+    solution ends with a group of boxes joined only by connectors ("the solutions are
+    ``\\boxed{-2}`` and ``\\boxed{1}``"), all of them as one list ``"-2, 1"`` -- the same reading
+    the ``math_boxed`` grader gives a response (:func:`drllm.rewards.math_extract.boxed_answers`).
 
     Raises:
         RowRejected: no solution, no box, or an empty box.
@@ -54,7 +58,8 @@ def boxed_gold(solution: Any) -> str:
         raise RowRejected("no \\boxed in solution")
     if not gold:
         raise RowRejected("empty \\boxed answer")
-    return gold
+    group = boxed_answers(solution) or [gold]
+    return ", ".join(group)
 
 
 class CompetitionMathAdapter(DatasetAdapter):

@@ -11,9 +11,10 @@ contracts every grader keeps:
 
 Usage::
 
-    from drllm.rewards import get_grader, grade
+    from drllm.rewards import get_grader, grade, lenient_counterpart
     grade("mc_letter", "Answer: B", "B")        # Grade(reward=1.0, reason="match", extracted="B")
     get_grader("math_boxed").validate_gold("\\frac{1}{2}")
+    lenient_counterpart("mc_letter")            # "mc_letter_lenient"
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class Grader(abc.ABC):
     """
 
     name: str = ""
+    #: Registry name of the lenient counterpart (see :func:`lenient_counterpart`): a grader
+    #: that reads the answer more permissively, for reporting strict and lenient accuracy side by
+    #: side. A lenient grader names itself; None: no lenient variant.
+    lenient_name: str | None = None
     #: Canonical golds remembered per instance (a search grades many responses per gold).
     gold_cache_size: int = 65_536
 
@@ -135,3 +140,28 @@ def get_grader(name: str) -> Grader:
 def grade(name: str, response: str | None, gold: str) -> Grade:
     """Shorthand for ``get_grader(name).grade(response, gold)``."""
     return get_grader(name).grade(response, gold)
+
+
+def lenient_counterpart(name: str) -> str | None:
+    """Registry name of the lenient counterpart of grader ``name``, or None if it has none.
+
+    The counterpart accepts every answer ``name`` accepts plus answers in looser formats, so
+    a report can show strict and lenient accuracy side by side:
+
+    * ``mc_letter`` -> ``mc_letter_lenient`` (also ``"B. text"``, ``"the answer is B"``);
+    * ``math_boxed`` -> ``math_boxed_lenient`` (also an unboxed final answer: ``"the answer
+      is X"``, ``"#### X"``, the last ``$...$`` expression or number);
+    * ``gsm8k_numeric`` -> ``gsm8k_numeric`` (already lenient: without a box or ``####`` it
+      reads the last number of the text);
+    * a lenient grader -> itself; ``exact`` (a test dummy) -> None.
+
+    The answer comes from the ``lenient_name`` attribute of the registered class (a factory
+    without one has no counterpart).
+
+    Raises:
+        KeyError: unknown ``name`` (the message lists the registered ones).
+    """
+    lenient = getattr(GRADERS.get(name), "lenient_name", None)
+    if lenient is not None and lenient not in GRADERS:
+        raise KeyError(f"grader {name!r} names an unregistered lenient counterpart {lenient!r}")
+    return lenient

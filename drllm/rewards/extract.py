@@ -22,9 +22,9 @@ logger = logging.getLogger(__name__)
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 
-# A number: optional sign, either comma-grouped thousands or plain digits, optional decimals;
-# or a bare decimal like ".5". Commas are only thousands separators when groups have 3 digits.
-_NUMBER_RE = re.compile(r"(?<![\d.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\d.])-?\.\d+")
+#: A number in free text: optional sign, either comma-grouped thousands or plain digits, optional
+#: decimals; or a bare decimal like ".5". Commas are only thousands separators in 3-digit groups.
+NUMBER_RE = re.compile(r"(?<![\d.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|(?<![\d.])-?\.\d+")
 _FRACTION_RE = re.compile(
     r"^(-?)\s*(?:\\[dt]?frac\{\s*(-?\d+(?:\.\d+)?)\s*\}\{\s*(-?\d+(?:\.\d+)?)\s*\}"
     r"|(-?\d+(?:\.\d+)?)\s*/\s*(-?\d+(?:\.\d+)?))$"
@@ -53,11 +53,14 @@ _MAX_NUMBER_CHARS = 100
 LENIENT_SCAN_CHARS = 20_000
 
 
-def match_brace(text: str, open_idx: int) -> int | None:
-    """Index of the ``}`` closing the ``{`` at ``open_idx`` (escapes ``\\x`` skipped), or None."""
+def match_brace(text: str, open_idx: int, end: int | None = None) -> int | None:
+    """Index of the ``}`` closing the ``{`` at ``open_idx`` (escapes ``\\x`` skipped), or None.
+
+    ``end`` bounds the search (the brace must close before index ``end``; default: the end).
+    """
     depth = 0
     i = open_idx
-    n = len(text)
+    n = len(text) if end is None else min(end, len(text))
     while i < n:
         ch = text[i]
         if ch == "\\":
@@ -73,10 +76,12 @@ def match_brace(text: str, open_idx: int) -> int | None:
     return None
 
 
-def _last_box_command(text: str) -> tuple[int, int] | None:
-    """(start, end-of-command-name) of the last ``\\boxed``/``\\fbox`` not followed by a letter."""
+def last_box_command(text: str, end: int | None = None) -> tuple[int, int] | None:
+    """(start, end-of-command-name) of the last ``\\boxed``/``\\fbox`` not followed by a letter
+    that starts before index ``end`` (default: anywhere in ``text``)."""
     # Each command's search only moves backwards, so the whole scan is linear in len(text).
-    positions = {cmd: text.rfind(cmd) for cmd in _BOX_COMMANDS}
+    limit = len(text) if end is None else end
+    positions = {cmd: text.rfind(cmd, 0, limit) for cmd in _BOX_COMMANDS}
     while True:
         cmd, best = max(positions.items(), key=lambda item: item[1])
         if best < 0:
@@ -97,7 +102,7 @@ def last_boxed(text: str | None) -> str | None:
     """
     if not isinstance(text, str):
         return None
-    found = _last_box_command(text)
+    found = last_box_command(text)
     if found is None:
         return None
     _, i = found
@@ -169,7 +174,7 @@ def last_number(text: str | None) -> str | None:
     if not isinstance(text, str):
         return None
     last = None
-    for last in _NUMBER_RE.finditer(text):
+    for last in NUMBER_RE.finditer(text):
         pass
     return None if last is None else last.group(0).replace(",", "")
 
@@ -185,7 +190,7 @@ def gsm8k_gold(answer_text: str | None) -> str | None:
         return None
     s = answer_text.rsplit("####", 1)[1] if "####" in answer_text else answer_text
     s = s.strip().replace("$", "").replace("%", "").rstrip(".").strip()
-    if not _NUMBER_RE.fullmatch(s):
+    if not NUMBER_RE.fullmatch(s):
         return None
     value = _to_decimal(s.replace(",", ""))
     return None if value is None else _canonical_decimal(value)

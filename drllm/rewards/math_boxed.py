@@ -1,22 +1,39 @@
-"""``math_boxed``: the last ``\\boxed{...}`` of a response, equivalent to the gold answer.
+"""``math_boxed``: the final boxed answer of a response, equivalent to the gold answer.
 
-Verdict: reward 1 if the normalised strings are equal (:func:`normalize_math_answer`, cheap,
-checked first) OR math-verify proves the two answers equivalent within ``timeout_s``. The
-symbolic check runs in a child process (:class:`~drllm.rewards.math_worker.MathVerifyProcess`)
+Prediction: the contents of the response's final GROUP of boxes
+(:func:`~drllm.rewards.math_extract.boxed_answers`): usually just the last ``\\boxed{}``;
+several boxes joined by connectors (``$\\boxed{1}$ and $\\boxed{2}$``, ``\\boxed{1}, \\boxed{2}``)
+are ONE answer, the list ``1, 2``, which math-verify compares with the gold as a set: ``\\{1,2\\}``
+and ``2, 1`` match it, ``1`` (missing element) and ``1, 2, 3`` (extra element) do not.
+
+Verdict, first that applies:
+
+1. the normalised strings are equal (:func:`normalize_math_answer`: spacing, ``\\left``, units,
+   ``\\text{}``, ``$``, ``\\%``, degrees, ``(B)`` -> ``B``, ...) -> ``"match"``;
+2. one side is a plain decimal and the other an exact rational: the decimal rule of
+   :mod:`drllm.rewards.math_numeric` decides (``0.333`` vs ``\\frac13`` equal, ``0.3`` not) ->
+   ``"match (decimal rule)"`` / ``"mismatch"``;
+3. answers written in a base (``1101_2``, ``141_{13}``) -> ``"mismatch"`` (math-verify drops the
+   subscript and would call ``1101_4`` equal to ``1101_5``);
+4. math-verify proves them equivalent within ``timeout_s`` (matrices of any bracket style,
+   intervals vs inequalities, unions, sets, expressions;
+   :mod:`drllm.rewards.math_equivalence`) -> ``"match (math-verify)"``.
+
+The symbolic check runs in a child process (:class:`~drllm.rewards.math_worker.MathVerifyProcess`)
 so the time bound holds in any thread, including inside Ray actors; a timeout scores 0.
 
 Caches: normalised strings (golds and predictions) and symbolic verdicts per (gold, prediction)
 live in the parent; parsed golds live in the child. An MCTS grades many near-identical answers
-per question, so most checks after the first are cache hits.
+per question, so most checks after the first are cache hits. Known remaining math-verify
+leniency: values below its numeric precision compare equal (``1/2004!`` vs ``1/2005!``).
 
-Answers written in a base (``1101_2``, ``141_{13}``) are compared as normalised strings only:
-math-verify drops the subscript and would call ``1101_4`` equal to ``1101_5``. Known remaining
-math-verify leniency: values below its numeric precision compare equal (``1/2004!`` vs
-``1/2005!``).
+``math_boxed_lenient`` (:class:`LenientMathBoxedGrader`) grades a response WITHOUT a box by its
+:func:`~drllm.rewards.math_extract.final_answer_lenient` (``the answer is X``, ``#### X``, else
+the last ``$...$`` expression or number); with a box it is ``math_boxed``.
 
-Reasons: ``"match"`` (normalised strings equal), ``"match (math-verify)"``, ``"mismatch"``,
+Reasons: ``"match"``, ``"match (decimal rule)"``, ``"match (math-verify)"``, ``"mismatch"``,
 ``"mismatch (symbolic check timed out)"`` and similar, ``"no boxed answer"``,
-``"empty boxed answer"``.
+``"empty boxed answer"``; lenient: ``"no final answer found"`` instead of ``"no boxed answer"``.
 """
 
 from __future__ import annotations
@@ -27,13 +44,14 @@ import threading
 from collections import OrderedDict
 
 from drllm.rewards.base import GRADERS, Grader
-from drllm.rewards.extract import last_boxed
+from drllm.rewards.math_extract import boxed_answers, final_answer_lenient
 from drllm.rewards.math_normalize import (
     BASE_NUMBER_RE,
     MAX_NORMALIZE_CHARS,
     normalize_math_answer,
     prepare_for_symbolic,
 )
+from drllm.rewards.math_numeric import decimal_verdict
 from drllm.rewards.math_worker import MathVerifyProcess, SymbolicCheck
 from drllm.types import Grade
 
@@ -80,6 +98,7 @@ class MathBoxedGrader(Grader):
     """
 
     name = "math_boxed"
+    lenient_name = "math_boxed_lenient"
 
     def __init__(self, timeout_s: float = 10.0, symbolic: bool = True,
                  max_symbolic_chars: int = 400, verdict_cache_size: int = 65_536,
@@ -111,13 +130,27 @@ class MathBoxedGrader(Grader):
         return canonical
 
     def _grade(self, response: str, gold: str) -> Grade:
-        pred = last_boxed(response)
-        if pred is None:
+        answers = boxed_answers(response)
+        if answers is None:
             return Grade(0.0, "no boxed answer")
+        return self._grade_answers(answers, gold)
+
+    def _grade_answers(self, answers: list[str], gold: str) -> Grade:
+        """Grade the final answer(s) of a response; several answers are one list ``a, b``."""
+        pred = ", ".join(answers)
         if not pred:
             return Grade(0.0, "empty boxed answer", pred)
-        if _normalized(pred) == _normalized(gold):
+        return self._compare(pred, gold)
+
+    def _compare(self, pred: str, gold: str) -> Grade:
+        """Verdict on one extracted answer ``pred`` vs a canonical ``gold`` (module docstring)."""
+        norm_pred, norm_gold = _normalized(pred), _normalized(gold)
+        if norm_pred == norm_gold:
             return Grade(1.0, "match", pred)
+        decimal = decimal_verdict(norm_gold, norm_pred)
+        if decimal is not None:
+            return Grade(1.0, "match (decimal rule)", pred) if decimal else Grade(
+                0.0, "mismatch", pred)
         if not self.symbolic or BASE_NUMBER_RE.search(gold) or BASE_NUMBER_RE.search(pred):
             # math-verify ignores base subscripts (it calls 1101_4 equal to 1101_5): strings only.
             return Grade(0.0, "mismatch", pred)
@@ -149,3 +182,25 @@ class MathBoxedGrader(Grader):
     def close(self) -> None:
         """Stop the math-verify child process (restarted on demand)."""
         self.checker.close()
+
+
+@GRADERS.register("math_boxed_lenient")
+class LenientMathBoxedGrader(MathBoxedGrader):
+    """``math_boxed``, plus responses without a box graded by their unboxed final answer.
+
+    The answer is :func:`~drllm.rewards.math_extract.final_answer_lenient`: what follows the
+    last ``answer is`` / ``answer:`` / ``####``, else the last ``$...$`` expression or the last
+    number, whichever comes later. Use it to report what a model meant next to the strict
+    ``math_boxed`` reward (which also rewards the answer format). Same arguments.
+    """
+
+    name = "math_boxed_lenient"
+
+    def _grade(self, response: str, gold: str) -> Grade:
+        answers = boxed_answers(response)
+        if answers is None:
+            answer = final_answer_lenient(response)
+            if answer is None:
+                return Grade(0.0, "no final answer found")
+            answers = [answer]
+        return self._grade_answers(answers, gold)

@@ -190,6 +190,9 @@ def normalize_math_answer(answer: str) -> str:
     if len(s) > MAX_NORMALIZE_CHARS:
         return s
     s = _unwrap_text(_clean(s))
+    number_with_unit = _NUMBER_WITH_UNIT_RE.match(s.strip())  # "\text{5 cm}", unwrapped
+    if number_with_unit:
+        s = number_with_unit.group(1)
     if s.count("=") == 1 or (s.count("=") == 0 and "\\in" in s):
         s = _VAR_ASSIGN_RE.sub("", s, count=1)
     s = fix_shorthand(s)  # again: \text{} unwrapping can expose shorthand

@@ -15,12 +15,12 @@ it over pipes with one JSON line per request:
   on the next request (``startup_timeout_s``, about half a second on a laptop).
 
 Callable from any thread (requests are serialised by a lock); the child holds the parsed-gold
-cache. POSIX only (``select`` on pipes).
+cache. The comparison itself is :func:`drllm.rewards.math_equivalence.equivalent`. POSIX only
+(``select`` on pipes).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -202,23 +202,6 @@ class MathVerifyProcess:
 # Child side.
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_gold(gold: str, timeout: int) -> tuple:
-    from math_verify import parse
-
-    return tuple(parse(f"${gold}$", parsing_timeout=timeout))
-
-
-def _equivalent(gold: str, pred: str, timeout: int) -> bool:
-    from math_verify import parse, verify
-
-    parsed_gold = _parse_gold(gold, timeout)
-    parsed_pred = parse(f"${pred}$", parsing_timeout=timeout)
-    if not parsed_gold or not parsed_pred:
-        return False
-    return bool(verify(list(parsed_gold), parsed_pred, timeout_seconds=timeout))
-
-
 def serve() -> None:
     """Child main loop: one JSON request per stdin line, one JSON reply per stdout line.
 
@@ -232,13 +215,15 @@ def serve() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from math_verify.errors import TimeoutException  # import before announcing readiness
 
+    from drllm.rewards.math_equivalence import equivalent
+
     out.write(b'{"ready": true}\n')
     out.flush()
     for line in sys.stdin.buffer:
         try:
             request = json.loads(line)
-            reply = {"equal": _equivalent(request["gold"], request["pred"],
-                                          int(request["timeout"]))}
+            reply = {"equal": equivalent(request["gold"], request["pred"],
+                                         int(request["timeout"]))}
         except (Exception, TimeoutException) as exc:  # report, keep serving
             reply = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         out.write(json.dumps(reply).encode() + b"\n")

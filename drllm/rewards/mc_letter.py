@@ -45,6 +45,7 @@ class MCLetterGrader(Grader):
     """
 
     name = "mc_letter"
+    lenient_name = "mc_letter_lenient"
 
     def __init__(self, pattern: str = STRICT_LETTER_PATTERN,
                  letters: str = DEFAULT_LETTERS) -> None:

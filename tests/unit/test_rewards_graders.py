@@ -21,7 +21,8 @@ from drllm.rewards import (
 from drllm.types import Grade
 
 GOLD_FOR = {"exact": "42", "mc_letter": "B", "mc_letter_lenient": "B",
-            "math_boxed": r"\frac{1}{2}", "gsm8k_numeric": "#### 1,080"}
+            "math_boxed": r"\frac{1}{2}", "math_boxed_lenient": r"\frac{1}{2}",
+            "gsm8k_numeric": "#### 1,080"}
 
 
 def test_registry_lists_every_grader_and_rejects_unknown() -> None:
@@ -148,7 +149,8 @@ def test_math_boxed_wrong(response: str, gold: str, reason: str) -> None:
 def test_math_boxed_string_only_mode_never_starts_the_worker() -> None:
     grader = MathBoxedGrader(symbolic=False)
     assert grader.grade(r"\boxed{\dfrac{1}{2}}", r"\frac12").reward == 1.0
-    assert grader.grade(r"\boxed{0.5}", r"\frac12").reason == "mismatch"
+    assert grader.grade(r"\boxed{2/4}", r"\frac12").reason == "mismatch"
+    assert grader.grade(r"\boxed{0.5}", r"\frac12").reason == "match (decimal rule)"  # no sympy
     assert grader.checker.pid is None
 
 
@@ -255,6 +257,9 @@ PATHOLOGICAL = {
     "open braces": "\\boxed{" + "{" * 1_000_000,
     "escapes": "\\" * 1_000_000,
     "long boxed number": "\\boxed{" + "1" * 500_000 + "}",
+    "many boxes": "\\boxed{1}, " * 200_000 + "\\boxed{2}",
+    "dollars": "$" * 1_000_000,
+    "answer phrases": "the answer is " * 100_000,
 }
 
 
