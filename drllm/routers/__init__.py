@@ -2,7 +2,8 @@
 
 Modules: :mod:`.module` (pooling, :class:`Routers`, :class:`StackedRouters`), :mod:`.control`
 (the alpha knob), :mod:`.loss` (focal loss, effective-number weights), :mod:`.metrics`,
-:mod:`.dataset` (in-memory features, id split, batches), :mod:`.training` (plain-torch loop),
+:mod:`.dataset` (in-memory features, id split, batches), :mod:`.rows` (which shard rows are
+trained on: solved by default), :mod:`.training` (plain-torch loop),
 :mod:`.checkpoint` (safetensors + config.json). Nothing here imports ray.
 """
 

@@ -2,7 +2,9 @@
 
 ``config.json`` holds ``format_version``, ``base_model_id``, ``num_layers`` (L), ``hidden_size``
 (d), ``windows`` (W), ``bottleneck`` (b), ``num_classes``, ``class_names``, ``class_counts``
-(training split), ``train_config``, ``metrics`` and the ``drllm_version`` that wrote it. Weight
+(training split), ``train_config``, ``metrics``, ``rows`` (which supervision rows were used:
+``{"filter", "used", "skipped_unsolved", "train", "val"}``, see :mod:`drllm.routers.rows`; or
+``null``) and the ``drllm_version`` that wrote it. Weight
 names are those of :class:`~drllm.routers.module.Routers` (``routers.{i}.fc1.weight`` ...).
 
 Both files are written to temporary names and renamed, so an interrupted save never leaves a
@@ -73,6 +75,7 @@ def save_routers(
     class_counts: Sequence[int] | None = None,
     train_config: Any = None,
     metrics: Mapping[str, Any] | None = None,
+    rows: Mapping[str, Any] | None = None,
 ) -> FsPath:
     """Save ``routers`` to ``directory`` (created if needed); returns the directory.
 
@@ -81,6 +84,8 @@ def save_routers(
         class_counts: training-split label counts ``(skip, execute, repeat)``.
         train_config: a :class:`~drllm.routers.training.TrainConfig` or a mapping.
         metrics: final metrics (JSON-serializable after conversion).
+        rows: the supervision rows trained on (row filter and counts, e.g.
+            ``{"filter": "solved", "used": N, "skipped_unsolved": M}``).
     """
     if not base_model_id:
         raise ValueError("base_model_id is required so the checkpoint can be matched to its model")
@@ -100,6 +105,7 @@ def save_routers(
         "class_counts": None if class_counts is None else [int(c) for c in class_counts],
         "train_config": _jsonable(train_config),
         "metrics": _jsonable(metrics) if metrics is not None else None,
+        "rows": _jsonable(rows) if rows is not None else None,
         "drllm_version": drllm.__version__,
     }
     text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)

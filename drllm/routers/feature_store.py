@@ -2,7 +2,8 @@
 
 A features directory holds
 
-* ``features-{digest}.arrow`` -- an uncompressed Arrow IPC file, one row per searched example:
+* ``features-{digest}.arrow`` -- an uncompressed Arrow IPC file, one row per selected example
+  (the row filter, :mod:`drllm.routers.rows`: solved rows by default):
   ``example_id`` (string), ``dataset`` (string), ``num_tokens`` (int32, prompt tokens),
   ``labels`` (``fixed_size_list<int8>[L]``, the best-path decisions), ``wmask``
   (``fixed_size_list<int8>[W]``, valid windows) and ``features``
@@ -11,8 +12,9 @@ A features directory holds
 * ``_features.json`` -- the cache key the file was computed for, its shape and provenance.
 
 The key is the feature-pass identity: model id (and dtype), the shard files (names, sizes,
-modification times), the shard manifest's digest, ``W`` and the storage dtype. A rerun whose key
-matches reuses the file; any change (a new shard, another model, another ``W``) recomputes it.
+modification times), the shard manifest's digest, ``W``, the storage dtype and the row filter. A
+rerun whose key matches reuses the file; any change (a new shard, another model, another ``W``,
+``rows=all``) recomputes it.
 The file is written under a dot-prefixed temporary name and renamed, and ``_features.json`` is
 replaced last, so a crash never leaves a half-written file that looks complete.
 
@@ -37,11 +39,12 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import torch
 
+from drllm.routers.rows import RowSelection, check_row_filter
 from drllm.shards.layout import MANIFEST_NAME, shard_files
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rows are selected by a row filter (part of the key)
 INFO_NAME = "_features.json"
 FEATURE_DTYPES = {
     "float16": (pa.float16(), torch.float16),
@@ -97,8 +100,9 @@ def feature_key(
     shards_dir: str | os.PathLike,
     windows: int,
     dtype: str,
+    rows: str = "solved",
 ) -> dict[str, Any]:
-    """The cache key of a feature pass (see the module docstring)."""
+    """The cache key of a feature pass (see the module docstring); ``rows`` is the row filter."""
     return {
         "format_version": FORMAT_VERSION,
         "model_id": model_id,
@@ -107,6 +111,7 @@ def feature_key(
         "shards": shards_fingerprint(shards_dir),
         "windows": int(windows),
         "dtype": dtype,
+        "rows": check_row_filter(rows),
     }
 
 
@@ -128,6 +133,9 @@ class FeatureInfo:
         model_id: the frozen model the features were computed with.
         created: ISO 8601 UTC time of the write.
         seconds: wall time of the feature pass that wrote the file.
+        row_filter: the row filter that selected the ``rows`` (``"solved"`` or ``"all"``).
+        shard_rows: rows in the shards, selected or not.
+        skipped_unsolved: unsolved shard rows the filter left out.
     """
 
     key: Mapping[str, Any]
@@ -141,9 +149,17 @@ class FeatureInfo:
     model_id: str
     created: str
     seconds: float
+    row_filter: str = "all"
+    shard_rows: int = 0
+    skipped_unsolved: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def row_selection(self) -> dict[str, Any]:
+        """``{"filter", "used", "skipped_unsolved"}``: the rows these features hold."""
+        return RowSelection(self.row_filter, self.shard_rows, self.rows,
+                            self.skipped_unsolved).to_dict()
 
 
 def read_info(features_dir: str | os.PathLike) -> FeatureInfo | None:
@@ -187,6 +203,8 @@ class FeatureFileWriter:
         key: the cache key the file is computed for.
         num_layers / windows / hidden_size / dtype: shape and storage dtype of the rows.
         model_id: the model the features come from (recorded in ``_features.json``).
+        selection: the row selection the rows come from (recorded in ``_features.json``);
+            ``None``: every row written, no filter.
 
     Use as a context manager: leaving the block without :meth:`commit` (an error) deletes the
     temporary file and leaves the previous features untouched.
@@ -202,8 +220,10 @@ class FeatureFileWriter:
         hidden_size: int,
         dtype: str,
         model_id: str,
+        selection: RowSelection | None = None,
     ) -> None:
         self.dir = Path(features_dir)
+        self.selection = selection
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key, self.digest = dict(key), key_digest(key)
         self.schema = feature_schema(num_layers, windows, hidden_size, dtype)
@@ -242,12 +262,14 @@ class FeatureFileWriter:
         final = self.dir / self.name
         os.replace(self.tmp, final)
         num_layers, windows, hidden_size = self.shape
+        sel = self.selection or RowSelection("all", self.rows, self.rows, 0)
         info = FeatureInfo(
             key=self.key, digest=self.digest, file=self.name, rows=self.rows,
             num_layers=num_layers, windows=windows, hidden_size=hidden_size, dtype=self.dtype,
             model_id=self.model_id,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             seconds=time.perf_counter() - self._start,
+            row_filter=sel.filter, shard_rows=sel.total, skipped_unsolved=sel.skipped_unsolved,
         )
         _atomic_write_text(self.dir / INFO_NAME, json.dumps(info.to_dict(), indent=2) + "\n")
         for stale in self.dir.glob("features-*.arrow"):

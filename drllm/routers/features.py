@@ -10,9 +10,11 @@ router training never runs the LLM:
   excluded) the states entering every block: ``[B, L, W, d]`` plus the window mask ``[B, W]``;
 * :class:`FeatureExtractor` -- the Ray Data callable class: loads the model once per actor and
   maps shard rows (``rendered_prompt``, ``best_path``) to feature rows;
-* :func:`run_feature_pass` -- reads the shards with ``ray.data.read_parquet``, maps them through
-  a fixed-size actor pool (``ActorPoolStrategy``), and streams the rows into a features file
-  (:mod:`drllm.routers.feature_store`); a rerun with the same key reuses the file.
+* :func:`run_feature_pass` -- reads the shards with ``ray.data.read_parquet``, keeps the rows of
+  the row filter (``FeatureConfig.rows``: solved rows by default, see :mod:`drllm.routers.rows`),
+  maps them through a fixed-size actor pool (``ActorPoolStrategy``), and streams the rows into
+  a features file (:mod:`drllm.routers.feature_store`); a rerun with the same key reuses the
+  file.
 
 Prompts are the shards' ``rendered_prompt`` (chat template already applied), tokenized by
 :meth:`PathExecutor.encode`, which adds no special tokens (the template wrote them).
@@ -41,13 +43,21 @@ from drllm.routers.feature_store import (
     find_reusable,
 )
 from drllm.routers.module import DEFAULT_WINDOWS, window_pool
+from drllm.routers.rows import (
+    SHARD_COLUMNS,
+    RowSelection,
+    ShardsIdentity,
+    check_row_filter,
+    filter_dataset,
+    filter_table,
+    select_rows,
+    shards_identity,
+)
 
 logger = logging.getLogger(__name__)
 
 ModelSource = Union[ModelSpec, Callable[[], LoadedModel]]
 """A :class:`ModelSpec`, or a picklable zero-argument callable returning a ``LoadedModel``."""
-
-SHARD_COLUMNS = ("example_id", "dataset", "rendered_prompt", "best_path")
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class FeatureConfig:
         num_actors: size of the Ray Data actor pool (one model copy each).
         num_cpus_per_actor: CPUs (and torch threads) per CPU actor.
         use_gpu: one GPU per actor; ``None`` uses GPUs when the cluster has them.
+        rows: which shard rows are featurized (and so trained on): ``"solved"`` (default) or
+            ``"all"`` (see :mod:`drllm.routers.rows`; CLI ``train.rows=all``).
     """
 
     windows: int = DEFAULT_WINDOWS
@@ -69,8 +81,10 @@ class FeatureConfig:
     num_actors: int = 1
     num_cpus_per_actor: int = 1
     use_gpu: bool | None = None
+    rows: str = "solved"
 
     def __post_init__(self) -> None:
+        check_row_filter(self.rows)
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(
                 f"FeatureConfig.dtype must be one of {sorted(FEATURE_DTYPES)}, got {self.dtype!r}"
@@ -222,34 +236,6 @@ class FeatureExtractor:
         )
 
 
-@dataclass(frozen=True)
-class ShardsIdentity:
-    """Model id, ``L`` and row count of a shard directory, from the files' metadata."""
-
-    files: tuple[FsPath, ...]
-    model_id: str
-    num_layers: int
-    rows: int
-
-
-def shards_identity(shards_dir: str | FsPath) -> ShardsIdentity:
-    """Read every shard footer; the shards must agree on the model and ``L``."""
-    from drllm.shards import read_shard_metadata, shard_files
-
-    files = tuple(shard_files(shards_dir))
-    if not files:
-        raise FileNotFoundError(f"no complete shards (shard-*.parquet) in {shards_dir}")
-    metas = [read_shard_metadata(f) for f in files]
-    for meta, path in zip(metas, files):
-        if (meta["model_id"], meta["num_layers"]) != (metas[0]["model_id"], metas[0]["num_layers"]):
-            raise ValueError(
-                f"{path} holds model {meta['model_id']!r} (L={meta['num_layers']}) but "
-                f"{files[0]} holds {metas[0]['model_id']!r} (L={metas[0]['num_layers']})"
-            )
-    return ShardsIdentity(files, metas[0]["model_id"], metas[0]["num_layers"],
-                          sum(m["rows"] for m in metas))
-
-
 def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: ShardsIdentity) -> Any:
     """``ds.map_batches`` through a fixed-size pool of :class:`FeatureExtractor` actors."""
     import ray
@@ -284,7 +270,8 @@ def run_feature_pass(
     force: bool = False,
     in_process: bool = False,
 ) -> FeatureInfo:
-    """Compute (or reuse) the router features of every row of ``shards_dir``.
+    """Compute (or reuse) the router features of the rows of ``shards_dir`` that ``cfg.rows``
+    selects (solved rows by default; unsolved rows are then never featurized).
 
     Ray must be connected (:func:`drllm.cluster.connect`) unless ``in_process``. The pass runs
     to completion before returning, so its actors release their CPUs / GPUs before training
@@ -301,27 +288,34 @@ def run_feature_pass(
             runs, notebooks, tests).
 
     Returns:
-        The :class:`FeatureInfo` of the (new or reused) features.
+        The :class:`FeatureInfo` of the (new or reused) features; its ``row_filter``,
+        ``shard_rows`` and ``skipped_unsolved`` record the row selection.
+
+    Raises:
+        drllm.routers.rows.NoRowsError: the row filter keeps no row (message: the counts and
+            ``train.rows=all``).
     """
     import ray
 
     ident = shards_identity(shards_dir)
+    selection = select_rows(ident, cfg.rows, shards_dir)
     key = feature_key(
         model_id=ident.model_id,
         model_dtype=model.dtype if isinstance(model, ModelSpec) else None,
-        shards_dir=shards_dir, windows=cfg.windows, dtype=cfg.dtype,
+        shards_dir=shards_dir, windows=cfg.windows, dtype=cfg.dtype, rows=cfg.rows,
     )
     reused = None if force else find_reusable(features_dir, key)
     if reused is not None:
-        logger.info("reusing %d feature rows in %s (same shards, model, W, dtype)",
-                    reused.rows, features_dir)
+        logger.info("reusing %d feature rows in %s (same shards, model, W, dtype, rows=%s)",
+                    reused.rows, features_dir, cfg.rows)
         return reused
-    logger.info("feature pass: %d rows of %s, %s, W=%d, %s", ident.rows, shards_dir,
+    logger.info("feature pass: %d of %d rows of %s (rows=%s), %s, W=%d, %s", selection.used,
+                ident.rows, shards_dir, cfg.rows,
                 "in process" if in_process else f"{cfg.num_actors} actor(s)", cfg.windows,
                 cfg.dtype)
     if in_process:
         return _write_stream(_local_batches(model, cfg, ident), features_dir, key, ident, cfg,
-                             progress)
+                             selection, progress)
     if not ray.is_initialized():
         raise RuntimeError("the feature pass needs Ray: call drllm.cluster.connect(...) first, "
                            "or pass in_process=True")
@@ -329,10 +323,11 @@ def run_feature_pass(
     saved = context.enable_progress_bars
     context.enable_progress_bars = progress  # Ray Data's own bars; ours counts rows
     try:
-        ds = ray.data.read_parquet([str(f) for f in ident.files], columns=list(SHARD_COLUMNS))
+        ds = filter_dataset(ray.data.read_parquet([str(f) for f in ident.files]), cfg.rows)
+        ds = ds.select_columns(list(SHARD_COLUMNS))
         batches = _map_features(ds, model, cfg, ident).iter_batches(
             batch_size=None, batch_format="pyarrow")
-        return _write_stream(batches, features_dir, key, ident, cfg, progress)
+        return _write_stream(batches, features_dir, key, ident, cfg, selection, progress)
     finally:
         context.enable_progress_bars = saved
 
@@ -348,20 +343,20 @@ def _local_batches(
         expected_num_layers=ident.num_layers,
     )
     for path in ident.files:
-        table = pq.read_table(path, columns=list(SHARD_COLUMNS))
+        table = filter_table(pq.read_table(path, columns=[*SHARD_COLUMNS, "solved"]), cfg.rows)
         for start in range(0, table.num_rows, cfg.batch_size):
             yield extractor(table.slice(start, cfg.batch_size))
 
 
 def _write_stream(
     batches: Iterable[pa.Table], features_dir: str | FsPath, key: dict[str, Any],
-    ident: ShardsIdentity, cfg: FeatureConfig, progress: bool,
+    ident: ShardsIdentity, cfg: FeatureConfig, selection: RowSelection, progress: bool,
 ) -> FeatureInfo:
     """Stream feature tables into a features file and commit it."""
     from tqdm.auto import tqdm
 
     writer: FeatureFileWriter | None = None
-    bar = tqdm(total=ident.rows, desc="features", unit="row", disable=not progress)
+    bar = tqdm(total=selection.used, desc="features", unit="row", disable=not progress)
     try:
         for table in batches:
             if writer is None:
@@ -369,14 +364,15 @@ def _write_stream(
                 writer = FeatureFileWriter(
                     features_dir, key, num_layers=ident.num_layers, windows=cfg.windows,
                     hidden_size=width // (ident.num_layers * cfg.windows), dtype=cfg.dtype,
-                    model_id=ident.model_id,
+                    model_id=ident.model_id, selection=selection,
                 )
             writer.write(table)
             bar.update(table.num_rows)
         if writer is None:
             raise ValueError(f"the shards of {ident.files[0].parent} produced no feature rows")
-        if writer.rows != ident.rows:
-            raise RuntimeError(f"feature pass wrote {writer.rows} rows for {ident.rows} shard rows")
+        if writer.rows != selection.used:
+            raise RuntimeError(f"feature pass wrote {writer.rows} rows for {selection.used} "
+                               f"selected shard rows (rows={cfg.rows})")
         return writer.commit()
     except BaseException:
         if writer is not None:

@@ -251,6 +251,7 @@ class Routers(nn.Module):
         class_counts: Sequence[int] | None = None,
         train_config: Any = None,
         metrics: Mapping[str, Any] | None = None,
+        rows: Mapping[str, Any] | None = None,
     ) -> FsPath:
         """Write ``routers.safetensors`` + ``config.json`` to ``directory`` (:mod:`.checkpoint`)."""
         from drllm.routers.checkpoint import save_routers
@@ -262,6 +263,7 @@ class Routers(nn.Module):
             class_counts=class_counts,
             train_config=train_config,
             metrics=metrics,
+            rows=rows,
         )
 
     @classmethod

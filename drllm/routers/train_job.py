@@ -4,14 +4,17 @@
 and calls :func:`run_train_job`:
 
 1. :func:`~drllm.routers.features.run_feature_pass` runs to completion first (Ray Data actor
-   pool; reused when the shards, model, ``W`` and dtype are unchanged), so its actors have
-   released their CPUs before training asks for them -- the pipeline cannot deadlock on a
-   small machine;
+   pool; reused when the shards, model, ``W``, dtype and row filter are unchanged), so its
+   actors have released their CPUs before training asks for them -- the pipeline cannot
+   deadlock on a small machine. It featurizes the rows of the row filter only (``train.rows``:
+   ``solved`` by default, ``all``; :mod:`drllm.routers.rows`), so training sees those rows;
 2. :func:`fit_routers` splits rows by example id, counts the **training** split's labels for the
    loss weights, and runs :func:`~drllm.routers.train_worker.train_loop_per_worker` on
    ``num_workers`` Ray Train workers (CPU by default, one GPU each when the cluster has GPUs);
 3. the final routers are written with :meth:`Routers.save_pretrained` to
-   ``<output>/<checkpoint_dir>`` along with the validation metrics, which are also printed.
+   ``<output>/<checkpoint_dir>`` along with the validation metrics and the rows used
+   (``config.json["rows"]``: filter, used, skipped_unsolved, train, val), which are also
+   printed.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ class TrainOutcome:
         history: per-epoch reports (see :func:`~drllm.routers.train_worker.flat_metrics`).
         class_counts: training-split label counts ``(skip, execute, repeat)``.
         train_rows / val_rows: examples on each side of the id split.
+        rows: the row selection of the features with the split sizes: ``{"filter", "used",
+            "skipped_unsolved", "train", "val"}`` (the checkpoint's ``rows`` entry).
         seconds: wall time of ``TorchTrainer.fit`` (Ray Train start-up included).
         checkpoint_path: the final Ray Train checkpoint (routers + training state).
     """
@@ -95,6 +100,7 @@ class TrainOutcome:
     val_rows: int
     seconds: float
     checkpoint_path: str
+    rows: Mapping[str, Any]
 
 
 def _worker_resources(settings: RayTrainSettings) -> tuple[bool, int]:
@@ -183,6 +189,10 @@ def fit_routers(
     run_name = run_name or run_name_for(data.info.digest, cfg, settings.num_workers)
     train_idx, val_idx = split_by_id(data.example_ids, cfg.val_fraction, cfg.seed)
     counts = class_counts(data.labels[train_idx])
+    rows = {**data.info.row_selection(), "train": len(train_idx), "val": len(val_idx)}
+    logger.info("training rows (filter %s): %d used (%d train / %d val), %d unsolved skipped",
+                rows["filter"], rows["used"], rows["train"], rows["val"],
+                rows["skipped_unsolved"])
     use_gpu, cpus = _worker_resources(settings)
     cfg.per_worker_batch_size(settings.num_workers)  # fail fast on an indivisible batch
     resources: dict[str, float] = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
@@ -194,7 +204,7 @@ def fit_routers(
             train_idx=train_idx.tolist(), val_idx=val_idx.tolist(), class_counts=counts,
             base_model_id=base_model_id or data.info.model_id,
             threads=None if use_gpu else (settings.threads or cpus),
-            log_level=settings.log_level,
+            log_level=settings.log_level, rows=rows,
         ),
         settings, use_gpu, resources, run_name, storage_path,
     )
@@ -211,7 +221,7 @@ def fit_routers(
     return TrainOutcome(
         routers=routers, metrics=out["final_metrics"], history=tuple(out["history"]),
         class_counts=tuple(counts), train_rows=len(train_idx), val_rows=len(val_idx),
-        seconds=seconds, checkpoint_path=str(result.checkpoint.path),
+        seconds=seconds, checkpoint_path=str(result.checkpoint.path), rows=rows,
     )
 
 
@@ -291,6 +301,7 @@ def train_job_settings(cfg: Any) -> TrainJobSettings:
             "train", FeatureConfig, windows=t["windows"], dtype=t["feature_dtype"],
             batch_size=t["feature_batch_size"], num_actors=t["feature_actors"],
             num_cpus_per_actor=t["feature_cpus_per_actor"], use_gpu=t["use_gpu"],
+            rows=t["rows"],
         ),
         ray_train=build(
             "train", RayTrainSettings, num_workers=t["num_workers"], use_gpu=t["use_gpu"],
@@ -324,13 +335,14 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
     routers_dir = output_dir / settings.checkpoint_subdir
     outcome.routers.save_pretrained(
         routers_dir, base_model_id=info.model_id, class_counts=outcome.class_counts,
-        train_config=settings.train, metrics=outcome.metrics,
+        train_config=settings.train, metrics=outcome.metrics, rows=outcome.rows,
     )
     summary = {
         "model_id": info.model_id,
         "shards_dir": str(settings.shards_dir),
         "features_dir": str(features_dir),
         "feature_rows": info.rows,
+        "rows": dict(outcome.rows),
         "train_rows": outcome.train_rows,
         "val_rows": outcome.val_rows,
         "class_counts": list(outcome.class_counts),
@@ -346,6 +358,8 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
     print(f"router metrics on the {split} split ({outcome.val_rows or outcome.train_rows} "
           f"examples x {info.num_layers} blocks):")
     print(format_metrics(outcome.metrics))
+    print(f"rows      {outcome.rows['used']} used (train.rows={outcome.rows['filter']}), "
+          f"{outcome.rows['skipped_unsolved']} unsolved skipped")
     print(f"routers   {routers_dir}")
     print(f"summary   {output_dir / SUMMARY_FILE}")
     return summary

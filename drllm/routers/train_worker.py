@@ -55,8 +55,10 @@ def loop_config(
     base_model_id: str,
     threads: int | None,
     log_level: str = "INFO",
+    rows: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``train_loop_config`` of :func:`train_loop_per_worker` (plain, picklable values)."""
+    """The ``train_loop_config`` of :func:`train_loop_per_worker` (plain, picklable values);
+    ``rows`` (the row selection) is written into every checkpoint's ``config.json``."""
     return {
         "features_dir": str(features_dir),
         "train": train.to_dict(),
@@ -66,6 +68,7 @@ def loop_config(
         "base_model_id": base_model_id,
         "threads": threads,
         "log_level": log_level,
+        "rows": None if rows is None else dict(rows),
     }
 
 
@@ -156,7 +159,7 @@ def _report(
         base.to_routers().to("cpu", torch.float32).save_pretrained(
             directory, base_model_id=config["base_model_id"],
             class_counts=config["class_counts"], train_config=config["train"],
-            metrics=final if final is not None else metrics,
+            metrics=final if final is not None else metrics, rows=config.get("rows"),
         )
         torch.save({"epoch": epoch, "history": history, "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict()}, Path(directory) / TRAIN_STATE)

@@ -7,24 +7,29 @@ session's ``ray_local`` cluster (2 CPUs).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from pathlib import Path as FsPath
 
 import pytest
 import torch
 
+from drllm.bench.train import random_path, synthetic_result
 from drllm.cluster import ClusterSettings
 from drllm.distributed import EvaluatorSpec, GenerationConfig, PoolConfig, run_search_job
 from drllm.distributed.executor_backend import TinyModelLoader
 from drllm.inference import RoutedModel
 from drllm.models.loading import ModelSpec
 from drllm.models.tiny import tiny_model, tiny_tokenizer
+from drllm.paths import Path
 from drllm.routers.checkpoint import RouterCheckpointError, read_config
 from drllm.routers.feature_store import load_features, read_info
 from drllm.routers.features import FeatureConfig, run_feature_pass
 from drllm.routers.dataset import split_by_id
 from drllm.routers.metrics import compute_metrics
 from drllm.routers.module import Routers
+from drllm.routers.rows import NoRowsError
 from drllm.routers.train_job import (
     RayTrainSettings,
     TrainJobSettings,
@@ -34,7 +39,7 @@ from drllm.routers.train_job import (
 )
 from drllm.routers.training import TrainConfig
 from drllm.search import MCTSConfig
-from drllm.shards import ShardWriter, read_shards
+from drllm.shards import ShardWriter, SupervisionRecord, read_shards
 from drllm.types import Example
 
 REPO = FsPath(__file__).resolve().parents[2]
@@ -42,7 +47,10 @@ L, D = 4, 64
 LOADER = TinyModelLoader("llama", num_layers=L, hidden_size=D, seed=1)
 MODEL_ID = "tiny-llama-L4-d64-s1"
 N = 24
-FEATURES = FeatureConfig(windows=4, batch_size=8, num_actors=1)
+# A random tiny model solves none of the searched questions, so the real-search shards are
+# featurized with rows="all"; the default filter (solved rows) is tested on mixed shards.
+FEATURES = FeatureConfig(windows=4, batch_size=8, num_actors=1, rows="all")
+UNSOLVED = frozenset(range(0, N, 3))  # mixed shards: 8 unsolved rows, 16 solved
 
 
 def examples() -> list[Example]:
@@ -64,11 +72,15 @@ def without_loss(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k != "loss"}
 
 
+def render(example: Example) -> str:
+    return tiny_tokenizer().apply_chat_template(list(example.messages),
+                                                add_generation_prompt=True, tokenize=False)
+
+
 @pytest.fixture(scope="module")
 def shards(ray_local, tmp_path_factory) -> FsPath:
     """Shards written by the real search job library (tiny model on one evaluator actor)."""
     out = tmp_path_factory.mktemp("run") / "shards"
-    tok = tiny_tokenizer()
     mcts = MCTSConfig(num_simulations=6, seed=0)
     spec = EvaluatorSpec("executor", {"loader": LOADER, "generation": GenerationConfig(4),
                                       "constraints": mcts.constraints})
@@ -76,12 +88,31 @@ def shards(ray_local, tmp_path_factory) -> FsPath:
                      rows_per_shard=10) as writer:
         summary = run_search_job(
             examples(), writer=writer, evaluator=spec, mcts_config=mcts,
-            render=lambda ex: tok.apply_chat_template(list(ex.messages),
-                                                      add_generation_prompt=True, tokenize=False),
+            render=render,
             pool_config=PoolConfig(num_actors=1, max_batch_size=8, name_prefix="trainjob"),
             progress=False,
         )
     assert summary.searched == N
+    return out
+
+
+@pytest.fixture(scope="module")
+def mixed_shards(tmp_path_factory) -> FsPath:
+    """Shards of solved rows (random 2-edit labels) and unsolved rows (rows :data:`UNSOLVED`,
+    labelled with the default path, as the search writes them)."""
+    out = tmp_path_factory.mktemp("mixed") / "shards"
+    rng = random.Random(0)
+    with ShardWriter(out, writer_id="w0", num_layers=L, model_id=MODEL_ID, config={"t": 2},
+                     rows_per_shard=10) as writer:
+        for i, example in enumerate(examples()):
+            if i in UNSOLVED:
+                result = dataclasses.replace(
+                    synthetic_result(Path.default(L)), best_reward=0.0, improved=False,
+                    good_paths=(), good_rewards=(), solved=False)
+            else:
+                result = dataclasses.replace(synthetic_result(random_path(L, rng, edits=2)),
+                                             solved=True)
+            writer.add(SupervisionRecord(example, result, MODEL_ID, render(example), 0.0))
     return out
 
 
@@ -141,6 +172,9 @@ def test_train_job_end_to_end(shards, features, tmp_path, capsys):
     config = read_config(routers_dir)
     assert config["base_model_id"] == MODEL_ID and config["windows"] == 4
     assert sum(config["class_counts"]) == summary["train_rows"] * L
+    assert config["rows"] == summary["rows"] == {
+        "filter": "all", "used": N, "skipped_unsolved": 0, "train": summary["train_rows"],
+        "val": summary["val_rows"]}
     assert summary["train_rows"] + summary["val_rows"] == N and summary["val_rows"] > 0
     metrics = config["metrics"]
     assert set(metrics["per_class"]) == {"skip", "execute", "repeat"}
@@ -159,6 +193,50 @@ def test_train_job_end_to_end(shards, features, tmp_path, capsys):
     # rerun: training resumes the finished run from its checkpoint (no new epochs)
     again = run_train_job(settings, tmp_path / "out")
     assert again["history"] == summary["history"] and again["metrics"] == summary["metrics"]
+
+
+def test_the_default_filter_keeps_the_solved_rows_of_the_search(shards, tmp_path):
+    solved = sum(read_shards(shards, columns=["solved"]).column("solved").to_pylist())
+    default = dataclasses.replace(FEATURES, rows="solved")
+    if solved:  # a search that solved some questions: exactly those are featurized
+        info = run_feature_pass(shards, tmp_path / "f", LOADER, default, progress=False)
+        assert info.row_selection() == {"filter": "solved", "used": solved,
+                                        "skipped_unsolved": N - solved}
+        return
+    with pytest.raises(NoRowsError, match=rf"rows='solved' leaves no rows to train on: .*"
+                                          rf"holds {N} rows, 0 solved and {N} unsolved.*"
+                                          r"train\.rows=all"):
+        run_feature_pass(shards, tmp_path / "f", LOADER, default, progress=False)
+    assert read_info(tmp_path / "f") is None
+
+
+def test_train_job_trains_on_solved_rows_by_default(mixed_shards, tmp_path, capsys):
+    cfg = TrainConfig(epochs=1, warmup_steps=1, batch_size=4, val_fraction=0.25, windows=4,
+                      bottleneck=16)
+    default = FeatureConfig(windows=4, batch_size=8, num_actors=1)
+    assert default.rows == "solved"
+    settings = TrainJobSettings(
+        model=LOADER, cluster=ClusterSettings(), train=cfg, features=default,
+        ray_train=RayTrainSettings(num_workers=1, cpus_per_worker=1),
+        shards_dir=mixed_shards, features_dir=tmp_path / "features", progress=False,
+    )
+    solved_ids = sorted(f"e{i}" for i in range(N) if i not in UNSOLVED)
+    for rows, used, ids in (("solved", N - len(UNSOLVED), solved_ids),
+                            ("all", N, sorted(f"e{i}" for i in range(N)))):
+        run = dataclasses.replace(settings, features=dataclasses.replace(default, rows=rows),
+                                  features_dir=tmp_path / f"features-{rows}")
+        summary = run_train_job(run, tmp_path / f"out-{rows}")
+        data = load_features(tmp_path / f"features-{rows}", with_features=False)
+        assert sorted(data.example_ids) == ids  # the Ray Data read kept the filter's rows
+        config = read_config(tmp_path / f"out-{rows}" / "routers")
+        skipped = N - used
+        assert config["rows"] == summary["rows"] == {
+            "filter": rows, "used": used, "skipped_unsolved": skipped,
+            "train": summary["train_rows"], "val": summary["val_rows"]}
+        assert summary["train_rows"] + summary["val_rows"] == used == summary["feature_rows"]
+        assert sum(config["class_counts"]) == summary["train_rows"] * L
+        printed = capsys.readouterr().out
+        assert f"{used} used (train.rows={rows}), {skipped} unsolved skipped" in printed
 
 
 def test_two_ddp_workers(features, tmp_path):
@@ -201,16 +279,22 @@ def test_hydra_config_converts_to_settings(tmp_path):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
             f"shards_dir={tmp_path}", "train.epochs=2", "train.num_workers=2",
-            "train.feature_dtype=float32", "train.cpus_per_worker=1",
+            "train.feature_dtype=float32", "train.cpus_per_worker=1", "train.rows=all",
         ])
         missing = compose(config_name="train")
+        plain = compose(config_name="train", overrides=[f"shards_dir={tmp_path}"])
     s = train_job_settings(cfg)
     assert s.train.epochs == 2 and s.train.batch_size == 16 and s.train.warmup_steps == 500
     assert s.ray_train.num_workers == 2 and s.ray_train.cpus_per_worker == 1
     assert s.features.dtype == "float32" and s.features.windows == 8
+    assert s.features.rows == "all" and train_job_settings(plain).features.rows == "solved"
     assert s.shards_dir == tmp_path.resolve() and s.model.name == "smollm2-135m-instruct"
     with pytest.raises(ConfigError, match="shards_dir is required"):
         train_job_settings(missing)
     cfg.train.feature_dtype = "int8"
     with pytest.raises(ConfigError, match="invalid `train` config.*dtype"):
         train_job_settings(cfg)
+    plain.train.rows = "unsolved"
+    with pytest.raises(ConfigError, match=r"invalid `train` config.*rows must be one of "
+                                          r"\['solved', 'all'\]"):
+        train_job_settings(plain)

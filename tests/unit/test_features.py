@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path as FsPath
+from typing import Sequence
 
 import numpy as np
 import pytest
 import torch
 
-from drllm.bench.train import random_path, write_synthetic_shards
+from drllm.bench.train import random_path, synthetic_result
 from drllm.models.executor import PathExecutor
 from drllm.models.loading import LoadedModel
 from drllm.models.tiny import tiny_model, tiny_tokenizer
@@ -31,6 +33,8 @@ from drllm.routers.features import (
     run_feature_pass,
 )
 from drllm.routers.module import window_pool
+from drllm.routers.rows import NoRowsError
+from drllm.shards import ShardWriter, SupervisionRecord
 from drllm.types import Example
 
 L, D, W = 5, 64, 4
@@ -130,14 +134,31 @@ def _examples(n: int) -> list[Example]:
                     gold=str(3 * i), grader="exact") for i in range(n)]
 
 
-def _write(shards: FsPath, examples: list[Example], seed: int = 0) -> list[Path]:
+def labelled_result(path: Path, solved: bool):
+    """A search result labelled ``path``: solved (reward 1), or unsolved (the default path,
+    reward 0, no good paths -- what the shard writer requires of an unsolved row)."""
+    if solved:
+        return dataclasses.replace(synthetic_result(path), solved=True)
+    default = Path.default(len(path))
+    return dataclasses.replace(synthetic_result(default), best_reward=0.0, improved=False,
+                               good_paths=(), good_rewards=(), solved=False)
+
+
+def _write(shards: FsPath, examples: list[Example], seed: int = 0,
+           unsolved: Sequence[int] = ()) -> list[Path]:
+    """Shards of ``examples`` (4 rows per shard); rows ``unsolved`` are unsolved (default-path
+    label), the others solved with a random 3-edit label. Returns every row's label."""
     rng = random.Random(seed)
     tok = tiny_tokenizer()
-    prompts = [tok.apply_chat_template([dict(e.messages[0])], add_generation_prompt=True,
-                                       tokenize=False) for e in examples]
     paths = [random_path(L, rng, edits=3) for _ in examples]
-    write_synthetic_shards(shards, examples, prompts, paths, model_id=TinyLoader.model_id,
-                           rows_per_shard=4)
+    paths = [Path.default(L) if i in unsolved else p for i, p in enumerate(paths)]
+    with ShardWriter(shards, writer_id="synthetic", num_layers=L, model_id=TinyLoader.model_id,
+                     config={"synthetic": True}, rows_per_shard=4) as writer:
+        for i, (example, path) in enumerate(zip(examples, paths)):
+            prompt = tok.apply_chat_template([dict(example.messages[0])],
+                                             add_generation_prompt=True, tokenize=False)
+            result = labelled_result(path, solved=i not in unsolved)
+            writer.add(SupervisionRecord(example, result, TinyLoader.model_id, prompt, 0.0))
     return paths
 
 
@@ -237,3 +258,57 @@ def test_key_tracks_shard_files(tmp_path):
                     dtype="float16")
     with pytest.raises(ValueError, match="dtype"):
         FeatureConfig(dtype="bfloat16")
+
+
+def test_pass_featurizes_solved_rows_by_default_and_every_row_with_rows_all(tmp_path, counted):
+    shards = tmp_path / "shards"
+    examples = _examples(10)
+    unsolved = {1, 4, 5, 6, 7}  # the second shard (rows 4-7) holds no solved row
+    paths = _write(shards, examples, unsolved=unsolved)
+    solved_ids = sorted(e.id for i, e in enumerate(examples) if i not in unsolved)
+    cfg = FeatureConfig(windows=W, dtype="float32", batch_size=4)
+    assert cfg.rows == "solved"
+    info = run_feature_pass(shards, tmp_path / "solved", TinyLoader(), cfg, progress=False,
+                            in_process=True)
+    assert (info.rows, info.row_filter, info.shard_rows, info.skipped_unsolved) == (
+        5, "solved", 10, 5)
+    assert info.row_selection() == {"filter": "solved", "used": 5, "skipped_unsolved": 5}
+    assert counted["batches"] == 2  # unsolved rows never reach the model
+    data = load_features(tmp_path / "solved")
+    assert sorted(data.example_ids) == solved_ids
+    label = {e.id: list(p) for e, p in zip(examples, paths)}
+    assert [label[eid] for eid in data.example_ids] == data.labels.tolist()
+
+    every = run_feature_pass(shards, tmp_path / "all", TinyLoader(),
+                             dataclasses.replace(cfg, rows="all"), progress=False,
+                             in_process=True)
+    assert every.row_selection() == {"filter": "all", "used": 10, "skipped_unsolved": 0}
+    assert every.digest != info.digest and every.key["rows"] == "all"
+    both = load_features(tmp_path / "all")
+    assert sorted(both.example_ids) == sorted(e.id for e in examples)
+    for eid, labels in zip(both.example_ids, both.labels.tolist()):
+        assert labels == label[eid]
+        if int(eid[1:]) in unsolved:
+            assert labels == [1] * L  # an unsolved row's label is the default path
+    # the solved rows' features do not depend on which other rows were featurized
+    pos = {eid: i for i, eid in enumerate(both.example_ids)}
+    idx = torch.tensor([pos[eid] for eid in data.example_ids])
+    torch.testing.assert_close(data.features, both.features[idx], rtol=1e-4, atol=1e-4)
+    # another filter is another cache key
+    assert find_reusable(tmp_path / "solved", {**info.key, "rows": "all"}) is None
+
+
+def test_a_filter_leaving_no_rows_fails_with_the_counts(tmp_path, counted):
+    shards = tmp_path / "shards"
+    _write(shards, _examples(3), unsolved={0, 1, 2})
+    with pytest.raises(NoRowsError, match=r"rows='solved' leaves no rows to train on: .* holds "
+                                          r"3 rows, 0 solved and 3 unsolved.*train\.rows=all"):
+        run_feature_pass(shards, tmp_path / "f", TinyLoader(), FeatureConfig(windows=W),
+                         progress=False, in_process=True)
+    assert counted["batches"] == 0 and read_info(tmp_path / "f") is None
+    info = run_feature_pass(shards, tmp_path / "f", TinyLoader(),
+                            FeatureConfig(windows=W, rows="all"), progress=False,
+                            in_process=True)
+    assert info.row_selection() == {"filter": "all", "used": 3, "skipped_unsolved": 0}
+    with pytest.raises(ValueError, match=r"rows must be one of \['solved', 'all'\]"):
+        FeatureConfig(rows="unsolved")

@@ -157,6 +157,10 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     assert config["train_config"]["epochs"] == 2 and config["metrics"]["macro_f1"] == 0.5
     assert (config["num_layers"], config["hidden_size"], config["windows"]) == (3, 16, 4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "routers.safetensors"]
+    assert config["rows"] is None  # not given
+    rows = {"filter": "solved", "used": 7, "skipped_unsolved": 3, "train": 6, "val": 1}
+    _saved(tmp_path / "with_rows", rows=rows)
+    assert json.loads((tmp_path / "with_rows" / "config.json").read_text())["rows"] == rows
 
 
 @pytest.mark.parametrize(
