@@ -50,7 +50,10 @@ def connect(settings: ClusterSettings) -> bool:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if settings.mode == "local":
         logger.info("starting a local Ray instance (num_cpus=%s)", settings.num_cpus or "all")
+        # address="local": always a fresh instance, never a cluster that `ray start` (or a
+        # stale address file it left) points at.
         ray.init(
+            address="local",
             num_cpus=settings.num_cpus,
             include_dashboard=settings.include_dashboard,
             namespace=settings.namespace,

@@ -49,6 +49,9 @@ class DatasetConf:
     grader: Optional[str] = None
     field_map: Optional[Dict[str, str]] = None
     system_prompt: Optional[str] = None
+    max_new_tokens: Optional[int] = None  # None: the dataset's / grader's budget
+    stop_strings: Optional[List[str]] = None
+    chance_shuffles: int = 1  # multiple choice: correct only under this many choice orders
 
 
 @dataclass
@@ -67,8 +70,14 @@ class SearchConf:
     early_stop_margin: int = 2
     success_reward: float = 1.0
     seed: int = 0
-    max_new_tokens: int = 64
-    stop_strings: List[str] = field(default_factory=list)
+    expansion: str = "widening"
+    widen_k: float = 1.0
+    widen_alpha: float = 0.5
+    patience: int = 0
+    prior: str = "uniform"
+    prior_temperature: float = 1.0
+    prior_checkpoint: Optional[str] = None  # prior=router: a router checkpoint directory
+    prior_calibration_examples: int = 32  # prior=layer_importance: prompts measured
     max_concurrent_trees: int = 64
 
 
@@ -110,6 +119,9 @@ class SearchJobConf:
     output: OutputConf = field(default_factory=OutputConf)
     progress: bool = True
     log_level: str = "INFO"
+    # auto: resume an output directory written with the same search-affecting config, refuse
+    # one written with another; force: resume it anyway (rows of both configs then mix).
+    resume: str = "auto"
 
 
 @dataclass
@@ -135,6 +147,7 @@ class TrainConf:
     feature_actors: int = 1
     feature_cpus_per_actor: int = 1
     feature_batch_size: int = 8
+    rows: str = "solved"  # supervision rows featurized and trained on: solved | all
 
 
 @dataclass
@@ -185,9 +198,16 @@ class SearchJobSettings:
     rows_per_shard: int
     flush_seconds: float
     shards_subdir: str = "shards"
+    resume: str = "auto"
+    prior_checkpoint: Optional[str] = None
+    prior_calibration_examples: int = 32
 
 
-_DRIVER_ONLY_SEARCH_KEYS = ("preset", "max_new_tokens", "stop_strings", "max_concurrent_trees")
+RESUME_MODES = ("auto", "force")
+
+
+_DRIVER_ONLY_SEARCH_KEYS = ("preset", "max_concurrent_trees", "prior_checkpoint",
+                            "prior_calibration_examples")
 
 
 def search_job_settings(cfg: Any) -> SearchJobSettings:
@@ -206,20 +226,23 @@ def search_job_settings(cfg: Any) -> SearchJobSettings:
 
     c = OmegaConf.to_container(cfg, resolve=True)
     ds = dict(c["dataset"])
-    for key in ("levels", "data_files"):
+    for key in ("levels", "data_files", "stop_strings"):
         if ds.get(key) is not None:
             ds[key] = tuple(ds[key])
     search, cluster = c["search"], c["cluster"]
     output = c["output"]
+    if c.get("resume", "auto") not in RESUME_MODES:
+        raise ConfigError(f"invalid `resume`: expected one of {RESUME_MODES}, got {c['resume']!r}")
+    dataset = build("dataset", DatasetConfig, **ds)
+    max_new_tokens, stop_strings = dataset.generation_budget
     if output["rows_per_shard"] < 1:
         raise ConfigError(f"invalid `output` config: rows_per_shard must be >= 1, got {output['rows_per_shard']}")
     return SearchJobSettings(
         model=build("model", ModelSpec, **c["model"]),
-        dataset=build("dataset", DatasetConfig, **ds),
+        dataset=dataset,
         mcts=build("search", MCTSConfig.from_mapping, values=search, ignore=_DRIVER_ONLY_SEARCH_KEYS),
         generation=build(
-            "search", GenerationConfig,
-            max_new_tokens=search["max_new_tokens"], stop_strings=tuple(search["stop_strings"]),
+            "dataset", GenerationConfig, max_new_tokens=max_new_tokens, stop_strings=stop_strings,
         ),
         driver=build("search", DriverConfig, max_concurrent_trees=search["max_concurrent_trees"]),
         pool=build(
@@ -238,4 +261,7 @@ def search_job_settings(cfg: Any) -> SearchJobSettings:
         rows_per_shard=output["rows_per_shard"],
         flush_seconds=output["flush_seconds"],
         shards_subdir=output["dir"],
+        resume=c.get("resume", "auto"),
+        prior_checkpoint=search.get("prior_checkpoint"),
+        prior_calibration_examples=search.get("prior_calibration_examples", 32),
     )

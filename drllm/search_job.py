@@ -16,68 +16,65 @@ from drllm.config import SearchJobSettings
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+AFFECTING_KEY = "search_affecting"
+
+# Keys of the resolved config that do not change what a search writes for an example: a rerun
+# that differs only in these resumes. Everything else under model / dataset / search does.
+NOT_AFFECTING = {
+    "model": ("cache_dir",),
+    "dataset": ("num_examples",),
+    "search": ("preset", "max_concurrent_trees"),
+}
 
 
-def dataset_totals(shards_dir: Path, dataset: str, example_ids: set[str] | None = None) -> dict[str, Any]:
-    """Accuracy and savings over every row of ``dataset`` written to ``shards_dir`` so far.
+def search_affecting(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a resolved job config that decides what a search finds for an example."""
+    out: dict[str, Any] = {}
+    for group, ignored in NOT_AFFECTING.items():
+        values = dict(resolved.get(group) or {})
+        out[group] = {k: v for k, v in sorted(values.items()) if k not in ignored}
+    return out
 
-    A resumed run reports the whole dataset, not only the examples searched in this process.
-    ``example_ids`` restricts the totals to the configured sample.
-    """
-    from drllm.shards import read_shards, shard_files
 
-    if not shard_files(shards_dir):
-        return {"examples": 0}
-    table = read_shards(
-        shards_dir,
-        columns=["example_id", "dataset", "default_reward", "best_reward", "layers_saved", "improved",
-                 "evaluations", "memo_hits"],
-    ).to_pandas()
-    table = table[table["dataset"].astype(str) == dataset]
-    if example_ids is not None:
-        table = table[table["example_id"].isin(example_ids)]
-    n = int(len(table))
-    if n == 0:
-        return {"examples": 0}
+def _summary(report: Mapping[str, Any], run_summary: Any, settings: SearchJobSettings,
+             rejected: Mapping[str, int], prior: Any, wall: float, shards_dir: Path) -> dict:
     return {
-        "examples": n,
-        "default_accuracy": float((table["default_reward"] >= 1.0).mean()),
-        "search_accuracy": float((table["best_reward"] >= 1.0).mean()),
-        "improved_fraction": float(table["improved"].mean()),
-        "mean_layers_saved": float(table["layers_saved"].mean()),
-        "evaluations": int(table["evaluations"].sum()),
-        "memo_hits": int(table["memo_hits"].sum()),
+        **report,
+        "dataset": settings.dataset.name,
+        "model": run_summary.model_id or settings.model.name,
+        "chance_shuffles": settings.dataset.chance_shuffles,
+        "max_new_tokens": settings.generation.max_new_tokens,
+        "rows_rejected": dict(rejected),
+        "default_failed": dict(run_summary.default_failed),
+        "prior": prior.describe(),
+        "this_run": run_summary.to_dict(),
+        "wall_seconds": wall,
+        "shards_dir": str(shards_dir),
     }
 
 
-def format_totals(totals: Mapping[str, Any], wall_seconds: float) -> str:
-    """A human-readable block for the end of the run."""
-    if not totals.get("examples"):
-        return "no examples searched"
-    return "\n".join([
-        f"examples            {totals['examples']}",
-        f"default accuracy    {totals['default_accuracy']:.1%}",
-        f"accuracy after MCTS {totals['search_accuracy']:.1%}",
-        f"improved            {totals['improved_fraction']:.1%}",
-        f"mean layers saved   {totals['mean_layers_saved']:.2f} blocks / forward pass",
-        f"evaluations         {totals['evaluations']}",
-        f"memo hits           {totals['memo_hits']}",
-        f"wall time           {wall_seconds:.1f} s",
-    ])
-
-
 def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Run one search job; returns (and writes to ``output_dir/summary.json``) its summary."""
+    """Run one search job; returns (and writes to ``output_dir/summary.json``) its summary.
+
+    Raises:
+        ResumeConflictError: ``output_dir`` holds shards of another search-affecting config
+            (before anything starts), unless ``settings.resume == "force"``.
+    """
     from drllm.cluster import connect
     from drllm.data import load_examples
     from drllm.data.prompts import render_prompt
     from drllm.distributed.job import run_search_job
+    from drllm.distributed.priors import build_prior_plan
     from drllm.models.loading import load_tokenizer
-    from drllm.shards import ShardWriter, default_writer_id
+    from drllm.report import format_report, load_report_table, science_report
+    from drllm.shards import ShardWriter, check_resume, default_writer_id
 
     started = time.perf_counter()
     output_dir = output_dir.resolve()
     shards_dir = output_dir / settings.shards_subdir
+    affecting = search_affecting(resolved_config)
+    check_resume(shards_dir, affecting, key=AFFECTING_KEY, force=settings.resume == "force")
+    stored_config = {**resolved_config, AFFECTING_KEY: affecting}
     report = load_examples(settings.dataset)
     logger.info("dataset %s: %d examples (%d rows read, rejected: %s)", settings.dataset.name,
                 len(report.examples), report.rows_read, dict(report.rejected) or "none")
@@ -86,19 +83,28 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
                            f"rejected rows by reason: {dict(report.rejected)}")
     tokenizer = load_tokenizer(settings.model)
     style = settings.dataset.prompt_style
+
+    def render(ex: Any) -> str:
+        return render_prompt(ex, tokenizer, style=style)
+
     connect(settings.cluster)
+    prior = build_prior_plan(
+        settings.mcts, report.examples, render, model_spec=settings.model,
+        routers_dir=settings.prior_checkpoint,
+        calibration_examples=settings.prior_calibration_examples,
+    )
 
     def make_writer(info: Any) -> ShardWriter:
         return ShardWriter(
             shards_dir, writer_id=default_writer_id(), num_layers=info.num_layers,
-            model_id=info.model_id, config=resolved_config,
+            model_id=info.model_id, config=stored_config,
             rows_per_shard=settings.rows_per_shard, flush_seconds=settings.flush_seconds,
         )
 
     run_summary = run_search_job(
         report.examples,
         writer=make_writer,
-        render=lambda ex: render_prompt(ex, tokenizer, style=style),
+        render=render,
         model_spec=settings.model,
         mcts_config=settings.mcts,
         generation=settings.generation,
@@ -106,21 +112,19 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
         driver_config=settings.driver,
         rejected=report.rejected,
         progress=resolved_config.get("progress", True),
+        prior=prior,
     )
     wall = time.perf_counter() - started
-    totals = dataset_totals(shards_dir, settings.dataset.name, {ex.id for ex in report.examples})
-    summary = {
-        **totals,
-        "dataset": settings.dataset.name,
-        "model": run_summary.model_id or settings.model.name,
-        "rows_rejected": dict(report.rejected),
-        "this_run": run_summary.to_dict(),
-        "wall_seconds": wall,
-        "shards_dir": str(shards_dir),
-    }
+    table = load_report_table(shards_dir, settings.dataset.name, {ex.id for ex in report.examples})
+    science = science_report(table, settings.mcts.success_reward)
+    summary = _summary(science, run_summary, settings, report.rejected, prior, wall, shards_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(format_totals(totals, wall))
+    print(format_report(science))
+    failed = run_summary.default_failed
+    print(f"default path failed {len(failed)} (not written; searched again on resume)"
+          + "".join(f"\n  {k}: {v}" for k, v in list(failed.items())[:10]))
     print(f"rows rejected       {sum(report.rejected.values())} {dict(report.rejected) or ''}")
+    print(f"wall time           {wall:.1f} s")
     print(f"summary             {output_dir / SUMMARY_FILE}")
     return summary

@@ -27,6 +27,10 @@ class Example:
         grader: name of a grader in :mod:`drllm.rewards`.
         base_prompt: plain-text prompt for base (non-chat) models, as in the paper.
         meta: free-form extra fields (level, subject, ...), JSON-serializable.
+        variants: the same question under other orders of its choices (multiple choice with
+            ``DatasetConfig.chance_shuffles = m > 1``: ``m - 1`` examples with the same id,
+            their own prompt and gold letter, and no variants of their own). An answer counts
+            as correct only if it is correct under this order and every variant.
     """
 
     id: str
@@ -38,6 +42,7 @@ class Example:
     grader: str
     base_prompt: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    variants: tuple["Example", ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,23 +82,40 @@ class Grade:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Outcome of generating along one path for one example and grading it."""
+    """Outcome of generating along one path for one example and grading it.
+
+    Attributes:
+        reward: the grader's reward (1.0 correct, 0.0 wrong). Meaningless when ``failed``.
+        response: the generated text.
+        layers_executed: block applications summed over every forward pass of the answer.
+        reason: the grader's explanation, or the error when ``failed``.
+        failed: the evaluation could not be carried out (the backend raised after its retries,
+            or its worker kept dying). A failed evaluation is **not a reward**: the search
+            never backpropagates or memoizes it, and it is counted apart.
+    """
 
     reward: float
     response: str = ""
     layers_executed: int = 0
     reason: str = ""
+    failed: bool = False
 
 
 @dataclass(frozen=True)
 class EvalRequest:
-    """Ask an evaluator to generate along ``path`` for one example and grade the answer."""
+    """Ask an evaluator to generate along ``path`` for one example and grade the answer.
+
+    ``variants`` holds ``(rendered prompt, gold)`` of the example's other choice orders
+    (:attr:`Example.variants`): the evaluator answers each along the same path, and the
+    reward is 1 only if every order's answer is correct (chance-robust multiple choice).
+    """
 
     example_id: str
     prompt: str
     gold: str
     grader: str
     path: Path
+    variants: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,12 +139,22 @@ class SearchResult:
         best_cost: ``sum(best_path)`` in blocks per forward pass.
         layers_saved: ``L - best_cost`` (negative if the best path repeats more than it skips).
         improved: ``best_reward > default_reward``.
-        good_paths: every evaluated path whose reward is ``>= default_reward``, best first.
+        good_paths: solved searches: every evaluated correct path (reward ``>= success``)
+            whose reward is ``>= default_reward``, best first; unsolved searches: empty.
         good_rewards: their rewards, aligned with ``good_paths``.
         simulations: MCTS simulations run.
         evaluations: distinct paths actually evaluated (memo hits excluded).
         memo_hits: simulations answered from the per-question memo.
         stopped_early: whether the paper's early-stop rule ended the search.
+        solved: the default path or some evaluated path reached the success reward. An
+            unsolved search's ``best_path`` is the default path and ``good_paths`` is empty.
+        failed_evaluations: evaluations that failed (not rewards; never backpropagated).
+        evaluated_depths: for every evaluated path, in evaluation order, its number of edits
+            away from the default path (0 for the default path itself).
+        transposition_hits: expansions that reached a path already in the tree through
+            another order of edits (joined to that node instead of evaluated again).
+        prior_hits: expansions whose new path reached the success reward (how often the
+            expansion order, uniform or from a prior, led straight to a correct path).
     """
 
     num_layers: int
@@ -141,3 +173,8 @@ class SearchResult:
     evaluations: int
     memo_hits: int
     stopped_early: bool
+    solved: bool = False
+    failed_evaluations: int = 0
+    evaluated_depths: tuple[int, ...] = ()
+    transposition_hits: int = 0
+    prior_hits: int = 0

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from drllm.paths import DEFAULT_CONSTRAINTS, Path, PathConstraints, legal_actions
+from drllm.paths import DEFAULT_CONSTRAINTS, Path, PathConstraints, edit_count, legal_actions
 from drllm.routers.module import StackedRouters
 from drllm.routers.training import TrainConfig, fit
 from drllm.types import Example, SearchResult
@@ -62,7 +62,7 @@ def synthetic_result(path: Path, response: str = "") -> SearchResult:
         default_response="", best_path=path, best_reward=1.0, best_response=response,
         best_cost=path.cost, layers_saved=num_layers - path.cost, improved=True,
         good_paths=(path,), good_rewards=(1.0,), simulations=1, evaluations=1, memo_hits=0,
-        stopped_early=False,
+        stopped_early=False, solved=True, evaluated_depths=(edit_count(path),),
     )
 
 

@@ -13,7 +13,10 @@ Rejections: ``empty question``, ``empty choices``, ``empty choice text``,
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+import random
 from typing import Any, Mapping
 
 from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, RowRejected
@@ -56,6 +59,7 @@ class ArcAdapter(DatasetAdapter):
     """One ARC configuration (``ARC-Easy`` or ``ARC-Challenge``)."""
 
     default_grader = "mc_letter"
+    multiple_choice = True
     hub_repo = "allenai/ai2_arc"
     columns = ("id", "question", "choices", "answerKey")
 
@@ -76,17 +80,53 @@ class ArcAdapter(DatasetAdapter):
             raise RowRejected("missing answerKey")
         if key not in labels:
             raise RowRejected("answerKey not among choices")
-        gold = letters[labels.index(key)]
-        return make_example(
+        gold_index = labels.index(key)
+        orders = choice_orders(row_id, len(texts), gold_index, config.chance_shuffles)
+        variants = tuple(
+            make_example(
+                id=row_id, dataset=self.name, split=config.split,
+                prompt=mc_prompt(question, letters, [texts[j] for j in order]),
+                gold=letters[order.index(gold_index)], grader=config.grader_name,
+                system_prompt=config.system_prompt,
+                meta={"choice_order": list(order)},
+            )
+            for order in orders[1:]
+        )
+        meta = {"answer_label": key, "num_choices": len(letters)}
+        if variants:
+            meta["variant_golds"] = [v.gold for v in variants]
+        example = make_example(
             id=row_id,
             dataset=self.name,
             split=config.split,
             prompt=mc_prompt(question, letters, texts),
-            gold=gold,
+            gold=letters[gold_index],
             grader=config.grader_name,
             system_prompt=config.system_prompt,
-            meta={"answer_label": key, "num_choices": len(letters)},
+            meta=meta,
         )
+        return dataclasses.replace(example, variants=variants) if variants else example
+
+
+def choice_orders(row_id: str, num_choices: int, gold_index: int, m: int) -> list[list[int]]:
+    """``m`` orders of the choices: the original first, then ``m - 1`` seeded shuffles.
+
+    Deterministic per example (seeded by ``row_id``). Each shuffle puts the gold answer at a
+    position no earlier order used while one is left, so an answer that names the same letter
+    whatever the choices (SmolLM2 always says ``A``) is wrong under at least one order.
+    """
+    rng = random.Random(hashlib.sha256(f"choices|{row_id}".encode()).digest())
+    orders = [list(range(num_choices))]
+    used = {gold_index}
+    for _ in range(m - 1):
+        free = [p for p in range(num_choices) if p not in used] or list(range(num_choices))
+        target = rng.choice(free)
+        others = [j for j in range(num_choices) if j != gold_index]
+        rng.shuffle(others)
+        order = others[:target] + [gold_index] + others[target:]
+        used.add(target)
+        orders.append(order)
+    return orders
 
 
 DATASETS.register("arc_easy")(ArcAdapter("arc_easy", "ARC-Easy"))

@@ -69,6 +69,9 @@ class DatasetAdapter(ABC):
             A local ``path`` is searched for sub-directories of the same names.
         has_levels: whether rows carry a difficulty level 1..5 (``levels`` filter allowed).
         columns: columns a row must have (checked once on the loaded table, not per row).
+        default_max_new_tokens: generation budget of this dataset's answers (``None``: the
+            grader's, :data:`GRADER_MAX_NEW_TOKENS`).
+        multiple_choice: rows have lettered choices (``chance_shuffles`` applies).
     """
 
     name: str = ""
@@ -77,6 +80,8 @@ class DatasetAdapter(ABC):
     hub_configs: tuple[str | None, ...] = (None,)
     has_levels: bool = False
     columns: tuple[str, ...] = ()
+    default_max_new_tokens: int | None = None
+    multiple_choice: bool = False
 
     def validate(self, config: "DatasetConfig") -> None:
         """Raise ``ValueError`` naming the field if ``config`` does not fit this adapter."""
@@ -90,6 +95,11 @@ class DatasetAdapter(ABC):
             raise ValueError(
                 f"DatasetConfig.field_map: only the 'local' dataset takes a field map, "
                 f"not {self.name!r}"
+            )
+        if config.chance_shuffles > 1 and not self.multiple_choice:
+            raise ValueError(
+                f"DatasetConfig.chance_shuffles: dataset {self.name!r} is not multiple choice; "
+                "shuffled choice orders apply to arc_easy / arc_challenge"
             )
 
     def effective_levels(self, config: "DatasetConfig") -> tuple[int, ...] | None:
@@ -117,6 +127,18 @@ class DatasetAdapter(ABC):
 
 
 DATASETS: Registry[DatasetAdapter] = Registry("dataset")
+
+#: Tokens an answer may take, by grader: a letter needs a few ("Answer: B. text"); math and
+#: GSM8K answers reason first, then give the answer. Used unless the adapter or
+#: ``DatasetConfig.max_new_tokens`` says otherwise.
+GRADER_MAX_NEW_TOKENS = {
+    "mc_letter": 16,
+    "mc_letter_lenient": 16,
+    "math_boxed": 512,
+    "gsm8k_numeric": 512,
+    "exact": 64,
+}
+FALLBACK_MAX_NEW_TOKENS = 256
 
 
 def parse_level(value: Any) -> int | None:
@@ -160,6 +182,13 @@ class DatasetConfig:
         grader: override of the adapter's default grader.
         field_map: ``local`` only: ``{"question": col, "gold": col, "id": col (optional)}``.
         system_prompt: optional system message prepended to every example's chat messages.
+        max_new_tokens: generation budget per answer (``None``: the adapter's, else the
+            grader's, see :data:`GRADER_MAX_NEW_TOKENS`).
+        stop_strings: generation of an answer stops at any of these (``None``: none).
+        chance_shuffles: multiple choice only: ``m``, the number of choice orders an answer
+            must be right under to count as correct (1: the paper's single order; ``m > 1``
+            adds ``m - 1`` deterministic per-example shuffles, so a letter found by luck under
+            one order rarely survives the others).
     """
 
     name: str = "synthetic_arith"
@@ -173,6 +202,9 @@ class DatasetConfig:
     grader: str | None = None
     field_map: Mapping[str, str] | None = None
     system_prompt: str | None = None
+    max_new_tokens: int | None = None
+    stop_strings: tuple[str, ...] | None = None
+    chance_shuffles: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -216,7 +248,33 @@ class DatasetConfig:
             raise ValueError(
                 f"DatasetConfig.system_prompt: expected a string, got {type(self.system_prompt)}"
             )
+        self._normalize_generation()
         DATASETS.get(self.name).validate(self)
+
+    def _normalize_generation(self) -> None:
+        for name, value in (("max_new_tokens", self.max_new_tokens),
+                            ("chance_shuffles", self.chance_shuffles)):
+            if value is None and name == "max_new_tokens":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DatasetConfig.{name}: expected an int >= 1, got {value!r}")
+        stops = _as_tuple(self.stop_strings)
+        if stops is not None:
+            if any(not isinstance(x, str) or not x for x in stops):
+                raise ValueError(
+                    f"DatasetConfig.stop_strings: expected non-empty strings, got {stops!r}"
+                )
+            object.__setattr__(self, "stop_strings", stops)
+
+    @property
+    def generation_budget(self) -> tuple[int, tuple[str, ...]]:
+        """``(max_new_tokens, stop_strings)`` in force for this dataset's answers."""
+        tokens = self.max_new_tokens
+        if tokens is None:
+            tokens = DATASETS.get(self.name).default_max_new_tokens
+        if tokens is None:
+            tokens = GRADER_MAX_NEW_TOKENS.get(self.grader_name, FALLBACK_MAX_NEW_TOKENS)
+        return int(tokens), tuple(self.stop_strings or ())
 
     def _normalize_sources(self) -> None:
         data_files = _as_tuple(self.data_files)

@@ -1,7 +1,8 @@
 """``local`` adapter: your own questions from jsonl / json / csv / parquet files.
 
 ``DatasetConfig.field_map`` says which column holds the question (``"question"``), the gold
-answer (``"gold"``) and, optionally, a stable id (``"id"``; default ``<split>-<row index>``);
+answer (``"gold"``) and, optionally, a stable id (``"id"``; default a hash of the question and
+gold, :func:`content_id`, so rows of another file never pass for examples already searched);
 ``DatasetConfig.grader`` is required. Files come from ``data_files`` (globs allowed) or
 ``path`` (one file, or a directory whose files are assigned to splits by the ``datasets``
 naming rules). The user message is ``"Question: <question>"`` plus the grader's standard answer
@@ -14,6 +15,7 @@ Rejections: ``missing question``, ``missing gold``, ``missing id``, ``duplicate 
 from __future__ import annotations
 
 import logging
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -40,6 +42,16 @@ def _as_text(value: Any) -> str:
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
     return ""
+
+
+def content_id(question: str, gold: str) -> str:
+    """A row id from its content: ``"q-"`` + 16 hex digits of SHA-256 over question and gold.
+
+    Row numbers would make the first rows of two different files look like the same examples
+    to a resumed run; a content hash names the same question the same way in any file.
+    """
+    digest = hashlib.sha256(f"{question}\x1f{gold}".encode("utf-8")).hexdigest()[:16]
+    return f"q-{digest}"
 
 
 class LocalAdapter(DatasetAdapter):
@@ -108,7 +120,7 @@ class LocalAdapter(DatasetAdapter):
             if not row_id:
                 raise RowRejected("missing id")
         else:
-            row_id = f"{config.split}-{index}"
+            row_id = content_id(question, gold)
         grader = config.grader_name
         return make_example(
             id=row_id,

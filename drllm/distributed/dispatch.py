@@ -10,7 +10,8 @@ that arrive meanwhile). Faults:
 * a worker that dies during a call (a crashed or killed actor) has that call's requests
   requeued at the front of the queue for a restarted or surviving worker;
 * a request whose evaluation raised inside the backend is retried up to
-  ``max_request_retries`` times, then answered with reward 0 and the error as reason (counted);
+  ``max_request_retries`` times, then answered with a **failed** evaluation (``failed=True``,
+  the error as reason; counted) -- a failure, not a reward of 0;
 * when every worker is gone for good, :class:`PoolExhaustedError` stops the run.
 
 Workers sit behind a :class:`Transport`: :class:`~drllm.distributed.local.LocalTransport` runs
@@ -279,8 +280,8 @@ class EvaluationPool:
     def wait(self, timeout_s: float) -> list[EvalResult]:
         """Dispatch, then wait up to ``timeout_s`` for answers; the finished results.
 
-        Requests that failed for good come back as reward-0 results whose reason starts with
-        :data:`ERROR_REASON_PREFIX`. Requeued and retried requests are sent again.
+        Requests that failed for good come back as failed evaluations (``failed=True``) whose
+        reason starts with :data:`ERROR_REASON_PREFIX`. Requeued and retried requests are sent again.
 
         Raises:
             PoolExhaustedError: every worker is gone and requests remain.
@@ -367,10 +368,11 @@ class EvaluationPool:
             self.metrics.evaluation_errors(1)
         req = pending.request
         logger.error("giving up on %s path %s: %s", req.example_id, req.path, pending.last_error)
-        evaluation = Evaluation(reward=0.0, reason=ERROR_REASON_PREFIX + pending.last_error)
+        evaluation = Evaluation(reward=0.0, reason=ERROR_REASON_PREFIX + pending.last_error,
+                                failed=True)
         return EvalResult(req.example_id, req.path, evaluation)
 
 
 def is_error_result(result: EvalResult) -> bool:
-    """Whether a result is a reward-0 stand-in for a request that failed for good."""
-    return result.evaluation.reason.startswith(ERROR_REASON_PREFIX)
+    """Whether a result stands for a request that failed for good (not a reward)."""
+    return result.evaluation.failed

@@ -27,6 +27,7 @@ from drllm.distributed.dispatch import EvaluationPool
 from drllm.distributed.metrics import SearchMetrics
 from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig, SearchTree
+from drllm.search.prior import Prior
 from drllm.shards import SupervisionRecord
 from drllm.types import EvalRequest, EvalResult, Example
 
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 RenderFn = Callable[[Example], str]
 """Example -> the exact prompt text the model is fed (chat template applied)."""
+
+PriorFn = Callable[[Example], Optional[Prior]]
+"""Example -> the expansion prior of its search tree (``None``: uniform)."""
 
 
 class RecordSink(Protocol):
@@ -71,17 +75,20 @@ class _Active:
     prompt: str
     tree: SearchTree
     started: float
+    variants: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
 class _Totals:
     searched: int = 0
     improved: int = 0
+    solved: int = 0
     default_correct: int = 0
     evaluations: int = 0
     memo_hits: int = 0
-    layers_saved: int = 0
+    layers_saved_solved: int = 0
     stale_results: int = 0
+    default_failures: dict = dataclasses.field(default_factory=dict)
 
 
 def _validation_error(example: Example) -> Optional[str]:
@@ -111,6 +118,8 @@ class SearchDriver:
         render: example -> prompt text.
         metrics: optional metrics (examples done / improved, evaluations, memo hits).
         progress: show a tqdm bar (examples done, improved, evaluations/s).
+        prior: example -> the expansion prior of its tree (``None``: uniform), see
+            :mod:`drllm.search.prior`.
     """
 
     def __init__(
@@ -123,6 +132,7 @@ class SearchDriver:
         render: RenderFn,
         metrics: Optional[SearchMetrics] = None,
         progress: bool = False,
+        prior: Optional[PriorFn] = None,
     ) -> None:
         if pool.info is None:
             raise ValueError("the pool must be started (EvaluationPool.start()) before driving it")
@@ -133,6 +143,7 @@ class SearchDriver:
         self.render = render
         self.metrics = metrics
         self.progress = progress
+        self.prior_for: PriorFn = prior or (lambda example: None)
         self.num_layers = pool.info.num_layers
         self.model_id = pool.info.model_id
         # Fail now, not on the first tree, if the config cannot search this model.
@@ -229,14 +240,15 @@ class SearchDriver:
             ex = self._queue.popleft()
             try:
                 prompt = self.render(ex)
+                variants = tuple((self.render(v), v.gold) for v in ex.variants)
             except Exception as err:  # noqa: BLE001 - one bad row never stops the run
                 self._rejected["prompt render failed"] += 1
                 logger.warning("rejecting example %s/%s: prompt rendering failed: %s: %s",
                                ex.dataset, ex.id, type(err).__name__, err)
                 continue
             cfg = tree_config(self.mcts, ex.id, self.config.seed_per_example)
-            self._active[ex.id] = _Active(ex, prompt, SearchTree(self.num_layers, cfg),
-                                          time.perf_counter())
+            tree = SearchTree(self.num_layers, cfg, prior=self.prior_for(ex))
+            self._active[ex.id] = _Active(ex, prompt, tree, time.perf_counter(), variants)
 
     def _ask(self) -> int:
         """Ask trees for paths while the pool wants more work; the number of paths sent."""
@@ -250,8 +262,8 @@ class SearchDriver:
                 continue
             ex = state.example
             paths = tree.ask(want)
-            self.pool.submit([EvalRequest(ex.id, state.prompt, ex.gold, ex.grader, p)
-                              for p in paths])
+            self.pool.submit([EvalRequest(ex.id, state.prompt, ex.gold, ex.grader, p,
+                                          state.variants) for p in paths])
             sent += len(paths)
         if sent:
             self.pool.dispatch()
@@ -275,6 +287,9 @@ class SearchDriver:
         for example_id in [k for k, a in self._active.items() if a.tree.done]:
             state = self._active.pop(example_id)
             self.pool.cancel(example_id)
+            if state.tree.default_failed:
+                self._default_failed(state)
+                continue
             result = state.tree.result()
             seconds = time.perf_counter() - state.started
             self.sink.add(SupervisionRecord(
@@ -284,9 +299,10 @@ class SearchDriver:
             t = self._totals
             t.searched += 1
             t.improved += int(result.improved)
+            t.solved += int(result.solved)
             t.default_correct += int(result.default_reward >= self.mcts.success_reward)
             t.memo_hits += result.memo_hits
-            t.layers_saved += result.layers_saved
+            t.layers_saved_solved += result.layers_saved if result.solved else 0
             if self.metrics is not None:
                 self.metrics.example_done(state.example.dataset, improved=result.improved,
                                           memo_hits=result.memo_hits)
@@ -295,6 +311,16 @@ class SearchDriver:
             logger.debug("finished %s: best %s reward %.2f (default %.2f), %d evals, %.1f s",
                          example_id, result.best_path, result.best_reward,
                          result.default_reward, result.evaluations, seconds)
+
+    def _default_failed(self, state: _Active) -> None:
+        """The default path could not be evaluated: no supervision row; searched on resume."""
+        ex = state.example
+        reason = state.tree.default_failure_reason
+        self._totals.default_failures[str(ex.id)] = reason
+        logger.error("example %s/%s not written: its default path could not be evaluated (%s); "
+                     "a rerun searches it again", ex.dataset, ex.id, reason)
+        if self._bar is not None:
+            self._bar.update(1)
 
     # ------------------------------------------------------------------ reporting
 
@@ -342,6 +368,8 @@ class SearchDriver:
             rejected=dict(self._rejected),
             searched=t.searched,
             improved=t.improved,
+            solved=t.solved,
+            default_failed=dict(t.default_failures),
             default_correct=t.default_correct,
             evaluations=t.evaluations,
             memo_hits=t.memo_hits,
@@ -350,7 +378,7 @@ class SearchDriver:
             requeued=requeued,
             lost_calls=lost,
             workers_gone=gone,
-            mean_layers_saved=t.layers_saved / t.searched if t.searched else 0.0,
+            mean_layers_saved_solved=t.layers_saved_solved / t.solved if t.solved else 0.0,
             mean_batch_size=stats.mean_batch_size,
             wall_seconds=wall,
             evals_per_s=t.evaluations / wall if wall > 0 else 0.0,

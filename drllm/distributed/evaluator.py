@@ -213,6 +213,16 @@ class KeyedBlockReward:
         return 1.0 if path[block] == 0 else 0.0
 
 
+@dataclass(frozen=True)
+class ConstantReward:
+    """The same reward for every (example, path): ``0.0`` makes every example unsolved."""
+
+    value: float = 0.0
+
+    def __call__(self, example_id: str, path: Path) -> float:
+        return float(self.value)
+
+
 RewardFn = Callable[[str, Path], float]
 
 
@@ -235,6 +245,8 @@ class DummyEvaluator(Evaluator):
         die_after_restart: also die in restarted workers (default: only the first incarnation
             dies, so a restart recovers).
         fail_example_ids: requests of these examples always raise :class:`InjectedFault`.
+        fail_paths: requests for these paths (compact text, ``"SEERE..."``) always raise
+            :class:`InjectedFault`, whatever the example.
         flaky_example_ids: requests of these examples raise on their first attempt in each
             worker, then succeed.
         model_id: reported model id.
@@ -255,6 +267,7 @@ class DummyEvaluator(Evaluator):
         die_on_workers: Optional[Sequence[int]] = None,
         die_after_restart: bool = False,
         fail_example_ids: Sequence[str] = (),
+        fail_paths: Sequence[str] = (),
         flaky_example_ids: Sequence[str] = (),
         model_id: str = "dummy",
         context: EvaluatorContext = EvaluatorContext(),
@@ -273,6 +286,7 @@ class DummyEvaluator(Evaluator):
         self.batch_delay_s = float(batch_delay_s)
         self.tokens_per_response = int(tokens_per_response)
         self.fail_example_ids = frozenset(fail_example_ids)
+        self.fail_paths = frozenset(fail_paths)
         self.flaky_example_ids = frozenset(flaky_example_ids)
         self.model_id = model_id
         self.context = context
@@ -308,6 +322,8 @@ class DummyEvaluator(Evaluator):
             raise ValueError(f"path {path} has {len(path)} blocks; the model has {self.num_layers}")
         if request.example_id in self.fail_example_ids:
             raise InjectedFault(f"injected failure for example {request.example_id}")
+        if path.to_str() in self.fail_paths:
+            raise InjectedFault(f"injected failure for path {path.to_str()}")
         if request.example_id in self.flaky_example_ids:
             key = f"{request.example_id}|{path.to_str()}"
             if key not in self._flaky_seen:

@@ -61,6 +61,22 @@ def _model_device(model: Any) -> str:
         return "cpu"
 
 
+def _combine(graded: list) -> Evaluation:
+    """One evaluation from the grades of every choice order (the first is the request's own).
+
+    Correct only if every order's answer is; the response and block count are the first
+    order's (what the supervision row shows), the reason says how many orders were right.
+    """
+    (first, gen), others = graded[0], graded[1:]
+    if not others:
+        return Evaluation(reward=float(first.reward), response=gen.text,
+                          layers_executed=int(gen.layers_executed), reason=first.reason)
+    right = sum(g.reward >= 1.0 for g, _ in graded)
+    reward = min(float(g.reward) for g, _ in graded)
+    return Evaluation(reward=reward, response=gen.text, layers_executed=int(gen.layers_executed),
+                      reason=f"{first.reason}; {right}/{len(graded)} choice orders correct")
+
+
 @EVALUATORS.register("executor")
 class ExecutorEvaluator(Evaluator):
     """Generate greedily along each request's path with :class:`PathExecutor` and grade it.
@@ -154,16 +170,17 @@ class ExecutorEvaluator(Evaluator):
     def info(self) -> EvaluatorInfo:
         return EvaluatorInfo(self.name, self.model_id, self.executor.num_layers, self._device)
 
-    def _token_ids(self, request: EvalRequest) -> list[int]:
-        """Token ids of the request's rendered prompt, cached per example id."""
-        hit = self._prompt_ids.get(request.example_id)
-        if hit is not None and hit[0] == request.prompt:
-            self._prompt_ids.move_to_end(request.example_id)
+    def _token_ids(self, request: EvalRequest, prompt: str, order: int = 0) -> list[int]:
+        """Token ids of a rendered prompt, cached per (example id, choice order)."""
+        key = f"{request.example_id}\x1f{order}"
+        hit = self._prompt_ids.get(key)
+        if hit is not None and hit[0] == prompt:
+            self._prompt_ids.move_to_end(key)
             self.cache_hits += 1
             return hit[1]
         self.cache_misses += 1
-        ids = self.executor.encode([request.prompt])[0]
-        self._prompt_ids[request.example_id] = (request.prompt, ids)
+        ids = self.executor.encode([prompt])[0]
+        self._prompt_ids[key] = (prompt, ids)
         if len(self._prompt_ids) > self._cache_size:
             self._prompt_ids.popitem(last=False)
         return ids
@@ -178,23 +195,21 @@ class ExecutorEvaluator(Evaluator):
 
         if not requests:
             return []
-        prompts = [self._token_ids(r) for r in requests]
-        paths = [Path(r.path) for r in requests]
+        # One row per (request, choice order): the request's own prompt, then its variants'.
+        rows = [(r, prompt, gold, j) for r in requests
+                for j, (prompt, gold) in enumerate(((r.prompt, r.gold), *r.variants))]
+        prompts = [self._token_ids(r, prompt, j) for r, prompt, _, j in rows]
+        paths = [Path(r.path) for r, _, _, _ in rows]
         generations = self.executor.generate(
             prompts, paths,
             max_new_tokens=self.generation.max_new_tokens,
             stop_strings=self.generation.stop_strings,
         )
-        results = []
-        for request, gen in zip(requests, generations, strict=True):
-            grade = get_grader(request.grader).grade(gen.text, request.gold)
-            results.append(Evaluation(
-                reward=float(grade.reward),
-                response=gen.text,
-                layers_executed=int(gen.layers_executed),
-                reason=grade.reason,
-            ))
-        return results
+        grades: dict[int, list] = {}
+        for (request, _, gold, _), gen in zip(rows, generations, strict=True):
+            grade = get_grader(request.grader).grade(gen.text, gold)
+            grades.setdefault(id(request), []).append((grade, gen))
+        return [_combine(grades[id(r)]) for r in requests]
 
     def close(self) -> None:
         self._prompt_ids.clear()

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
 from drllm.distributed.dispatch import EvaluationPool
-from drllm.distributed.driver import RecordSink, RenderFn, SearchDriver
+from drllm.distributed.driver import PriorFn, RecordSink, RenderFn, SearchDriver
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
 from drllm.distributed.local import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
@@ -95,6 +95,7 @@ def run_search_job(
     rejected: Optional[Mapping[str, int]] = None,
     progress: bool = True,
     in_process: bool = False,
+    prior: Optional[PriorFn] = None,
 ) -> RunSummary:
     """Search every example with evaluator actors and write one shard row per example.
 
@@ -118,6 +119,8 @@ def run_search_job(
         progress: show a progress bar.
         in_process: run the backends in this process without Ray (``pool_config.num_actors``
             workers, run one call at a time).
+        prior: example -> its tree's expansion prior (``None``: uniform), e.g. a
+            :class:`~drllm.distributed.priors.PriorPlan`.
 
     Returns:
         The run's :class:`RunSummary`.
@@ -149,7 +152,7 @@ def run_search_job(
         _check_sink(sink, pool.info)
         metrics = pool.metrics or (None if in_process else SearchMetrics(pool.info.model_id))
         driver = SearchDriver(pool, mcts_config, driver_config, sink=sink, render=render,
-                              metrics=metrics, progress=progress)
+                              metrics=metrics, progress=progress, prior=prior)
         summary = driver.run(examples, done_keys=_done_keys(sink), rejected=rejected)
     finally:
         pool.close()

@@ -21,16 +21,21 @@ class RunSummary:
             in, plus unknown grader / invalid gold / prompt rendering failures); never searched.
         searched: examples whose search finished in this run (each handed to the writer once).
         improved: searched examples whose best path's reward beats the default path's.
+        solved: searched examples where the default path or some path reached the success
+            reward (only those carry a non-default label).
+        default_failed: examples whose default path could not be evaluated, ``{id: error}``;
+            not written (no supervision without a default outcome), searched again on resume.
         default_correct: searched examples whose default path was already correct.
         evaluations: paths evaluated (generated and graded) in this run.
         memo_hits: MCTS simulations answered from the per-question memo.
-        failed_evaluations: requests recorded as reward 0 after their retries failed.
+        failed_evaluations: requests that failed after their retries (failures, not rewards:
+            never told to a tree as a reward).
         retries: request re-sends after backend errors.
         requeued: request re-sends after their actor died.
         lost_calls: actor calls lost to actor deaths.
         workers_gone: actors that died for good (restarts exhausted); the others finished.
-        mean_layers_saved: mean of ``L - best_cost`` over searched examples (blocks per
-            forward pass).
+        mean_layers_saved_solved: mean of ``L - best_cost`` over the **solved** examples (blocks
+            per forward pass; an unsolved example's label is the default path).
         mean_batch_size: mean requests per actor call.
         wall_seconds: wall time of the run (pool start excluded).
         evals_per_s: ``evaluations / wall_seconds``.
@@ -45,6 +50,8 @@ class RunSummary:
     rejected: Mapping[str, int] = field(default_factory=dict)
     searched: int = 0
     improved: int = 0
+    solved: int = 0
+    default_failed: Mapping[str, str] = field(default_factory=dict)
     default_correct: int = 0
     evaluations: int = 0
     memo_hits: int = 0
@@ -53,7 +60,7 @@ class RunSummary:
     requeued: int = 0
     lost_calls: int = 0
     workers_gone: int = 0
-    mean_layers_saved: float = 0.0
+    mean_layers_saved_solved: float = 0.0
     mean_batch_size: float = 0.0
     wall_seconds: float = 0.0
     evals_per_s: float = 0.0
@@ -77,9 +84,11 @@ class RunSummary:
             f"examples: {self.examples_given} given, {self.searched} searched, "
             f"{self.skipped_done} already done, {self.duplicates} duplicate, "
             f"{self.rejected_total} rejected ({rejected})",
-            f"improved: {self.improved}/{self.searched}, default correct: "
-            f"{self.default_correct}/{self.searched}, mean layers saved: "
-            f"{self.mean_layers_saved:.2f}",
+            f"solved: {self.solved}/{self.searched}, improved: {self.improved}/{self.searched}, "
+            f"default correct: {self.default_correct}/{self.searched}, mean layers saved over "
+            f"solved: {self.mean_layers_saved_solved:.2f}",
+            f"default path not evaluable (not written, retried on resume): "
+            f"{len(self.default_failed)}",
             f"evaluations: {self.evaluations} ({self.evals_per_s:.2f}/s over "
             f"{self.wall_seconds:.1f} s), memo hits: {self.memo_hits}, mean batch "
             f"{self.mean_batch_size:.1f}",

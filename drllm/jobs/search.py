@@ -30,9 +30,13 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         sys.exit(f"config error: {err}")
     from drllm.search_job import run
+    from drllm.shards import ResumeConflictError
 
-    run(settings, Path(HydraConfig.get().runtime.output_dir),
-        OmegaConf.to_container(cfg, resolve=True))
+    try:
+        run(settings, Path(HydraConfig.get().runtime.output_dir),
+            OmegaConf.to_container(cfg, resolve=True))
+    except ResumeConflictError as err:
+        sys.exit(f"resume error: {err}")
 
 
 if __name__ == "__main__":

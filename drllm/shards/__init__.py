@@ -24,6 +24,7 @@ from drllm.shards.layout import (
     read_manifest,
     shard_files,
 )
+from drllm.shards.resume import ResumeConflictError, check_resume, config_differences
 from drllm.shards.reader import (
     completed_example_ids,
     completed_keys,
@@ -44,6 +45,9 @@ from drllm.shards.schema import (
 from drllm.shards.writer import ShardWriter
 
 __all__ = [
+    "ResumeConflictError",
+    "check_resume",
+    "config_differences",
     "MANIFEST_NAME",
     "SCHEMA_VERSION",
     "SHARD_GLOB",

@@ -22,9 +22,14 @@ import numpy as np
 import pyarrow as pa
 
 from drllm.paths import Path as LayerPath
+from drllm.paths import edit_count
 from drllm.types import Example, SearchResult
 
-SCHEMA_VERSION = "1"
+# Version 2 added ``solved``, ``failed_evaluations``, ``label_edits``, ``evaluated_depths``,
+# ``transposition_hits`` and ``prior_hits``, and changed what an unsolved row's label means (the
+# default path; version 1 wrote the cheapest wrong path). Version 1 shards are not read: their
+# labels are wrong by the current contract, so a directory holding them must be searched again.
+SCHEMA_VERSION = "2"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
 MAX_NUM_LAYERS = 16383  # best_cost <= 2L must fit int16
 
@@ -100,11 +105,17 @@ def supervision_schema(num_layers: int) -> pa.Schema:
             ("best_cost", pa.int16()),
             ("layers_saved", pa.int16()),
             ("improved", pa.bool_()),
+            ("solved", pa.bool_()),
+            ("label_edits", pa.int16()),
             ("good_paths", pa.list_(pa.field("element", path_type))),
             ("good_rewards", pa.list_(pa.field("element", pa.float32()))),
             ("simulations", pa.int32()),
             ("evaluations", pa.int32()),
+            ("failed_evaluations", pa.int32()),
             ("memo_hits", pa.int32()),
+            ("transposition_hits", pa.int32()),
+            ("prior_hits", pa.int32()),
+            ("evaluated_depths", pa.list_(pa.field("element", pa.int16()))),
             ("stopped_early", pa.bool_()),
             ("search_seconds", pa.float32()),
             ("meta", pa.string()),
@@ -168,6 +179,11 @@ def _check_record(record: SupervisionRecord) -> None:
             f"{where}: best_cost={res.best_cost}, layers_saved={res.layers_saved} disagree with "
             f"best_path (cost {cost}, L - cost = {num_layers - cost})"
         )
+    if not res.solved and (res.best_path != res.default_path or res.good_paths):
+        raise ValueError(
+            f"{where}: an unsolved search must be labelled with the default path and no good "
+            f"paths (got best_path {res.best_path.to_str()}, {len(res.good_paths)} good paths)"
+        )
     if not record.model_id:
         raise ValueError(f"{where}: model_id is empty")
     if not (math.isfinite(record.search_seconds) and record.search_seconds >= 0):
@@ -211,11 +227,17 @@ def record_to_row(record: SupervisionRecord) -> dict[str, Any]:
         "best_cost": int(res.best_cost),
         "layers_saved": int(res.layers_saved),
         "improved": bool(res.improved),
+        "solved": bool(res.solved),
+        "label_edits": edit_count(res.best_path),
         "good_paths": [[int(d) for d in p] for p in res.good_paths],
         "good_rewards": [float(r) for r in res.good_rewards],
         "simulations": int(res.simulations),
         "evaluations": int(res.evaluations),
+        "failed_evaluations": int(res.failed_evaluations),
         "memo_hits": int(res.memo_hits),
+        "transposition_hits": int(res.transposition_hits),
+        "prior_hits": int(res.prior_hits),
+        "evaluated_depths": [int(d) for d in res.evaluated_depths],
         "stopped_early": bool(res.stopped_early),
         "search_seconds": float(record.search_seconds),
         "meta": _json(dict(ex.meta), "meta", where),

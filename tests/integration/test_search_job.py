@@ -37,7 +37,7 @@ def _search(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 def _common(tiny_dir: Path) -> list[str]:
     return [
         f"model.name={tiny_dir}", "dataset.num_examples=3", "search.num_simulations=4",
-        "search.max_new_tokens=3", "cluster.num_actors=1", "cluster.num_cpus=2", "progress=false",
+        "dataset.max_new_tokens=3", "cluster.num_actors=1", "cluster.num_cpus=2", "progress=false",
     ]
 
 
@@ -68,6 +68,18 @@ def test_multirun_writes_one_dir_per_run_and_reruns_resume(tiny_dir: Path, tmp_p
     summary = json.loads((sweep / "seed0" / "summary.json").read_text())
     assert summary["this_run"]["searched"] == 0 and summary["this_run"]["skipped_done"] == 3
     assert summary["examples"] == 3
+    assert read_shards(sweep / "seed0" / "shards").num_rows == 3
+    for key in ("solved_fraction", "label_shares", "evaluations_per_example",
+                "accuracy_by_grader", "evaluated_depth_hist", "layers_saved_solved_hist"):
+        assert key in summary, key
+
+    # Another search-affecting config in the same directory is refused before Ray starts,
+    # naming the key; more examples of the same config are not a conflict.
+    other = _search([*_common(tiny_dir), "dataset.seed=0", "search.num_simulations=5",
+                     f"hydra.run.dir={sweep / 'seed0'}"], timeout=120)
+    assert other.returncode != 0
+    assert "search.num_simulations: 4 -> 5" in other.stderr and "resume=force" in other.stderr
+    assert "starting a local Ray" not in other.stdout + other.stderr
     assert read_shards(sweep / "seed0" / "shards").num_rows == 3
 
 

@@ -63,12 +63,15 @@ def search_result(seed: int) -> SearchResult:
     rewards = [1.0] * len(good)
     best = min(good, key=lambda p: p.cost) if good else default
     best_reward = 1.0 if good else default_reward
+    if best_reward < 1.0:  # unsolved: the default label, no good paths
+        best, good = default, []
     return SearchResult(
         num_layers=L, default_path=default, default_reward=default_reward,
         default_response="B", best_path=best, best_reward=best_reward, best_response="B",
         best_cost=best.cost, layers_saved=L - best.cost, improved=best_reward > default_reward,
         good_paths=tuple(good), good_rewards=tuple(rewards), simulations=50,
-        evaluations=10 + seed, memo_hits=40 - seed, stopped_early=bool(good))
+        evaluations=10 + seed, memo_hits=40 - seed, stopped_early=bool(good),
+        solved=best_reward >= 1.0, evaluated_depths=tuple(range(len(good) + 1)))
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,9 @@ def test_train_config_composes_with_required_shards_dir() -> None:
     [
         ("search.epsilon=2", "epsilon"),
         ("search.num_simulations=0", "num_simulations"),
-        ("search.max_new_tokens=0", "max_new_tokens"),
+        ("dataset.max_new_tokens=0", "max_new_tokens"),
+        ("dataset.chance_shuffles=3", "chance_shuffles"),
+        ("resume=maybe", "resume"),
         ("cluster.max_batch_size=0", "max_batch_size"),
         ("cluster.mode=cloud", "cluster.mode"),
         ("dataset.name=nope", "nope"),

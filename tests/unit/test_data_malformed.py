@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from drllm.data.local import content_id
 from drllm.data import DatasetConfig, load_examples
 from drllm.data.dart import query_id
 
@@ -218,8 +219,15 @@ def test_local_parquet_without_id_column(tmp_path: Path) -> None:
     by_path = load_examples(DatasetConfig(path=str(f), **cfg))
     assert by_files.examples == by_path.examples and len(by_files.examples) == 3
     for e in by_files.examples:
-        i = int(e.id.split("-")[1])
-        assert e.id == f"train-{i}" and e.gold == f"a{i}" and e.prompt == f"Question: q{i}"
+        i = int(e.gold[1:])
+        assert e.id == content_id(f"q{i}", f"a{i}") and e.prompt == f"Question: q{i}"
+    # Ids name content, not row numbers: the same question in another file (at another row)
+    # keeps its id, and another question at the same row gets another id.
+    g = _write(tmp_path / "other.parquet", [{"question": "new", "answer": "x"}] + rows)
+    other = load_examples(DatasetConfig(data_files=str(g), **{**cfg, "num_examples": None}))
+    ids = {e.gold: e.id for e in other.examples}
+    assert ids["a0"] == content_id("q0", "a0") and ids["x"] not in {e.id for e in by_files.examples}
+    assert len(set(ids.values())) == 6
     with pytest.raises(ValueError, match=r"DatasetConfig.field_map: columns \['body'\] not in"):
         load_examples(DatasetConfig(name="local", data_files=str(f), grader="exact",
                                     field_map={"question": "body", "gold": "answer"}))

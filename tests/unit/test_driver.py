@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from drllm.distributed.evaluator import ConstantReward
 from drllm.distributed import (
     DriverConfig,
     EvaluationPool,
@@ -152,15 +153,16 @@ def test_invalid_rows_are_counted_and_never_stop_the_run():
     assert summary.rejected_total == 8 and summary.duplicates == 1
 
 
-def test_backend_errors_are_retried_then_recorded_as_reward_zero():
+def test_backend_errors_are_retried_then_recorded_as_failures_not_rewards():
+    """Every evaluation of q1 raises: after 2 retries its default path is a failure (not a
+    reward of 0), so q1 gets no supervision row and is listed with its error."""
     examples = make_examples(4)
     pool = make_pool(retries=2, fail_example_ids=["q1"])
     summary, records = drive(pool, examples)
-    assert sorted(records) == ["q0", "q1", "q2", "q3"]
-    res = records["q1"].result
-    assert res.default_reward == 0.0
-    assert res.default_response == ""
-    assert summary.failed_evaluations == res.evaluations > 0
+    assert sorted(records) == ["q0", "q2", "q3"]
+    assert list(summary.default_failed) == ["q1"]
+    assert "injected failure for example q1" in summary.default_failed["q1"]
+    assert summary.failed_evaluations == 1  # the default path only: the tree stops there
     assert summary.retries == 2 * summary.failed_evaluations
     for ex in examples:
         if ex.id != "q1":
@@ -251,3 +253,57 @@ def test_writer_for_another_model_fails_before_searching(tmp_path):
         with pytest.raises(ValueError, match="L=7"):
             run_search_job(make_examples(2), writer=w, render=render, evaluator=spec,
                            in_process=True, progress=False)
+
+
+def test_failed_evaluations_are_not_rewards_and_the_search_goes_on():
+    """Paths whose evaluation fails for good are counted, never retained or rewarded; the tree
+    tries other edits, so every example still gets a full budget of real evaluations."""
+    examples = make_examples(6)
+    failing = ["SEEEEE", "ESEEEE", "EESEEE", "REEEEE"]
+    pool = make_pool(workers=1, retries=0, fail_paths=failing)
+    summary, records = drive(pool, examples)
+    assert sorted(records) == sorted(ex.id for ex in examples)
+    assert summary.failed_evaluations > 0
+    total_failed = 0
+    for rec in records.values():
+        res = rec.result
+        assert all(p.to_str() not in failing for p in res.good_paths)
+        assert res.best_path.to_str() not in failing
+        total_failed += res.failed_evaluations
+        if not res.solved:
+            assert res.best_path == res.default_path and res.good_paths == ()
+    assert total_failed == summary.failed_evaluations
+
+
+def test_an_example_whose_default_path_fails_is_not_written_and_is_retried_on_resume(tmp_path):
+    examples = make_examples(4)
+    spec = EvaluatorSpec("dummy", {"num_layers": L, "fail_example_ids": ["q2"]})
+    kwargs = dict(render=render, mcts_config=MCTS, progress=False, in_process=True,
+                  pool_config=PoolConfig(num_actors=1, max_batch_size=4, max_request_retries=1))
+
+    def writer(info):
+        return ShardWriter(tmp_path, writer_id="w0", num_layers=info.num_layers,
+                           model_id=info.model_id, config={"test": 1})
+
+    first = run_search_job(examples, writer=writer, evaluator=spec, **kwargs)
+    assert first.searched == 3 and list(first.default_failed) == ["q2"]
+    assert "InjectedFault" in first.default_failed["q2"]
+    assert "q2" not in read_shards(tmp_path).column("example_id").to_pylist()
+    assert first.improved <= first.searched  # q2 is never counted as improved
+    healed = EvaluatorSpec("dummy", {"num_layers": L})
+    second = run_search_job(examples, writer=writer, evaluator=healed, **kwargs)
+    assert second.searched == 1 and second.skipped_done == 3 and not second.default_failed
+    assert sorted(read_shards(tmp_path).column("example_id").to_pylist()) == [
+        "q0", "q1", "q2", "q3"]
+
+
+def test_unsolved_examples_are_labelled_with_the_default_path(tmp_path):
+    """No reward ever reaches 1: every row is unsolved, its label the default path."""
+    examples = make_examples(5)
+    pool = make_pool(workers=1, reward_fn=ConstantReward(0.0))
+    summary, records = drive(pool, examples)
+    assert summary.solved == 0 and summary.mean_layers_saved_solved == 0.0
+    for rec in records.values():
+        res = rec.result
+        assert not res.solved and res.best_path == res.default_path
+        assert res.good_paths == () and res.layers_saved == 0 and not res.improved

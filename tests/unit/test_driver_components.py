@@ -276,3 +276,24 @@ def test_batcher_close_cancels_the_loop_and_queued_requests():
     results, batcher = asyncio.run(main())
     assert all(isinstance(r, asyncio.CancelledError) for r in results)
     assert batcher.queued == 0
+
+
+def test_executor_backend_chance_variants_need_every_order_right():
+    """With choice-order variants a path is correct only if every order's answer is; the row's
+    response is the first order's. The grader here (exact) is told each order's own gold."""
+    from dataclasses import replace
+
+    from drllm.models.tiny import tiny_model, tiny_tokenizer
+
+    model, tok = tiny_model("llama", num_layers=4), tiny_tokenizer()
+    ev = ExecutorEvaluator(model, tok, model_id="tiny", generation=GenerationConfig(6))
+    p0, p1, p2 = "order zero", "order one", "order two"
+    base = replace(_req("a", "EESE"), prompt=p0)
+    texts = [ev.evaluate([replace(base, prompt=p)])[0].response for p in (p0, p1, p2)]
+    right = replace(base, gold=texts[0], variants=((p1, texts[1]), (p2, texts[2])))
+    wrong = replace(base, gold=texts[0], variants=((p1, texts[1]), (p2, texts[2] + "x")))
+    got_right, got_wrong, plain = ev.evaluate([right, wrong, replace(base, gold=texts[0])])
+    assert got_right.reward == 1.0 and "3/3 choice orders correct" in got_right.reason
+    assert got_wrong.reward == 0.0 and "2/3 choice orders correct" in got_wrong.reason
+    assert plain.reward == 1.0 and "choice orders" not in plain.reason
+    assert got_right.response == got_wrong.response == texts[0]

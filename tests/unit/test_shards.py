@@ -66,7 +66,8 @@ def make_record(i: int, num_layers: int = L, model_id: str = MODEL, dataset: str
         best_response=f"best answer {i}", best_cost=best.cost,
         layers_saved=num_layers - best.cost, improved=i % 2 == 0, good_paths=tuple(good),
         good_rewards=tuple(rewards), simulations=50, evaluations=17 + i, memo_hits=33 - i,
-        stopped_early=i % 3 == 0,
+        stopped_early=i % 3 == 0, solved=True, failed_evaluations=i % 3,
+        evaluated_depths=tuple(range(17 + i)), transposition_hits=i, prior_hits=i % 4,
     )
     return SupervisionRecord(example=example, result=result, model_id=model_id,
                              rendered_prompt=f"<|user|>{example.prompt}<|assistant|>",
@@ -361,13 +362,13 @@ def test_file_metadata_holds_version_and_config(tmp_path):
         w.add(make_record(0))
     path = shard_files(tmp_path)[0]
     raw = pq.read_schema(path).metadata
-    assert raw[b"drllm.schema_version"] == b"1"
+    assert raw[b"drllm.schema_version"] == b"2"
     assert json.loads(raw[b"drllm.config"]) == CONFIG
     meta = read_shard_metadata(path)
     assert meta["config"] == CONFIG and meta["model_id"] == MODEL and meta["num_layers"] == L
     assert meta["writer_id"] == "host-12" and meta["created"].endswith("+00:00")
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
-    assert read_shards(tmp_path).schema.metadata[b"drllm.schema_version"] == b"1"
+    assert read_shards(tmp_path).schema.metadata[b"drllm.schema_version"] == b"2"
 
 
 def test_construction_fails_fast(tmp_path):

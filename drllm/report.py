@@ -1,0 +1,172 @@
+"""The science report of a search run: what the supervision says, over which examples.
+
+Computed from the shard rows themselves (so a resumed run reports the whole sample, not only
+what this process searched), restricted to one dataset and, optionally, to the configured
+sample of example ids. Every figure names the rows it is taken over:
+
+* ``examples`` rows in all; ``solved`` those whose default path or some path reached the
+  success reward (the only rows that carry a non-default label);
+* accuracy of the default and of the best response under the configured grader (the search's
+  reward) **and** re-graded under its strict and lenient counterparts, side by side (with
+  chance shuffles the re-grade reads the first choice order only);
+* layers saved over the solved rows (mean and histogram, blocks per forward pass);
+* edits per label path and label shares / per-layer frequencies of skip, execute, repeat;
+* evaluations per example (mean, p50, p95), memo / transposition / prior hits, failed
+  evaluations, and the depth histograms of label paths and of every evaluated path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+REPORT_COLUMNS = [
+    "example_id", "dataset", "gold", "grader", "num_layers", "default_reward", "default_response",
+    "best_reward", "best_response", "best_path", "layers_saved", "improved", "solved",
+    "label_edits", "evaluations", "failed_evaluations", "memo_hits", "transposition_hits",
+    "prior_hits", "evaluated_depths",
+]
+DECISION_NAMES = ("skip", "execute", "repeat")
+
+
+def related_graders(name: str) -> list[str]:
+    """The configured grader, then its strict and lenient counterparts (each once)."""
+    from drllm.rewards import GRADERS, lenient_counterpart
+
+    out = [name]
+    out += [g for g in GRADERS.names() if g != name and lenient_counterpart(g) == name]
+    lenient = lenient_counterpart(name)
+    if lenient:
+        out.append(lenient)
+    return list(dict.fromkeys(out))
+
+
+def _histogram(values: Iterable[int]) -> dict[str, int]:
+    counts = Counter(int(v) for v in values)
+    return {str(k): counts[k] for k in sorted(counts)}
+
+
+def _regraded(table: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Accuracy of the default and best responses under each related grader."""
+    from drllm.rewards import get_grader
+
+    out: dict[str, dict[str, float]] = {}
+    names = sorted({g for name in table["grader"].unique() for g in related_graders(name)})
+    for name in names:
+        grader = get_grader(name)
+        rows = [(r.default_response, r.best_response, r.gold) for r in table.itertuples()
+                if name in related_graders(r.grader)]
+        if not rows:
+            continue
+        default = np.mean([grader.grade(d, g).reward >= 1.0 for d, _, g in rows])
+        best = np.mean([grader.grade(b, g).reward >= 1.0 for _, b, g in rows])
+        out[name] = {"default_accuracy": float(default), "best_accuracy": float(best),
+                     "rows": len(rows)}
+    return out
+
+
+def _labels(solved: pd.DataFrame, num_layers: int) -> dict[str, Any]:
+    """Label shares and per-layer frequencies over the solved rows' best paths."""
+    if solved.empty:
+        return {"label_shares": None, "per_layer_label_freq": None}
+    paths = np.stack([np.asarray(p, dtype=np.int64) for p in solved["best_path"]])
+    assert paths.shape[1] == num_layers, (paths.shape, num_layers)
+    shares = {name: float((paths == d).mean()) for d, name in enumerate(DECISION_NAMES)}
+    per_layer = {name: [float(x) for x in (paths == d).mean(axis=0)]
+                 for d, name in enumerate(DECISION_NAMES)}
+    return {"label_shares": shares, "per_layer_label_freq": per_layer}
+
+
+def science_report(table: pd.DataFrame, success_reward: float = 1.0) -> dict[str, Any]:
+    """The report of the shard rows in ``table`` (columns :data:`REPORT_COLUMNS`)."""
+    n = int(len(table))
+    if n == 0:
+        return {"examples": 0}
+    num_layers = int(table["num_layers"].iloc[0])
+    solved = table[table["solved"].astype(bool)]
+    evals = table["evaluations"].to_numpy()
+    depths = [int(d) for ds in table["evaluated_depths"] for d in ds]
+    report: dict[str, Any] = {
+        "examples": n,
+        "over": f"{n} searched examples; label figures over the {len(solved)} solved ones",
+        "num_layers": num_layers,
+        "solved": int(len(solved)),
+        "solved_fraction": len(solved) / n,
+        "improved": int(table["improved"].sum()),
+        "improved_fraction": float(table["improved"].mean()),
+        "default_accuracy": float((table["default_reward"] >= success_reward).mean()),
+        "search_accuracy": float((table["best_reward"] >= success_reward).mean()),
+        "accuracy_by_grader": _regraded(table),
+        "layers_saved_solved_mean": float(solved["layers_saved"].mean()) if len(solved) else 0.0,
+        "layers_saved_solved_hist": _histogram(solved["layers_saved"]),
+        "label_edits_solved_hist": _histogram(solved["label_edits"]),
+        "evaluated_depth_hist": _histogram(depths),
+        "evaluations_per_example": {
+            "mean": float(evals.mean()), "p50": float(np.percentile(evals, 50)),
+            "p95": float(np.percentile(evals, 95)), "total": int(evals.sum()),
+        },
+        "memo_hits": int(table["memo_hits"].sum()),
+        "transposition_hits": int(table["transposition_hits"].sum()),
+        "prior_hits": int(table["prior_hits"].sum()),
+        "failed_evaluations": int(table["failed_evaluations"].sum()),
+    }
+    report.update(_labels(solved, num_layers))
+    return report
+
+
+def load_report_table(
+    shards_dir: Path, dataset: str, example_ids: set[str] | None = None
+) -> pd.DataFrame:
+    """The shard rows of ``dataset`` (restricted to ``example_ids``) with the report's columns."""
+    from drllm.shards import read_shards, shard_files
+
+    if not shard_files(shards_dir):
+        return pd.DataFrame(columns=REPORT_COLUMNS)
+    table = read_shards(shards_dir, columns=REPORT_COLUMNS).to_pandas()
+    table = table[table["dataset"].astype(str) == dataset]
+    if example_ids is not None:
+        table = table[table["example_id"].isin(example_ids)]
+    return table.reset_index(drop=True)
+
+
+def _pct(value: float) -> str:
+    return f"{value:6.1%}"
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The printed table at the end of a run."""
+    if not report.get("examples"):
+        return "no examples searched"
+    ev = report["evaluations_per_example"]
+    lines = [
+        f"examples              {report['examples']}  ({report['over']})",
+        f"solved                {_pct(report['solved_fraction'])}  ({report['solved']})",
+        f"improved              {_pct(report['improved_fraction'])}  ({report['improved']})",
+        f"default accuracy      {_pct(report['default_accuracy'])}  (search reward)",
+        f"accuracy after MCTS   {_pct(report['search_accuracy'])}",
+    ]
+    for name, acc in report["accuracy_by_grader"].items():
+        lines.append(f"  under {name:<16}default {_pct(acc['default_accuracy'])}  "
+                     f"best {_pct(acc['best_accuracy'])}")
+    shares = report.get("label_shares") or {}
+    share_text = "  ".join(f"{k} {v:.1%}" for k, v in shares.items()) or "n/a (nothing solved)"
+    lines += [
+        f"layers saved (solved) {report['layers_saved_solved_mean']:.2f} blocks / forward pass"
+        f"  hist {report['layers_saved_solved_hist']}",
+        f"edits per label       {report['label_edits_solved_hist']}",
+        f"label shares (solved) {share_text}",
+        f"evaluated depths      {report['evaluated_depth_hist']}",
+        f"evaluations / example mean {ev['mean']:.1f}  p50 {ev['p50']:.0f}  p95 {ev['p95']:.0f}"
+        f"  (total {ev['total']})",
+        f"memo / transposition / prior hits  {report['memo_hits']} / "
+        f"{report['transposition_hits']} / {report['prior_hits']}",
+        f"failed evaluations    {report['failed_evaluations']}",
+    ]
+    return "\n".join(lines)
