@@ -101,7 +101,7 @@ def test_notebook_runs_and_plots(tiny_run, tmp_path, monkeypatch):
     assert not errors
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "display_data" and "image/png" in o.get("data", {})]
-    assert len(images) >= 3, f"expected the 3 figures, got {len(images)}"
+    assert len(images) >= 4, f"expected the 4 figures, got {len(images)}"
     everything = "\n".join(text(c) for c in nb.cells if c.cell_type == "code")
-    assert "40 examples, L = 6 blocks" in everything
+    assert "40 examples (40 solved), L = 6 blocks" in everything
     assert "max |difference| vs checkpoint: 0.0000" in everything
