@@ -84,7 +84,7 @@ def prefill(
         last_hidden.append(hidden[:, -1:])
     if len(groups) > 1:
         logger.debug("prefill in %d length buckets: %s", len(groups), groups)
-        cache = SlotKVCache.concat(parts, capacity=capacity, grow=CACHE_CHUNK)
+        cache = SlotKVCache.concat(parts, capacity=capacity, grow=CACHE_CHUNK, width=width)
     valid = torch.zeros((len(ids), width + max_new_tokens), dtype=torch.bool, device=ex.device)
     for row, n in enumerate(lengths):
         valid[row, width - n : width] = True

@@ -142,7 +142,8 @@ class SlotKVCache:
 
     @classmethod
     def concat(
-        cls, parts: Sequence[tuple["SlotKVCache", int]], capacity: int, grow: int = 32
+        cls, parts: Sequence[tuple["SlotKVCache", int]], capacity: int, grow: int = 32,
+        width: int | None = None,
     ) -> "SlotKVCache":
         """Stack caches of consecutive row groups into one left-padded cache.
 
@@ -151,13 +152,19 @@ class SlotKVCache:
                 batch rows, numbered after those of the groups before it. Each group's cache
                 may have its own length ``t_k`` (its prompts' padded width).
             capacity: time capacity of the result (``>=`` the longest group).
+            width: the longest group's padded length ``t``. Give it: a group whose rows all
+                skip every block writes no slot, so the slots alone may not show the longest
+                group (``None``: inferred from the slots).
 
         Returns:
             A cache whose slots hold every group's rows, each group's positions right-aligned
             to the longest group's length ``t`` (left padding ``t - t_k``, filled with zeros:
             those keys are masked, and finite values keep masked products finite).
         """
-        width = max(c.get_seq_length() for c, _ in parts)
+        slot_width = max(c.get_seq_length() for c, _ in parts)
+        if width is None:
+            width = slot_width
+        assert width >= slot_width, (width, slot_width)
         merged = cls(capacity=max(capacity, width), grow=grow)
         offsets = [0]
         for _, rows in parts:

@@ -321,3 +321,24 @@ def test_smollm2_all_execute_matches_hf_generate(smollm2, shared_data):
         if t in eos:
             break
     assert list(skipped.token_ids) == expected
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_length_bucket_whose_rows_skip_every_block(family, tok):
+    """A bucket where every row skips every block writes no cache slot at all. The merged
+    cache must still be as wide as the longest prompt (routed inference at a low alpha makes
+    such rows; this crashed with a tensor-size mismatch when that bucket was the longest)."""
+    from drllm.paths import PathConstraints
+
+    model = _model(family)
+    anything = PathConstraints(max_consecutive_skips=L, min_executed=0)
+    bucketed = PathExecutor(model, tok, anything, bucket_overhead_tokens=0)
+    prompts = ["2+3=", "Hi", "The quick brown fox jumps over the lazy dog"]
+    paths = [Path.parse("EEEEEE"), Path.parse("SSSSSS"), Path.parse("SSSSSS")]
+    batched = bucketed.generate(prompts, paths, max_new_tokens=6)
+    alone = [bucketed.generate([p], [q], max_new_tokens=6)[0] for p, q in zip(prompts, paths)]
+    assert batched == alone
+    # Only the shortest bucket executes: the longest one has no slot, so widths differ.
+    mixed = [Path.parse("SSSSSS"), Path.parse("ESESEE"), Path.parse("SSSSSS")]
+    assert bucketed.generate(prompts, mixed, max_new_tokens=6) == [
+        bucketed.generate([p], [q], max_new_tokens=6)[0] for p, q in zip(prompts, mixed)]
