@@ -6,6 +6,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from drllm.checks import check_bool, check_choice, check_int
+
 logger = logging.getLogger(__name__)
 
 
@@ -29,10 +31,10 @@ class ClusterSettings:
     namespace: str = "drllm"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("local", "auto"):
-            raise ValueError(f"cluster.mode must be 'local' or 'auto', got {self.mode!r}")
-        if self.num_cpus is not None and self.num_cpus <= 0:
-            raise ValueError(f"cluster.num_cpus must be positive, got {self.num_cpus}")
+        check_choice("ClusterSettings", "mode", self.mode, ("local", "auto"))
+        if self.num_cpus is not None:
+            check_int("ClusterSettings", "num_cpus", self.num_cpus, 1)
+        check_bool("ClusterSettings", "include_dashboard", self.include_dashboard)
 
 
 def connect(settings: ClusterSettings) -> bool:
@@ -68,7 +70,7 @@ def connect(settings: ClusterSettings) -> bool:
         except ConnectionError as err:
             raise ConnectionError(
                 f"could not join a Ray cluster at {address!r}: {err}. Start one with "
-                "`ray start --head`, set RAY_ADDRESS, or use cluster=local"
+                "`ray start --head`, set RAY_ADDRESS, or use ray=local"
             ) from err
     return True
 

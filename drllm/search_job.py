@@ -8,22 +8,97 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from drllm.config import SearchJobSettings
+from drllm.checks import check_choice, check_int, check_real
+from drllm.cluster import ClusterSettings
+from drllm.data import DatasetConfig
+from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
+from drllm.distributed.priors import PriorSource
+from drllm.models.loading import ModelSpec
+from drllm.search import MCTSConfig
 
 logger = logging.getLogger(__name__)
+
+RESUME_MODES = ("auto", "force")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where shards go and how they are cut.
+
+    Attributes:
+        dir: shards directory, relative to the run's output directory.
+        rows_per_shard: rows per Parquet shard at most.
+        flush_seconds: a partial shard is written once its oldest row is this old (seconds).
+    """
+
+    dir: str = "shards"
+    rows_per_shard: int = 64
+    flush_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        check_int("OutputConfig", "rows_per_shard", self.rows_per_shard, 1)
+        check_real("OutputConfig", "flush_seconds", self.flush_seconds, 0.0)
+
+
+@dataclass(frozen=True)
+class SearchJobSettings:
+    """Everything ``python -m drllm.jobs.search`` takes; each field is one group of ``conf/``.
+
+    Attributes:
+        model: the frozen LLM (``model/``).
+        dataset: the questions, and their generation budget (``dataset/``; see
+            :attr:`generation`).
+        search: the MCTS knobs (``search/``).
+        driver: the driver over many trees (``driver:`` in ``conf/config.yaml``).
+        prior: what the expansion prior is built from (``prior:``).
+        pool: the evaluator actors (``pool/``).
+        ray: how to reach Ray (``ray/``).
+        output: shards directory and cuts (``output:``).
+        progress: show progress bars.
+        log_level: level of the ``drllm`` loggers.
+        resume: ``auto``: resume an output directory written with the same search-affecting
+            config, refuse one written with another; ``force``: resume it anyway (rows of both
+            configs then mix).
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    search: MCTSConfig = field(default_factory=MCTSConfig)
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    prior: PriorSource = field(default_factory=PriorSource)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    ray: ClusterSettings = field(default_factory=ClusterSettings)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    progress: bool = True
+    log_level: str = "INFO"
+    resume: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice("SearchJobSettings", "resume", self.resume, RESUME_MODES)
+        self.generation  # noqa: B018 -- validate the budget before anything starts
+
+    @property
+    def generation(self) -> GenerationConfig:
+        """Greedy generation of each evaluation: the dataset's budget (``dataset.max_new_tokens``,
+        ``dataset.stop_strings``; ``None`` there falls back to the adapter's / grader's)."""
+        max_new_tokens, stop_strings = self.dataset.generation_budget
+        return GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=stop_strings)
 
 SUMMARY_FILE = "summary.json"
 AFFECTING_KEY = "search_affecting"
 
-# Keys of the resolved config that do not change what a search writes for an example: a rerun
-# that differs only in these resumes. Everything else under model / dataset / search does.
+# Groups of the resolved config that can change what a search writes for an example, each with
+# its keys that cannot: a rerun that differs only in these (or in pool / ray / output) resumes.
 NOT_AFFECTING = {
     "model": ("cache_dir",),
     "dataset": ("num_examples",),
-    "search": ("preset", "max_concurrent_trees"),
+    "search": (),
+    "driver": ("max_concurrent_trees", "poll_interval_s"),
+    "prior": (),
 }
 
 
@@ -71,7 +146,7 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
 
     started = time.perf_counter()
     output_dir = output_dir.resolve()
-    shards_dir = output_dir / settings.shards_subdir
+    shards_dir = output_dir / settings.output.dir
     affecting = search_affecting(resolved_config)
     check_resume(shards_dir, affecting, key=AFFECTING_KEY, force=settings.resume == "force")
     stored_config = {**resolved_config, AFFECTING_KEY: affecting}
@@ -87,18 +162,18 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
     def render(ex: Any) -> str:
         return render_prompt(ex, tokenizer, style=style)
 
-    connect(settings.cluster)
+    connect(settings.ray)
     prior = build_prior_plan(
-        settings.mcts, report.examples, render, model_spec=settings.model,
-        routers_dir=settings.prior_checkpoint,
-        calibration_examples=settings.prior_calibration_examples,
+        settings.search, report.examples, render, model_spec=settings.model,
+        routers_dir=settings.prior.checkpoint,
+        calibration_examples=settings.prior.calibration_examples,
     )
 
     def make_writer(info: Any) -> ShardWriter:
         return ShardWriter(
             shards_dir, writer_id=default_writer_id(), num_layers=info.num_layers,
             model_id=info.model_id, config=stored_config,
-            rows_per_shard=settings.rows_per_shard, flush_seconds=settings.flush_seconds,
+            rows_per_shard=settings.output.rows_per_shard, flush_seconds=settings.output.flush_seconds,
         )
 
     run_summary = run_search_job(
@@ -106,17 +181,17 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
         writer=make_writer,
         render=render,
         model_spec=settings.model,
-        mcts_config=settings.mcts,
+        mcts_config=settings.search,
         generation=settings.generation,
         pool_config=settings.pool,
         driver_config=settings.driver,
         rejected=report.rejected,
-        progress=resolved_config.get("progress", True),
+        progress=settings.progress,
         prior=prior,
     )
     wall = time.perf_counter() - started
     table = load_report_table(shards_dir, settings.dataset.name, {ex.id for ex in report.examples})
-    science = science_report(table, settings.mcts.success_reward)
+    science = science_report(table, settings.search.success_reward)
     summary = _summary(science, run_summary, settings, report.rejected, prior, wall, shards_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Optional, Sequence
 
 from drllm.distributed.batcher import RequestBatcher
+from drllm.distributed.config import PoolConfig
 from drllm.distributed.evaluator import (
     EvaluatorContext,
     EvaluatorInfo,
@@ -72,8 +73,8 @@ class EvaluatorActor:
         *,
         num_threads: Optional[int] = None,
         device: Optional[str] = None,
-        max_batch_size: int = 16,
-        batch_wait_ms: float = 5.0,
+        max_batch_size: int = PoolConfig.max_batch_size,
+        batch_wait_ms: float = PoolConfig.batch_wait_ms,
         metrics_model: Optional[str] = None,
     ) -> None:
         self.index = index

@@ -1,34 +1,17 @@
 """Frozen, validated configuration of the distributed search: generation, actor pool, driver.
 
-These mirror the Hydra groups ``search/`` (generation, driver) and ``cluster/`` (pool); the job
-entry point converts the composed config into them, and every value is checked here so a bad
-setting fails before Ray starts an actor.
+These are Hydra structured configs as they stand (see :mod:`drllm.config`): ``PoolConfig`` is the
+``pool/`` group, ``DriverConfig`` the ``driver`` key; ``GenerationConfig`` is derived from the
+dataset's budget (:attr:`drllm.search_job.SearchJobSettings.generation`). Every value is checked
+here, so a bad setting fails before Ray starts an actor.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Optional
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_int(owner: str, name: str, value: object, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:
-        raise ValueError(f"{owner}.{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_real(owner: str, name: str, value: object, minimum: float, *, open_low: bool) -> None:
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = value > minimum if open_low else value >= minimum
-    if not ok:
-        bound = f"> {minimum:g}" if open_low else f">= {minimum:g}"
-        raise ValueError(f"{owner}.{name} must be a finite number {bound}, got {value!r}")
+from drllm.checks import check_bool, check_int, check_real
 
 
 @dataclass(frozen=True)
@@ -44,7 +27,7 @@ class GenerationConfig:
     stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_int("GenerationConfig", "max_new_tokens", self.max_new_tokens, 1)
+        check_int("GenerationConfig", "max_new_tokens", self.max_new_tokens, 1)
         if isinstance(self.stop_strings, str):
             raise ValueError(
                 "GenerationConfig.stop_strings must be a list of strings, not one string "
@@ -97,16 +80,15 @@ class PoolConfig:
     def __post_init__(self) -> None:
         owner = "PoolConfig"
         if self.num_actors is not None:
-            _check_int(owner, "num_actors", self.num_actors, 1)
-        _check_real(owner, "num_cpus_per_actor", self.num_cpus_per_actor, 0.0, open_low=False)
-        _check_real(owner, "num_gpus_per_actor", self.num_gpus_per_actor, 0.0, open_low=True)
-        if self.use_gpu is not None and not isinstance(self.use_gpu, bool):
-            raise ValueError(f"{owner}.use_gpu must be true, false or null, got {self.use_gpu!r}")
-        _check_int(owner, "max_batch_size", self.max_batch_size, 1)
-        _check_real(owner, "batch_wait_ms", self.batch_wait_ms, 0.0, open_low=False)
-        _check_int(owner, "max_in_flight_per_actor", self.max_in_flight_per_actor, 1)
-        _check_int(owner, "max_restarts", self.max_restarts, 0)
-        _check_int(owner, "max_request_retries", self.max_request_retries, 0)
+            check_int(owner, "num_actors", self.num_actors, 1)
+        check_real(owner, "num_cpus_per_actor", self.num_cpus_per_actor, 0.0)
+        check_real(owner, "num_gpus_per_actor", self.num_gpus_per_actor, 0.0, open_low=True)
+        check_bool(owner, "use_gpu", self.use_gpu, optional=True)
+        check_int(owner, "max_batch_size", self.max_batch_size, 1)
+        check_real(owner, "batch_wait_ms", self.batch_wait_ms, 0.0)
+        check_int(owner, "max_in_flight_per_actor", self.max_in_flight_per_actor, 1)
+        check_int(owner, "max_restarts", self.max_restarts, 0)
+        check_int(owner, "max_request_retries", self.max_request_retries, 0)
         for name in ("namespace", "name_prefix"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -140,10 +122,7 @@ class DriverConfig:
     poll_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
-        _check_int("DriverConfig", "max_concurrent_trees", self.max_concurrent_trees, 1)
-        _check_int("DriverConfig", "max_pending_per_tree", self.max_pending_per_tree, 1)
-        _check_real("DriverConfig", "poll_interval_s", self.poll_interval_s, 0.0, open_low=True)
-        if not isinstance(self.seed_per_example, bool):
-            raise ValueError(
-                f"DriverConfig.seed_per_example must be a bool, got {self.seed_per_example!r}"
-            )
+        check_int("DriverConfig", "max_concurrent_trees", self.max_concurrent_trees, 1)
+        check_int("DriverConfig", "max_pending_per_tree", self.max_pending_per_tree, 1)
+        check_real("DriverConfig", "poll_interval_s", self.poll_interval_s, 0.0, open_low=True)
+        check_bool("DriverConfig", "seed_per_example", self.seed_per_example)

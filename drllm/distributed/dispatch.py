@@ -29,6 +29,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from drllm.distributed.config import PoolConfig
 from drllm.distributed.evaluator import EvalError, EvaluatorInfo, Outcome
 from drllm.distributed.metrics import SearchMetrics
 from drllm.types import EvalRequest, EvalResult, Evaluation
@@ -147,9 +148,9 @@ class EvaluationPool:
         self,
         transport: Transport,
         *,
-        max_batch_size: int = 16,
-        max_in_flight_per_worker: int = 2,
-        max_request_retries: int = 2,
+        max_batch_size: int = PoolConfig.max_batch_size,
+        max_in_flight_per_worker: int = PoolConfig.max_in_flight_per_actor,
+        max_request_retries: int = PoolConfig.max_request_retries,
         metrics: Optional[SearchMetrics] = None,
     ) -> None:
         if max_batch_size < 1 or max_in_flight_per_worker < 1 or max_request_retries < 0:

@@ -67,7 +67,7 @@ def resolve_resources(config: PoolConfig, cluster: Mapping[str, float]) -> Actor
     if config.use_gpu is True and gpus <= 0:
         raise ValueError(
             "use_gpu=true but the Ray cluster has no GPU (ray.cluster_resources() lists none); "
-            "set cluster.use_gpu=null to use GPUs only when present, or start Ray on a GPU node"
+            "set pool.use_gpu=null to use GPUs only when present, or start Ray on a GPU node"
         )
     use_gpu = gpus > 0 if config.use_gpu is None else config.use_gpu
     if use_gpu:
@@ -76,7 +76,7 @@ def resolve_resources(config: PoolConfig, cluster: Mapping[str, float]) -> Actor
         if count * per > gpus + 1e-9:
             raise ValueError(
                 f"{count} evaluator actors x {per:g} GPU need {count * per:g} GPUs but the "
-                f"cluster has {gpus:g}; lower cluster.num_actors"
+                f"cluster has {gpus:g}; lower pool.num_actors"
             )
         return ActorResources(count, float(config.num_cpus_per_actor), per,
                               config.threads_per_actor, "cuda")
@@ -88,7 +88,7 @@ def resolve_resources(config: PoolConfig, cluster: Mapping[str, float]) -> Actor
     if count * per_cpu > cpus + 1e-9:
         raise ValueError(
             f"{count} evaluator actors x {per_cpu:g} CPUs need {count * per_cpu:g} CPUs but the "
-            f"cluster has {cpus:g}; lower cluster.num_actors or cluster.num_cpus_per_actor"
+            f"cluster has {cpus:g}; lower pool.num_actors or pool.num_cpus_per_actor"
         )
     return ActorResources(count, per_cpu, 0.0, config.threads_per_actor, None)
 
@@ -192,7 +192,7 @@ class RayTransport(Transport):
                 raise RuntimeError(
                     f"an actor named {name!r} already exists in Ray namespace "
                     f"{self.config.namespace!r}: another search job is running on this cluster; "
-                    "give this one another cluster.namespace (or PoolConfig.name_prefix)"
+                    "give this one another ray.namespace (or pool.name_prefix)"
                 )
             time.sleep(0.5)
 

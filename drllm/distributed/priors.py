@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
+from drllm.checks import check_int
 from drllm.search import MCTSConfig
 from drllm.search.prior import BlockPrior, Prior
 from drllm.types import Example
@@ -27,6 +28,27 @@ from drllm.types import Example
 logger = logging.getLogger(__name__)
 
 PRIORS = ("uniform", "layer_importance", "router")
+
+
+@dataclass(frozen=True)
+class PriorSource:
+    """What the search's expansion prior (``MCTSConfig.prior``) is built from.
+
+    Attributes:
+        checkpoint: ``prior=router``: a router checkpoint directory (``Routers.save_pretrained``).
+        calibration_examples: ``prior=layer_importance``: prompts the block influence is
+            measured on (the first ones of the dataset).
+    """
+
+    checkpoint: Optional[str] = None
+    calibration_examples: int = 32
+
+    def __post_init__(self) -> None:
+        check_int("PriorSource", "calibration_examples", self.calibration_examples, 1)
+        if self.checkpoint is not None and (not isinstance(self.checkpoint, str)
+                                            or not self.checkpoint):
+            raise ValueError(f"PriorSource.checkpoint must be None or a non-empty path, "
+                             f"got {self.checkpoint!r}")
 
 
 @dataclass(frozen=True)
@@ -111,7 +133,7 @@ def build_prior_plan(
         return PriorPlan(name, shared=prior, importance=tuple(float(x) for x in importance),
                          calibration_examples=len(chosen))
     if not routers_dir:
-        raise ValueError("search.prior=router needs search.prior_checkpoint=<routers dir> "
+        raise ValueError("search.prior=router needs prior.checkpoint=<routers dir> "
                          "(a drllm.jobs.train checkpoint for this model)")
     probs = _run(_measure, model_spec, [render(e) for e in examples], routers_dir,
                  in_process=in_process)

@@ -1,10 +1,12 @@
 """``python -m drllm.jobs.search``: distributed length-aware MCTS writing supervision shards.
 
-Config: ``conf/config.yaml`` (groups model/, dataset/, search/, cluster/). Examples::
+Config: ``conf/config.yaml`` (groups model/, dataset/, search/, pool/, ray/; keys driver, prior,
+output), whose schema is :class:`drllm.search_job.SearchJobSettings`. Examples::
 
     python -m drllm.jobs.search                                   # laptop default
-    python -m drllm.jobs.search dataset=arc_easy search=paper cluster=auto
+    python -m drllm.jobs.search dataset=arc_easy search=paper ray=auto pool=auto
     python -m drllm.jobs.search -m dataset=arc_easy,gsm8k         # multirun
+    python -m drllm.jobs.search --cfg job                         # every settable field
 """
 
 from __future__ import annotations
@@ -17,21 +19,21 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from drllm.config import ConfigError, register_configs, search_job_settings
+from drllm.config import ConfigError, register, to_library
+from drllm.search_job import SearchJobSettings, run
+from drllm.shards import ResumeConflictError
 
-register_configs()
+SCHEMA = "search_job_schema"
+register(SCHEMA, SearchJobSettings)
 
 
 @hydra.main(config_path="../_conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("drllm").setLevel(cfg.log_level)
     try:
-        settings = search_job_settings(cfg)
+        settings = to_library(cfg, SearchJobSettings)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
-    from drllm.search_job import run
-    from drllm.shards import ResumeConflictError
-
     try:
         run(settings, Path(HydraConfig.get().runtime.output_dir),
             OmegaConf.to_container(cfg, resolve=True))

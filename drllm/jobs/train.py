@@ -1,10 +1,12 @@
 """``python -m drllm.jobs.train``: feature pass + Ray Train router fit + router checkpoint.
 
-Config: ``conf/train.yaml`` (groups model/, cluster/, train/). Examples::
+Config: ``conf/train.yaml`` (groups model/, ray/, train/; keys features, trainer), whose schema
+is :class:`drllm.routers.train_job.TrainJobSettings`. Examples::
 
     python -m drllm.jobs.train shards_dir=/abs/path/outputs/search/<model>/<run>/shards
-    python -m drllm.jobs.train shards_dir=... train.epochs=5 train.num_workers=2
-    python -m drllm.jobs.train shards_dir=... cluster=auto train.use_gpu=true
+    python -m drllm.jobs.train shards_dir=... train.epochs=5 trainer.num_workers=2
+    python -m drllm.jobs.train shards_dir=... ray=auto trainer.use_gpu=true
+    python -m drllm.jobs.train --cfg job                          # every settable field
 
 The routers land in ``outputs/train/<model>/routers`` (``Routers.from_pretrained``-loadable).
 """
@@ -19,18 +21,18 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from drllm.config import ConfigError, register_configs
+from drllm.config import ConfigError, register, to_library
+from drllm.routers.train_job import TrainJobSettings, run_train_job
 
-register_configs()
+SCHEMA = "train_job_schema"
+register(SCHEMA, TrainJobSettings)
 
 
 @hydra.main(config_path="../_conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("drllm").setLevel(cfg.log_level)
-    from drllm.routers.train_job import run_train_job, train_job_settings
-
     try:
-        settings = train_job_settings(cfg)
+        settings = to_library(cfg, TrainJobSettings)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
     run_train_job(settings, Path(HydraConfig.get().runtime.output_dir))

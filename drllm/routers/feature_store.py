@@ -386,7 +386,7 @@ def feature_table(
     if not np.isfinite(stored).all():
         raise ValueError(
             f"pooled features are not finite in {dtype} (hidden states exceed its range); "
-            "store them as float32 (train.feature_dtype=float32)"
+            "store them as float32 (features.dtype=float32)"
         )
     schema = feature_schema(num_layers, windows, hidden_size, dtype)
 

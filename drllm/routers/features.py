@@ -72,7 +72,7 @@ class FeatureConfig:
         num_cpus_per_actor: CPUs (and torch threads) per CPU actor.
         use_gpu: one GPU per actor; ``None`` uses GPUs when the cluster has them.
         rows: which shard rows are featurized (and so trained on): ``"solved"`` (default) or
-            ``"all"`` (see :mod:`drllm.routers.rows`; CLI ``train.rows=all``).
+            ``"all"`` (see :mod:`drllm.routers.rows`; CLI ``features.rows=all``).
     """
 
     windows: int = DEFAULT_WINDOWS
@@ -293,7 +293,7 @@ def run_feature_pass(
 
     Raises:
         drllm.routers.rows.NoRowsError: the row filter keeps no row (message: the counts and
-            ``train.rows=all``).
+            ``features.rows=all``).
     """
     import ray
 

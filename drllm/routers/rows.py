@@ -126,7 +126,7 @@ def select_rows(ident: ShardsIdentity, rows: str, where: str | FsPath = "") -> R
             f"row filter rows={rows!r} leaves no rows to train on: {place} holds {ident.rows} "
             f"rows, {ident.solved_rows} solved and {unsolved} unsolved (an unsolved row is "
             "labelled with the default path). Search more examples or with a larger budget, "
-            "or train on every row with train.rows=all (FeatureConfig(rows='all'))"
+            "or train on every row with features.rows=all (FeatureConfig(rows='all'))"
         )
     logger.info("rows (filter %s): using %d of %d shard rows, skipping %d unsolved",
                 rows, selection.used, selection.total, selection.skipped_unsolved)

@@ -1,12 +1,12 @@
 """The router-training job: feature pass, then a Ray Train ``TorchTrainer`` fit, then a checkpoint.
 
-``python -m drllm.jobs.train`` (Hydra) only converts its config with :func:`train_job_settings`
-and calls :func:`run_train_job`:
+``python -m drllm.jobs.train`` (Hydra) composes a :class:`TrainJobSettings` and calls
+:func:`run_train_job`:
 
 1. :func:`~drllm.routers.features.run_feature_pass` runs to completion first (Ray Data actor
    pool; reused when the shards, model, ``W``, dtype and row filter are unchanged), so its
    actors have released their CPUs before training asks for them -- the pipeline cannot
-   deadlock on a small machine. It featurizes the rows of the row filter only (``train.rows``:
+   deadlock on a small machine. It featurizes the rows of the row filter only (``features.rows``:
    ``solved`` by default, ``all``; :mod:`drllm.routers.rows`), so training sees those rows;
 2. :func:`fit_routers` splits rows by example id, counts the **training** split's labels for the
    loss weights, and runs :func:`~drllm.routers.train_worker.train_loop_per_worker` on
@@ -24,10 +24,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from drllm.cluster import ClusterSettings, cluster_gpus, connect
+from drllm.models.loading import ModelSpec
 from drllm.routers.feature_store import load_features
 from drllm.routers.features import FeatureConfig, ModelSource, run_feature_pass
 from drllm.routers.loss import class_counts
@@ -106,8 +108,6 @@ class TrainOutcome:
 def _worker_resources(settings: RayTrainSettings) -> tuple[bool, int]:
     """``(use_gpu, cpus_per_worker)`` resolved against the connected cluster."""
     import ray
-
-    from drllm.cluster import cluster_gpus
 
     use_gpu = settings.use_gpu if settings.use_gpu is not None else cluster_gpus() > 0
     if settings.cpus_per_worker is not None:
@@ -244,76 +244,42 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class TrainJobSettings:
-    """The composed train-job config as the library's validated objects.
+    """Everything ``python -m drllm.jobs.train`` takes (``conf/train.yaml``); each field is one key.
 
     Attributes:
-        model: the frozen model the shards were searched with.
-        cluster: how to reach Ray (:class:`drllm.cluster.ClusterSettings`).
-        train: router hyper-parameters.
-        features: feature-pass settings.
-        ray_train: ``TorchTrainer`` scaling.
-        shards_dir: supervision shards (absolute).
+        shards_dir: supervision shards (required; made absolute).
+        model: the frozen model the shards were searched with (``model/``), or a picklable
+            zero-argument loader (tests).
+        ray: how to reach Ray (``ray/``, :class:`drllm.cluster.ClusterSettings`).
+        train: router hyper-parameters (``train/``).
+        features: feature-pass settings (``features:``; its ``windows`` follows ``train.windows``).
+        trainer: ``TorchTrainer`` scaling (``trainer:``).
         features_dir: where features go (``None``: ``<shards_dir>/features``).
-        checkpoint_subdir: routers directory, relative to the run's output directory.
+        checkpoint_dir: routers directory, relative to the run's output directory.
         progress: show progress bars.
+        log_level: level of the ``drllm`` loggers.
     """
 
-    model: ModelSource
-    cluster: Any
-    train: TrainConfig
-    features: FeatureConfig
-    ray_train: RayTrainSettings
     shards_dir: Path
+    model: ModelSource = field(default_factory=ModelSpec)
+    ray: ClusterSettings = field(default_factory=ClusterSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    trainer: RayTrainSettings = field(default_factory=RayTrainSettings)
     features_dir: Path | None = None
-    checkpoint_subdir: str = "routers"
+    checkpoint_dir: str = "routers"
     progress: bool = True
+    log_level: str = "INFO"
 
-
-def train_job_settings(cfg: Any) -> TrainJobSettings:
-    """Validate a composed ``conf/train.yaml`` (a ``TrainJobConf``) into :class:`TrainJobSettings`.
-
-    Raises:
-        ConfigError: naming the group and key of the first bad value.
-    """
-    from omegaconf import OmegaConf
-
-    from drllm.cluster import ClusterSettings
-    from drllm.config import ConfigError, build
-    from drllm.models.loading import ModelSpec
-
-    if OmegaConf.is_missing(cfg, "shards_dir"):
-        raise ConfigError("shards_dir is required: python -m drllm.jobs.train shards_dir=/abs/path")
-    c = OmegaConf.to_container(cfg, resolve=True)
-    t, cluster = dict(c["train"]), c["cluster"]
-    if not c.get("shards_dir"):
-        raise ConfigError("shards_dir is required: python -m drllm.jobs.train shards_dir=/abs/path")
-    train_keys = ("lr", "weight_decay", "warmup_steps", "epochs", "batch_size", "gamma", "beta",
-                  "seed", "val_fraction", "bottleneck", "windows")
-    return TrainJobSettings(
-        model=build("model", ModelSpec, **c["model"]),
-        cluster=build(
-            "cluster", ClusterSettings, mode=cluster["mode"], address=cluster["address"],
-            num_cpus=cluster["num_cpus"], include_dashboard=cluster["include_dashboard"],
-            namespace=cluster["namespace"],
-        ),
-        train=build("train", TrainConfig, **{k: t[k] for k in train_keys}),
-        features=build(
-            "train", FeatureConfig, windows=t["windows"], dtype=t["feature_dtype"],
-            batch_size=t["feature_batch_size"], num_actors=t["feature_actors"],
-            num_cpus_per_actor=t["feature_cpus_per_actor"], use_gpu=t["use_gpu"],
-            rows=t["rows"],
-        ),
-        ray_train=build(
-            "train", RayTrainSettings, num_workers=t["num_workers"], use_gpu=t["use_gpu"],
-            cpus_per_worker=t["cpus_per_worker"], max_failures=t["max_failures"],
-            log_level=c.get("log_level", "INFO"),
-        ),
-        shards_dir=Path(c["shards_dir"]).expanduser().resolve(),
-        features_dir=(Path(c["features_dir"]).expanduser().resolve()
-                      if c.get("features_dir") else None),
-        checkpoint_subdir=c["checkpoint_dir"],
-        progress=bool(c.get("progress", True)),
-    )
+    def __post_init__(self) -> None:
+        if not self.shards_dir:
+            raise ValueError("shards_dir is required: python -m drllm.jobs.train shards_dir=/abs/path")
+        object.__setattr__(self, "shards_dir", Path(self.shards_dir).expanduser().resolve())
+        if self.features_dir:
+            object.__setattr__(self, "features_dir", Path(self.features_dir).expanduser().resolve())
+        if self.features.windows != self.train.windows:
+            raise ValueError(f"features.windows ({self.features.windows}) must equal train.windows "
+                             f"({self.train.windows})")
 
 
 def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[str, Any]:
@@ -322,17 +288,15 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
     Writes ``<output_dir>/<checkpoint_subdir>/`` (the routers), ``<output_dir>/ray_train/`` (the
     Ray Train run) and ``<output_dir>/train_summary.json``, and prints the validation metrics.
     """
-    from drllm.cluster import connect
-
     started = time.perf_counter()
     output_dir = Path(output_dir).resolve()
     features_dir = settings.features_dir or settings.shards_dir / "features"
-    connect(settings.cluster)
+    connect(settings.ray)
     info = run_feature_pass(settings.shards_dir, features_dir, settings.model, settings.features,
                             progress=settings.progress)
-    outcome = fit_routers(features_dir, settings.train, settings.ray_train,
+    outcome = fit_routers(features_dir, settings.train, settings.trainer,
                           storage_path=output_dir / "ray_train", base_model_id=info.model_id)
-    routers_dir = output_dir / settings.checkpoint_subdir
+    routers_dir = output_dir / settings.checkpoint_dir
     outcome.routers.save_pretrained(
         routers_dir, base_model_id=info.model_id, class_counts=outcome.class_counts,
         train_config=settings.train, metrics=outcome.metrics, rows=outcome.rows,
@@ -358,7 +322,7 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
     print(f"router metrics on the {split} split ({outcome.val_rows or outcome.train_rows} "
           f"examples x {info.num_layers} blocks):")
     print(format_metrics(outcome.metrics))
-    print(f"rows      {outcome.rows['used']} used (train.rows={outcome.rows['filter']}), "
+    print(f"rows      {outcome.rows['used']} used (features.rows={outcome.rows['filter']}), "
           f"{outcome.rows['skipped_unsolved']} unsolved skipped")
     print(f"routers   {routers_dir}")
     print(f"summary   {output_dir / SUMMARY_FILE}")

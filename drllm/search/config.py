@@ -12,23 +12,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable, Mapping, Union
+from dataclasses import dataclass
+from typing import Callable, Union
 
+from drllm.checks import check_bool, check_choice, check_int, check_real
 from drllm.paths import Path, PathConstraints
 from drllm.types import Evaluation
 
 EvaluateFn = Callable[[Path], Union[Evaluation, float]]
 """Generate along a path for one question and grade it: an :class:`Evaluation`, or a bare
 reward (``float``), which means an empty response."""
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 EXPANSIONS = ("widening", "full")
@@ -112,72 +105,21 @@ class MCTSConfig:
     prior_temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        self._check_int("num_simulations", minimum=1)
-        self._check_int("max_consecutive_skips", minimum=0)
-        self._check_int("min_executed", minimum=0)
-        self._check_int("early_stop_margin", minimum=0)
-        self._check_int("seed", minimum=None)
-        self._check_real("c", 0.0, math.inf)
-        self._check_real("length_penalty", 0.0, math.inf)
-        self._check_real("epsilon", 0.0, 1.0)
-        self._check_real("max_cost_factor", 1.0, 2.0)
-        self._check_real("success_reward", -math.inf, math.inf)
-        if not isinstance(self.early_stop, bool):
-            raise ValueError(
-                f"MCTSConfig.early_stop must be a bool (true/false), got {self.early_stop!r}"
-            )
-        self._check_int("patience", minimum=0)
-        self._check_real("widen_alpha", 0.0, 1.0)
-        self._check_positive("widen_k")
-        self._check_positive("prior_temperature")
-        self._check_choice("expansion", EXPANSIONS)
-        self._check_choice("prior", PRIORS)
-
-    def _check_positive(self, name: str) -> None:
-        self._check_real(name, -math.inf, math.inf)
-        if getattr(self, name) <= 0:
-            raise ValueError(f"MCTSConfig.{name} must be > 0, got {getattr(self, name)}")
-
-    def _check_choice(self, name: str, choices: tuple[str, ...]) -> None:
-        value = getattr(self, name)
-        if value not in choices:
-            raise ValueError(f"MCTSConfig.{name} must be one of {list(choices)}, got {value!r}")
-
-    def _check_int(self, name: str, minimum: int | None) -> None:
-        value = getattr(self, name)
-        if not _is_int(value):
-            raise ValueError(f"MCTSConfig.{name} must be an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"MCTSConfig.{name} must be >= {minimum}, got {value}")
-
-    def _check_real(self, name: str, low: float, high: float) -> None:
-        value = getattr(self, name)
-        if not _is_real(value) or not math.isfinite(value):
-            raise ValueError(f"MCTSConfig.{name} must be a finite number, got {value!r}")
-        if not low <= value <= high:
-            bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
-            raise ValueError(f"MCTSConfig.{name} must be {bounds}, got {value}")
-
-    @classmethod
-    def from_mapping(
-        cls, values: Mapping[str, Any], ignore: Iterable[str] = ()
-    ) -> "MCTSConfig":
-        """Build from a config mapping (e.g. Hydra's ``search`` group).
-
-        Args:
-            values: knob name -> value; missing knobs keep their defaults.
-            ignore: keys that belong to someone else (e.g. the driver's ``max_new_tokens``)
-                and are skipped; any other unknown key is an error, so typos fail fast.
-        """
-        known = {f.name for f in fields(cls)}
-        skipped = set(ignore)
-        unknown = sorted(k for k in values if k not in known and k not in skipped)
-        if unknown:
-            raise ValueError(
-                f"unknown MCTSConfig keys {unknown}; known: {sorted(known)} "
-                f"(pass driver-only keys via ignore=)"
-            )
-        return cls(**{k: values[k] for k in values if k in known})
+        o = "MCTSConfig"
+        for name, minimum in (("num_simulations", 1), ("max_consecutive_skips", 0),
+                              ("min_executed", 0), ("early_stop_margin", 0), ("seed", None),
+                              ("patience", 0)):
+            check_int(o, name, getattr(self, name), minimum)
+        for name, low, high in (("c", 0.0, math.inf), ("length_penalty", 0.0, math.inf),
+                                ("epsilon", 0.0, 1.0), ("max_cost_factor", 1.0, 2.0),
+                                ("success_reward", -math.inf, math.inf),
+                                ("widen_alpha", 0.0, 1.0)):
+            check_real(o, name, getattr(self, name), low, high)
+        check_bool(o, "early_stop", self.early_stop)
+        check_real(o, "widen_k", self.widen_k, 0.0, open_low=True)
+        check_real(o, "prior_temperature", self.prior_temperature, 0.0, open_low=True)
+        check_choice(o, "expansion", self.expansion, EXPANSIONS)
+        check_choice(o, "prior", self.prior, PRIORS)
 
     @property
     def constraints(self) -> PathConstraints:

@@ -37,7 +37,7 @@ def _search(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 def _common(tiny_dir: Path) -> list[str]:
     return [
         f"model.name={tiny_dir}", "dataset.num_examples=3", "search.num_simulations=4",
-        "dataset.max_new_tokens=3", "cluster.num_actors=1", "cluster.num_cpus=2", "progress=false",
+        "dataset.max_new_tokens=3", "pool.num_actors=1", "ray.num_cpus=2", "progress=false",
     ]
 
 

@@ -35,7 +35,6 @@ from drllm.routers.train_job import (
     TrainJobSettings,
     fit_routers,
     run_train_job,
-    train_job_settings,
 )
 from drllm.routers.training import TrainConfig
 from drllm.search import MCTSConfig
@@ -156,8 +155,8 @@ def test_train_job_end_to_end(shards, features, tmp_path, capsys):
     cfg = TrainConfig(epochs=3, warmup_steps=2, batch_size=4, val_fraction=0.25, windows=4,
                       bottleneck=16)
     settings = TrainJobSettings(
-        model=LOADER, cluster=ClusterSettings(), train=cfg, features=FEATURES,
-        ray_train=RayTrainSettings(num_workers=1, cpus_per_worker=1),
+        model=LOADER, ray=ClusterSettings(), train=cfg, features=FEATURES,
+        trainer=RayTrainSettings(num_workers=1, cpus_per_worker=1),
         shards_dir=shards, features_dir=features, progress=False,
     )
     info = read_info(features)
@@ -205,7 +204,7 @@ def test_the_default_filter_keeps_the_solved_rows_of_the_search(shards, tmp_path
         return
     with pytest.raises(NoRowsError, match=rf"rows='solved' leaves no rows to train on: .*"
                                           rf"holds {N} rows, 0 solved and {N} unsolved.*"
-                                          r"train\.rows=all"):
+                                          r"features\.rows=all"):
         run_feature_pass(shards, tmp_path / "f", LOADER, default, progress=False)
     assert read_info(tmp_path / "f") is None
 
@@ -216,8 +215,8 @@ def test_train_job_trains_on_solved_rows_by_default(mixed_shards, tmp_path, caps
     default = FeatureConfig(windows=4, batch_size=8, num_actors=1)
     assert default.rows == "solved"
     settings = TrainJobSettings(
-        model=LOADER, cluster=ClusterSettings(), train=cfg, features=default,
-        ray_train=RayTrainSettings(num_workers=1, cpus_per_worker=1),
+        model=LOADER, ray=ClusterSettings(), train=cfg, features=default,
+        trainer=RayTrainSettings(num_workers=1, cpus_per_worker=1),
         shards_dir=mixed_shards, features_dir=tmp_path / "features", progress=False,
     )
     solved_ids = sorted(f"e{i}" for i in range(N) if i not in UNSOLVED)
@@ -236,7 +235,7 @@ def test_train_job_trains_on_solved_rows_by_default(mixed_shards, tmp_path, caps
         assert summary["train_rows"] + summary["val_rows"] == used == summary["feature_rows"]
         assert sum(config["class_counts"]) == summary["train_rows"] * L
         printed = capsys.readouterr().out
-        assert f"{used} used (train.rows={rows}), {skipped} unsolved skipped" in printed
+        assert f"{used} used (features.rows={rows}), {skipped} unsolved skipped" in printed
 
 
 def test_two_ddp_workers(features, tmp_path):
@@ -273,28 +272,31 @@ def test_routed_model_checks_the_checkpoint_against_the_model(shards, tmp_path):
 def test_hydra_config_converts_to_settings(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from drllm.config import ConfigError, register_configs
+    import drllm.jobs.train  # noqa: F401 -- registers the schema
+    from drllm.config import ConfigError, to_library
 
-    register_configs()
+    def train_job_settings(cfg):
+        return to_library(cfg, TrainJobSettings)
+
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[
-            f"shards_dir={tmp_path}", "train.epochs=2", "train.num_workers=2",
-            "train.feature_dtype=float32", "train.cpus_per_worker=1", "train.rows=all",
+            f"shards_dir={tmp_path}", "train.epochs=2", "trainer.num_workers=2",
+            "features.dtype=float32", "trainer.cpus_per_worker=1", "features.rows=all",
         ])
         missing = compose(config_name="train")
         plain = compose(config_name="train", overrides=[f"shards_dir={tmp_path}"])
     s = train_job_settings(cfg)
     assert s.train.epochs == 2 and s.train.batch_size == 16 and s.train.warmup_steps == 500
-    assert s.ray_train.num_workers == 2 and s.ray_train.cpus_per_worker == 1
+    assert s.trainer.num_workers == 2 and s.trainer.cpus_per_worker == 1
     assert s.features.dtype == "float32" and s.features.windows == 8
     assert s.features.rows == "all" and train_job_settings(plain).features.rows == "solved"
     assert s.shards_dir == tmp_path.resolve() and s.model.name == "smollm2-135m-instruct"
     with pytest.raises(ConfigError, match="shards_dir is required"):
         train_job_settings(missing)
-    cfg.train.feature_dtype = "int8"
-    with pytest.raises(ConfigError, match="invalid `train` config.*dtype"):
+    cfg.features.dtype = "int8"
+    with pytest.raises(ConfigError, match="invalid `features` config.*dtype"):
         train_job_settings(cfg)
-    plain.train.rows = "unsolved"
-    with pytest.raises(ConfigError, match=r"invalid `train` config.*rows must be one of "
+    plain.features.rows = "unsolved"
+    with pytest.raises(ConfigError, match=r"invalid `features` config.*rows must be one of "
                                           r"\['solved', 'all'\]"):
         train_job_settings(plain)

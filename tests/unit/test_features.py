@@ -302,7 +302,7 @@ def test_a_filter_leaving_no_rows_fails_with_the_counts(tmp_path, counted):
     shards = tmp_path / "shards"
     _write(shards, _examples(3), unsolved={0, 1, 2})
     with pytest.raises(NoRowsError, match=r"rows='solved' leaves no rows to train on: .* holds "
-                                          r"3 rows, 0 solved and 3 unsolved.*train\.rows=all"):
+                                          r"3 rows, 0 solved and 3 unsolved.*features\.rows=all"):
         run_feature_pass(shards, tmp_path / "f", TinyLoader(), FeatureConfig(windows=W),
                          progress=False, in_process=True)
     assert counted["batches"] == 0 and read_info(tmp_path / "f") is None

@@ -151,15 +151,3 @@ def test_search_package_imports_no_torch_ray_transformers() -> None:
     assert out.stdout.strip() == "", f"drllm.search pulled in: {out.stdout.strip()}"
 
 
-def test_from_mapping_reads_the_search_presets() -> None:
-    import yaml
-
-    driver_keys = ("preset", "max_new_tokens", "stop_strings", "max_concurrent_trees")
-    presets = REPO / "conf" / "search"
-    paper = yaml.safe_load((presets / "paper.yaml").read_text())
-    assert MCTSConfig.from_mapping(paper, ignore=driver_keys) == MCTSConfig()
-    assert MCTSConfig.from_mapping({"num_simulations": 16, "c": 2}).num_simulations == 16
-    with pytest.raises(ValueError, match=r"unknown MCTSConfig keys \['num_simulation'\]"):
-        MCTSConfig.from_mapping({"num_simulation": 16})
-    with pytest.raises(ValueError, match="epsilon must be in"):
-        MCTSConfig.from_mapping({"epsilon": 2.0})
