@@ -27,6 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from drllm.data.sources import load_rows
 from drllm.registry import Registry
 from drllm.types import Example
 
@@ -108,8 +109,6 @@ class DatasetAdapter(ABC):
 
     def rows(self, config: "DatasetConfig") -> tuple[Iterable[Mapping[str, Any]], int, str]:
         """Rows to parse, their count and a human-readable source (hub id or file list)."""
-        from drllm.data.sources import load_rows
-
         table, source = load_rows(config, self.hub_repo, self.hub_configs, self.columns)
         return table, len(table), source
 

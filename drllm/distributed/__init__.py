@@ -32,6 +32,8 @@ from drllm.distributed.evaluator import (
     WorkerLostError,
     hash_reward,
 )
+# Importing the package registers both backends: "dummy" (evaluator) and "executor".
+from drllm.distributed.executor_backend import ExecutorEvaluator
 from drllm.distributed.job import executor_spec, run_search_job
 from drllm.distributed.local import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
@@ -50,6 +52,7 @@ __all__ = [
     "EvaluatorContext",
     "EvaluatorInfo",
     "EvaluatorSpec",
+    "ExecutorEvaluator",
     "GenerationConfig",
     "KeyedBlockReward",
     "ListSink",

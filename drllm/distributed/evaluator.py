@@ -122,11 +122,6 @@ class Evaluator(abc.ABC):
 EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator backend")
 
 
-def _ensure_builtin_backends() -> None:
-    # The executor backend imports torch lazily; importing its module only registers it.
-    import drllm.distributed.executor_backend  # noqa: F401
-
-
 @dataclass(frozen=True)
 class EvaluatorSpec:
     """Which backend each worker builds, and with what options (picklable values).
@@ -140,7 +135,6 @@ class EvaluatorSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _ensure_builtin_backends()
         if self.name not in EVALUATORS:
             raise ValueError(
                 f"unknown evaluator backend {self.name!r}; known: {', '.join(EVALUATORS.names())}"
@@ -149,7 +143,6 @@ class EvaluatorSpec:
 
     def build(self, context: EvaluatorContext = EvaluatorContext()) -> Evaluator:
         """Instantiate the backend (call inside the worker that will use it)."""
-        _ensure_builtin_backends()
         return EVALUATORS.get(self.name).from_options(context, **self.options)
 
 

@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 import torch
 
-from drllm.routers.checkpoint import load_routers
 from drllm.routers.features import extract_features, permissive_constraints
 from drllm.routers.module import Routers
 
@@ -128,7 +127,7 @@ def router_path_probs(
     """
     executor, loaded_id = _executor(model)
     expected_id = (model_id or loaded_id) if check_model_id else None
-    routers = load_routers(
+    routers = Routers.from_pretrained(
         routers_dir, expected_num_layers=executor.num_layers,
         expected_hidden_size=executor.hidden_size, expected_model_id=expected_id,
     )

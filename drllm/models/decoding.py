@@ -15,21 +15,40 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
-from drllm.models.forward import BlockHook, plan_steps
+from drllm.models.forward import BlockHook, BlockRunner, plan_steps
 from drllm.models.kv import SlotKVCache
 from drllm.models.stopping import StopRule
-
-if TYPE_CHECKING:
-    from drllm.models.executor import PathExecutor
 
 logger = logging.getLogger(__name__)
 
 #: Cache room allocated up front for generated tokens; slots grow by this much when full.
 CACHE_CHUNK = 128
+
+
+class Stepper(Protocol):
+    """Every member of an executor that prefill and decode use (:class:`PathExecutor` has them).
+
+    Attributes:
+        device: the model's device.
+        num_layers: decoder blocks L.
+        runner: runs the blocks along per-row decisions.
+        embed: ``[B, T]`` token ids -> ``[B, T, d]`` embeddings.
+    """
+
+    device: torch.device
+    num_layers: int
+    runner: BlockRunner
+    embed: Callable[[torch.Tensor], torch.Tensor]
+
+    def left_pad(self, ids: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, T]`` left-padded input ids and attention mask on the model's device."""
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, q, d]`` last hidden states -> ``[B, q, V]`` logits."""
 
 
 @dataclass
@@ -58,7 +77,7 @@ class DecodeState:
 
 
 def prefill(
-    ex: "PathExecutor", ids: Sequence[Sequence[int]], decisions: list[list[int]],
+    ex: Stepper, ids: Sequence[Sequence[int]], decisions: list[list[int]],
     max_new_tokens: int, hook: BlockHook | None, groups: Sequence[tuple[int, int]],
 ) -> DecodeState:
     """Prefill prompts ``ids`` along ``decisions`` (``hook`` may fill them in), bucket by bucket.
@@ -75,8 +94,8 @@ def prefill(
         input_ids, mask = ex.left_pad(ids[start:end])
         group_width = input_ids.shape[1]
         cache = SlotKVCache(capacity=group_width if len(groups) > 1 else capacity, grow=CACHE_CHUNK)
-        hidden = ex._runner.run(
-            ex._embed(input_ids), (mask.cumsum(1) - 1).clamp_(min=0), mask.bool(),
+        hidden = ex.runner.run(
+            ex.embed(input_ids), (mask.cumsum(1) - 1).clamp_(min=0), mask.bool(),
             decisions[start:end], all_valid=min(lengths[start:end]) == group_width, cache=cache,
             hook=hook, hook_mask=mask,
         )
@@ -88,7 +107,7 @@ def prefill(
     valid = torch.zeros((len(ids), width + max_new_tokens), dtype=torch.bool, device=ex.device)
     for row, n in enumerate(lengths):
         valid[row, width - n : width] = True
-    logits = ex._head(torch.cat(last_hidden))[:, -1]
+    logits = ex.head(torch.cat(last_hidden))[:, -1]
     return DecodeState(
         cache=cache, valid=valid, length=width, all_valid=min(lengths) == width,
         next_tokens=logits.float().argmax(-1),
@@ -97,7 +116,7 @@ def prefill(
     )
 
 
-def _drop_finished(ex: "PathExecutor", state: DecodeState, keep: list[bool]) -> None:
+def _drop_finished(ex: Stepper, state: DecodeState, keep: list[bool]) -> None:
     """Remove the rows where ``keep`` is False from every part of ``state``."""
     keep_t = torch.tensor(keep, device=ex.device)
     state.next_tokens = state.next_tokens[keep_t]
@@ -110,7 +129,7 @@ def _drop_finished(ex: "PathExecutor", state: DecodeState, keep: list[bool]) -> 
 
 
 def decode(
-    ex: "PathExecutor", state: DecodeState, rule: StopRule
+    ex: Stepper, state: DecodeState, rule: StopRule
 ) -> tuple[list[list[int]], list[str]]:
     """Greedy decoding until every row stops; ``(token ids, finish reason)`` per batch row."""
     batch = len(state.rows)
@@ -130,10 +149,10 @@ def decode(
             plan = plan_steps(state.decisions, ex.num_layers, ex.device)
         state.valid[:, state.length] = True
         state.length += 1
-        hidden = ex._runner.run(
-            ex._embed(state.next_tokens[:, None]), state.next_positions[:, None],
+        hidden = ex.runner.run(
+            ex.embed(state.next_tokens[:, None]), state.next_positions[:, None],
             state.valid[:, : state.length], state.decisions, all_valid=state.all_valid,
             cache=state.cache, plan=plan,
         )
-        state.next_tokens = ex._head(hidden)[:, -1].float().argmax(-1)
+        state.next_tokens = ex.head(hidden)[:, -1].float().argmax(-1)
         state.next_positions = state.next_positions + 1

@@ -115,10 +115,10 @@ class PathExecutor:
             raise ValueError(f"bucket_overhead_tokens must be >= 0, got {bucket_overhead_tokens}")
         self.bucket_overhead_tokens = int(bucket_overhead_tokens)
         self.max_positions = getattr(config, "max_position_embeddings", None)
-        self._embed = family.embed_tokens(model)
+        self.embed = family.embed_tokens(model)
         self._norm = family.final_norm(model)
         self._lm_head = family.lm_head(model)
-        self._runner = BlockRunner(
+        self.runner = BlockRunner(
             layers,
             family.rotary_emb(model),
             [family.sliding_window(model, i) for i in range(self.num_layers)],
@@ -247,7 +247,7 @@ class PathExecutor:
 
     # ------------------------------------------------------------------ forward passes
 
-    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[B, q, d]`` last hidden states -> ``[B, q, V]`` logits."""
         return self._lm_head(self._norm(hidden))
 
@@ -281,26 +281,26 @@ class PathExecutor:
         all_valid = bool(valid.all())
         width = input_ids.shape[1]
         if not use_cache:
-            hidden = self._runner.run(
-                self._embed(input_ids), positions, valid, decisions, all_valid=all_valid,
+            hidden = self.runner.run(
+                self.embed(input_ids), positions, valid, decisions, all_valid=all_valid,
                 hook=block_hook, hook_mask=attention_mask,
             )
             self._final_paths(decisions)
-            return self._head(hidden)
+            return self.head(hidden)
         if not 1 <= prefill_tokens <= width:
             raise ValueError(f"prefill_tokens must be in [1, {width}], got {prefill_tokens}")
         cache = SlotKVCache(capacity=width)
         bounds = [(0, prefill_tokens)] + [(t, t + 1) for t in range(prefill_tokens, width)]
         chunks = []
         for start, end in bounds:
-            hidden = self._runner.run(
-                self._embed(input_ids[:, start:end]), positions[:, start:end], valid[:, :end],
+            hidden = self.runner.run(
+                self.embed(input_ids[:, start:end]), positions[:, start:end], valid[:, :end],
                 decisions, all_valid=all_valid, cache=cache,
                 hook=block_hook if start == 0 else None, hook_mask=attention_mask[:, start:end],
             )
             if start == 0:
                 self._final_paths(decisions)
-            chunks.append(self._head(hidden))
+            chunks.append(self.head(hidden))
         return torch.cat(chunks, dim=1)
 
     @torch.inference_mode()
@@ -321,8 +321,8 @@ class PathExecutor:
         decisions = self._paths(paths, input_ids.shape[0])
         valid = attention_mask.ne(0)
         positions = (attention_mask.long().cumsum(1) - 1).clamp_(min=0)
-        hidden = self._runner.run(
-            self._embed(input_ids), positions, valid, decisions, all_valid=bool(valid.all()),
+        hidden = self.runner.run(
+            self.embed(input_ids), positions, valid, decisions, all_valid=bool(valid.all()),
             hook=block_hook, hook_mask=attention_mask,
         )
         return PrefillStates(self._norm(hidden), attention_mask, self._final_paths(decisions))

@@ -21,15 +21,17 @@ import json
 import logging
 import os
 from pathlib import Path as FsPath
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
+from torch import nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import drllm
-from drllm.routers.metrics import CLASS_NAMES
-from drllm.routers.module import NUM_CLASSES, Routers
+from drllm.routers.metrics import CLASS_NAMES, NUM_CLASSES
+
+R = TypeVar("R", bound=nn.Module)
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def _atomic_write(path: FsPath, write: Any) -> None:
 
 
 def save_routers(
-    routers: Routers,
+    routers: nn.Module,
     directory: str | os.PathLike[str],
     *,
     base_model_id: str,
@@ -158,7 +160,7 @@ def _check_expected(root: FsPath, config: Mapping[str, Any], expected: Mapping[s
             )
 
 
-def _load_weights(root: FsPath, routers: Routers) -> None:
+def _load_weights(root: FsPath, routers: nn.Module) -> None:
     path = root / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"router checkpoint {root}: missing {WEIGHTS_NAME}")
@@ -189,12 +191,16 @@ def _load_weights(root: FsPath, routers: Routers) -> None:
 
 def load_routers(
     directory: str | os.PathLike[str],
+    build: Callable[[int, int, int, int], R],
     *,
     expected_num_layers: int | None = None,
     expected_hidden_size: int | None = None,
     expected_model_id: str | None = None,
-) -> Routers:
-    """Load :class:`Routers` saved by :func:`save_routers` (float32, CPU, eval mode).
+) -> R:
+    """Load routers saved by :func:`save_routers` (float32, CPU, eval mode).
+
+    ``build(num_layers, hidden_size, bottleneck, windows)`` makes the empty module the weights
+    go into (:meth:`Routers.from_pretrained` passes the class).
 
     The ``expected_*`` arguments describe the model the routers will drive; a mismatch raises
     :class:`RouterCheckpointError` naming both values and the directory.
@@ -213,7 +219,7 @@ def load_routers(
         },
     )
     try:
-        routers = Routers(
+        routers = build(
             config["num_layers"], config["hidden_size"], config["bottleneck"], config["windows"]
         )
     except ValueError as err:

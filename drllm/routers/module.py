@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from drllm.routers.checkpoint import load_routers, save_routers
 from drllm.routers.control import apply_control
 
 logger = logging.getLogger(__name__)
@@ -254,8 +255,6 @@ class Routers(nn.Module):
         rows: Mapping[str, Any] | None = None,
     ) -> FsPath:
         """Write ``routers.safetensors`` + ``config.json`` to ``directory`` (:mod:`.checkpoint`)."""
-        from drllm.routers.checkpoint import save_routers
-
         return save_routers(
             self,
             directory,
@@ -276,10 +275,9 @@ class Routers(nn.Module):
         expected_model_id: str | None = None,
     ) -> "Routers":
         """Load a checkpoint written by :meth:`save_pretrained`; mismatches raise clear errors."""
-        from drllm.routers.checkpoint import load_routers
-
         return load_routers(
             directory,
+            cls,
             expected_num_layers=expected_num_layers,
             expected_hidden_size=expected_hidden_size,
             expected_model_id=expected_model_id,

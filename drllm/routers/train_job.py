@@ -179,7 +179,6 @@ def fit_routers(
     again), while new features or hyper-parameters start a new run. ``base_model_id`` defaults
     to the features' model.
     """
-    from drllm.routers.checkpoint import load_routers
     from drllm.routers.train_worker import loop_config
 
     data = load_features(features_dir, with_features=False)
@@ -216,7 +215,7 @@ def fit_routers(
     if result.checkpoint is None or not result.return_value:
         raise RuntimeError("router training finished without a checkpoint or final metrics")
     with result.checkpoint.as_directory() as directory:
-        routers = load_routers(directory)
+        routers = Routers.from_pretrained(directory)
     out = result.return_value
     return TrainOutcome(
         routers=routers, metrics=out["final_metrics"], history=tuple(out["history"]),

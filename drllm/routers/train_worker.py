@@ -32,7 +32,6 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from drllm.routers.checkpoint import load_routers
 from drllm.routers.dataset import FeatureBatches
 from drllm.routers.feature_store import load_features
 from drllm.routers.metrics import CLASS_NAMES
@@ -135,7 +134,7 @@ def _restore(
         return 0, []
     base = getattr(model, "module", model)
     with checkpoint.as_directory() as directory:
-        base.load_from(load_routers(directory).to(base.w1.device, base.w1.dtype))
+        base.load_from(Routers.from_pretrained(directory).to(base.w1.device, base.w1.dtype))
         state = torch.load(Path(directory) / TRAIN_STATE, map_location=base.w1.device,
                            weights_only=False)
     opt.load_state_dict(state["optimizer"])

@@ -138,13 +138,13 @@ def test_finished_rows_leave_the_batch(ex, monkeypatch):
     stop = free[1].text[:2]
     assert stop not in free[0].text and stop not in free[2].text
     batch_sizes = []
-    run = ex._runner.run
+    run = ex.runner.run
 
     def spy(hidden, *args, **kwargs):
         batch_sizes.append(hidden.shape[0])
         return run(hidden, *args, **kwargs)
 
-    monkeypatch.setattr(ex._runner, "run", spy)
+    monkeypatch.setattr(ex.runner, "run", spy)
     outs = ex.generate(PROMPTS, PATHS, max_new_tokens=8, stop_strings=[stop])
     assert outs[1].finish_reason == "stop" and outs[1].text == ""
     k = len(outs[1].token_ids)

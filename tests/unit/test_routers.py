@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from drllm.routers.checkpoint import RouterCheckpointError, load_routers
+from drllm.routers.checkpoint import RouterCheckpointError
 from drllm.routers.control import apply_control
 from drllm.routers.module import Router, Routers, window_pool
 from drllm.routers.training import TrainConfig
@@ -180,7 +180,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
 def test_checkpoint_mismatch_errors(tmp_path, kwargs, pattern) -> None:
     _saved(tmp_path)
     with pytest.raises(RouterCheckpointError, match=pattern) as info:
-        load_routers(tmp_path, **kwargs)
+        Routers.from_pretrained(tmp_path, **kwargs)
     assert str(tmp_path) in str(info.value)
 
 
@@ -190,27 +190,27 @@ def test_checkpoint_corrupt_and_missing_files(tmp_path) -> None:
     good = weights.read_bytes()
     weights.write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(RouterCheckpointError, match="cannot read routers.safetensors"):
-        load_routers(tmp_path)
+        Routers.from_pretrained(tmp_path)
     weights.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(RouterCheckpointError, match=str(tmp_path)):
-        load_routers(tmp_path)
+        Routers.from_pretrained(tmp_path)
     weights.write_bytes(good)
     config = tmp_path / "config.json"
     text = config.read_text()
     config.write_text(text.replace('"hidden_size": 16', '"hidden_size": 32'))
     with pytest.raises(RouterCheckpointError, match="shape"):
-        load_routers(tmp_path)
+        Routers.from_pretrained(tmp_path)
     config.write_text(text[:-20])
     with pytest.raises(RouterCheckpointError, match="not valid JSON"):
-        load_routers(tmp_path)
+        Routers.from_pretrained(tmp_path)
     config.write_text(text.replace('"format_version": 1', '"format_version": 99'))
     with pytest.raises(RouterCheckpointError, match="format_version 99"):
-        load_routers(tmp_path)
+        Routers.from_pretrained(tmp_path)
     config.unlink()
     with pytest.raises(FileNotFoundError, match="missing config.json"):
-        load_routers(tmp_path)
+        Routers.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_routers(tmp_path / "nope")
+        Routers.from_pretrained(tmp_path / "nope")
 
 
 def test_checkpoint_requires_model_id(tmp_path) -> None:
