@@ -5,7 +5,7 @@ A path over a model with ``L`` decoder blocks is a tuple of ``L`` decisions:
 Block order never changes. The **cost** of a path is the number of blocks executed per forward
 pass (``sum(path)``, unit: blocks per forward pass).
 
-``Path`` subclasses ``tuple`` so it is hashable, cheap, and usable as a dict key or memo key.
+``LayerPath`` subclasses ``tuple`` so it is hashable, cheap, and usable as a dict key or memo key.
 The compact text form writes one letter per block: ``S`` skip, ``E`` execute, ``R`` repeat.
 
 This module imports neither torch nor ray; the search and the executor both build on it.
@@ -54,7 +54,7 @@ class PathConstraints:
 DEFAULT_CONSTRAINTS = PathConstraints()
 
 
-class Path(tuple):
+class LayerPath(tuple):
     """An immutable tuple of per-block decisions in ``{0, 1, 2}``.
 
     Construction checks only the value domain; call :meth:`validate` (or :func:`validate_path`)
@@ -63,7 +63,7 @@ class Path(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, decisions: Iterable[int]) -> "Path":
+    def __new__(cls, decisions: Iterable[int]) -> "LayerPath":
         values = tuple(int(d) for d in decisions)
         for i, d in enumerate(values):
             if d not in (0, 1, 2):
@@ -73,14 +73,14 @@ class Path(tuple):
         return super().__new__(cls, values)
 
     @classmethod
-    def default(cls, num_layers: int) -> "Path":
+    def default(cls, num_layers: int) -> "LayerPath":
         """The unedited path: every block executed once."""
         if num_layers <= 0:
             raise InvalidPathError(f"num_layers must be positive, got {num_layers}")
         return cls((EXECUTE,) * num_layers)
 
     @classmethod
-    def parse(cls, text: str) -> "Path":
+    def parse(cls, text: str) -> "LayerPath":
         """Parse the compact form, e.g. ``"EESRE"`` (case-insensitive, whitespace ignored)."""
         cleaned = "".join(text.split()).upper()
         bad = sorted({c for c in cleaned if c not in _FROM_LETTER})
@@ -117,7 +117,7 @@ class Path(tuple):
         return self.to_str()
 
     def __repr__(self) -> str:
-        return f"Path({self.to_str()!r})"
+        return f"LayerPath({self.to_str()!r})"
 
     def executed_steps(self) -> list[tuple[int, int]]:
         """The (block, pass) pairs run per forward pass, in order; pass is 0 or 1."""
@@ -125,7 +125,7 @@ class Path(tuple):
 
     def validate(
         self, num_layers: int | None = None, constraints: PathConstraints = DEFAULT_CONSTRAINTS
-    ) -> "Path":
+    ) -> "LayerPath":
         """Raise :class:`InvalidPathError` with a clear message if the path breaks a rule."""
         validate_path(self, num_layers, constraints)
         return self
@@ -194,10 +194,10 @@ def validate_path(
     path: tuple[int, ...],
     num_layers: int | None = None,
     constraints: PathConstraints = DEFAULT_CONSTRAINTS,
-) -> Path:
-    """Return ``path`` as a :class:`Path` or raise :class:`InvalidPathError` saying why."""
-    if not isinstance(path, Path):
-        path = Path(path)
+) -> LayerPath:
+    """Return ``path`` as a :class:`LayerPath` or raise :class:`InvalidPathError` saying why."""
+    if not isinstance(path, LayerPath):
+        path = LayerPath(path)
     reason = check_path(path, num_layers, constraints)
     if reason is not None:
         raise InvalidPathError(f"invalid path {path.to_str()}: {reason}")
@@ -218,19 +218,19 @@ class Action:
     start: int
     length: int = 1
 
-    def apply(self, path: Path) -> Path:
+    def apply(self, path: LayerPath) -> LayerPath:
         """The edited path (no validation; see :func:`legal_actions`)."""
         new = list(path)
         value = SKIP if self.kind == "skip" else REPEAT
         for i in range(self.start, self.start + self.length):
             new[i] = value
-        return Path(new)
+        return LayerPath(new)
 
     def __str__(self) -> str:
         return f"{self.kind}[{self.start}:{self.start + self.length}]"
 
 
-def legal_actions(path: Path, constraints: PathConstraints = DEFAULT_CONSTRAINTS) -> list[Action]:
+def legal_actions(path: LayerPath, constraints: PathConstraints = DEFAULT_CONSTRAINTS) -> list[Action]:
     """Every edit of ``path`` that yields a valid path, in a deterministic order.
 
     Skips act only on blocks currently executed once (decision 1); a 2-block skip needs two

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from drllm.paths import Path
+from drllm.paths import LayerPath
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ class EvalRequest:
     prompt: str
     gold: str
     grader: str
-    path: Path
+    path: LayerPath
     variants: tuple[tuple[str, str], ...] = ()
 
 
@@ -123,7 +123,7 @@ class EvalResult:
     """An evaluator's answer to an :class:`EvalRequest`."""
 
     example_id: str
-    path: Path
+    path: LayerPath
     evaluation: Evaluation
 
 
@@ -158,16 +158,16 @@ class SearchResult:
     """
 
     num_layers: int
-    default_path: Path
+    default_path: LayerPath
     default_reward: float
     default_response: str
-    best_path: Path
+    best_path: LayerPath
     best_reward: float
     best_response: str
     best_cost: int
     layers_saved: int
     improved: bool
-    good_paths: tuple[Path, ...]
+    good_paths: tuple[LayerPath, ...]
     good_rewards: tuple[float, ...]
     simulations: int
     evaluations: int

@@ -23,23 +23,23 @@ import logging
 import random
 import statistics
 import time
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
 from drllm.models.executor import PathExecutor
-from drllm.paths import Path, legal_actions
+from drllm.paths import LayerPath, legal_actions
 
 logger = logging.getLogger(__name__)
 
 
-def arc_prompts(tokenizer: Any, data_root: str | FsPath, num_rows: int, seed: int) -> list[str]:
+def arc_prompts(tokenizer: Any, data_root: str | Path, num_rows: int, seed: int) -> list[str]:
     """``num_rows`` ARC-Easy train questions rendered with the tokenizer's chat template."""
     from drllm.data import DatasetConfig, load_examples, render_prompt
 
-    root = FsPath(data_root) / "ai2_arc"
+    root = Path(data_root) / "ai2_arc"
     if not root.is_dir():
         raise FileNotFoundError(
             f"ARC data not found at {root.resolve()}; pass --data-root pointing at shared/data"
@@ -50,12 +50,12 @@ def arc_prompts(tokenizer: Any, data_root: str | FsPath, num_rows: int, seed: in
     return [render_prompt(example, tokenizer) for example in report.examples]
 
 
-def random_skip_paths(num_layers: int, count: int, seed: int, max_edits: int = 3) -> list[Path]:
+def random_skip_paths(num_layers: int, count: int, seed: int, max_edits: int = 3) -> list[LayerPath]:
     """``count`` valid paths, each the default path after 0..``max_edits`` random skip edits."""
     rng = random.Random(seed)
     paths = []
     for _ in range(count):
-        path = Path.default(num_layers)
+        path = LayerPath.default(num_layers)
         for _ in range(rng.randint(0, max_edits)):
             skips = [a for a in legal_actions(path) if a.kind == "skip"]
             path = rng.choice(skips).apply(path)
@@ -63,13 +63,13 @@ def random_skip_paths(num_layers: int, count: int, seed: int, max_edits: int = 3
     return paths
 
 
-def spread_skip_path(num_layers: int, skips: int) -> Path:
+def spread_skip_path(num_layers: int, skips: int) -> LayerPath:
     """The path skipping ``skips`` blocks spread evenly over the depth (never block 0)."""
     if not 0 < skips < num_layers:
         raise ValueError(f"skips must be in (0, {num_layers}), got {skips}")
     step = num_layers / (skips + 1)
     skipped = {round(step * (k + 1)) for k in range(skips)}
-    return Path(0 if i in skipped else 1 for i in range(num_layers))
+    return LayerPath(0 if i in skipped else 1 for i in range(num_layers))
 
 
 def block_matmul_flops(config: Any, context: int) -> int:
@@ -138,7 +138,7 @@ def best_times(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, 
     return {name: min(t) for name, t in times.items()}
 
 
-def serial_generate(model: nn.Module, ids: Sequence[Sequence[int]], paths: Sequence[Path],
+def serial_generate(model: nn.Module, ids: Sequence[Sequence[int]], paths: Sequence[LayerPath],
                     max_new_tokens: int) -> list[list[int]]:
     """The published method: per (prompt, skip-only path), ``model.generate`` with the model's
     layer list replaced by the executed blocks. New token ids per row (up to the first EOS)."""
@@ -182,7 +182,7 @@ def hf_batched_generate(model: nn.Module, ex: PathExecutor, ids: Sequence[Sequen
 def run_executor_benchmark(
     loaded: Any = None,
     *,
-    data_root: str | FsPath = "../shared/data",
+    data_root: str | Path = "../shared/data",
     num_rows: int = 16,
     max_new_tokens: int = 10,
     skip_blocks: int = 6,

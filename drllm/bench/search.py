@@ -61,9 +61,9 @@ def _workload(model_spec: Any, num_examples: int, seed: int) -> tuple[list[Examp
 
 def _warm_up(pool: Any, example: Example, prompt: str) -> None:
     """One evaluation per actor so that first-call costs stay out of the timing."""
-    from drllm.paths import Path
+    from drllm.paths import LayerPath
 
-    path = Path.default(pool.info.num_layers)
+    path = LayerPath.default(pool.info.num_layers)
     pool.submit([EvalRequest(f"warmup-{i}", prompt, example.gold, example.grader, path)
                  for i in range(pool.transport.num_workers)])
     while not pool.idle:

@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from drllm.paths import DEFAULT_CONSTRAINTS, Path, PathConstraints, edit_count, legal_actions
+from drllm.paths import DEFAULT_CONSTRAINTS, LayerPath, PathConstraints, edit_count, legal_actions
 from drllm.routers.module import StackedRouters
 from drllm.routers.training import TrainConfig, fit
 from drllm.types import Example, SearchResult
@@ -43,9 +43,9 @@ PAPER_LABEL_BALANCE = (0.076, 0.900, 0.024)
 def random_path(
     num_layers: int, rng: random.Random, edits: int = 3,
     constraints: PathConstraints = DEFAULT_CONSTRAINTS,
-) -> Path:
+) -> LayerPath:
     """The default path after ``edits`` random legal MCTS edits (skips of 1-2 blocks, repeats)."""
-    path = Path.default(num_layers)
+    path = LayerPath.default(num_layers)
     for _ in range(edits):
         actions = legal_actions(path, constraints)
         if not actions:
@@ -54,11 +54,11 @@ def random_path(
     return path
 
 
-def synthetic_result(path: Path, response: str = "") -> SearchResult:
+def synthetic_result(path: LayerPath, response: str = "") -> SearchResult:
     """A :class:`SearchResult` whose best path is ``path`` (reward 1, default reward 0)."""
     num_layers = len(path)
     return SearchResult(
-        num_layers=num_layers, default_path=Path.default(num_layers), default_reward=0.0,
+        num_layers=num_layers, default_path=LayerPath.default(num_layers), default_reward=0.0,
         default_response="", best_path=path, best_reward=1.0, best_response=response,
         best_cost=path.cost, layers_saved=num_layers - path.cost, improved=True,
         good_paths=(path,), good_rewards=(1.0,), simulations=1, evaluations=1, memo_hits=0,
@@ -70,7 +70,7 @@ def write_synthetic_shards(
     out_dir: str | os.PathLike[str],
     examples: Sequence[Example],
     prompts: Sequence[str],
-    paths: Sequence[Path],
+    paths: Sequence[LayerPath],
     *,
     model_id: str,
     rows_per_shard: int = 64,
@@ -91,7 +91,7 @@ def write_synthetic_shards(
     with ShardWriter(out_dir, writer_id=writer_id, num_layers=len(paths[0]), model_id=model_id,
                      config=config, rows_per_shard=rows_per_shard) as writer:
         for example, prompt, path in zip(examples, prompts, paths):
-            writer.add(SupervisionRecord(example, synthetic_result(Path(path)), model_id,
+            writer.add(SupervisionRecord(example, synthetic_result(LayerPath(path)), model_id,
                                          prompt, 0.0))
     return writer.rows_written
 

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
 
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.registry import Registry
 from drllm.types import EvalRequest, Evaluation
 
@@ -182,7 +182,7 @@ def evaluate_isolating_errors(
 # ---------------------------------------------------------------------------- dummy backend
 
 
-def hash_reward(example_id: str, path: Path) -> float:
+def hash_reward(example_id: str, path: LayerPath) -> float:
     """Deterministic pseudo-random binary reward of ``(example_id, path)`` (P(1) = 1/2)."""
     digest = hashlib.blake2b(f"{example_id}|{path.to_str()}".encode(), digest_size=8).digest()
     return 1.0 if digest[0] < 128 else 0.0
@@ -199,7 +199,7 @@ class KeyedBlockReward:
 
     key_block: Mapping[str, int]
 
-    def __call__(self, example_id: str, path: Path) -> float:
+    def __call__(self, example_id: str, path: LayerPath) -> float:
         block = self.key_block.get(example_id)
         if block is None:
             return hash_reward(example_id, path)
@@ -212,11 +212,11 @@ class ConstantReward:
 
     value: float = 0.0
 
-    def __call__(self, example_id: str, path: Path) -> float:
+    def __call__(self, example_id: str, path: LayerPath) -> float:
         return float(self.value)
 
 
-RewardFn = Callable[[str, Path], float]
+RewardFn = Callable[[str, LayerPath], float]
 
 
 @EVALUATORS.register("dummy")
@@ -310,7 +310,7 @@ class DummyEvaluator(Evaluator):
         os._exit(1)
 
     def _one(self, request: EvalRequest) -> Evaluation:
-        path = Path(request.path)
+        path = LayerPath(request.path)
         if len(path) != self.num_layers:
             raise ValueError(f"path {path} has {len(path)} blocks; the model has {self.num_layers}")
         if request.example_id in self.fail_example_ids:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from drllm.distributed.config import GenerationConfig
 from drllm.distributed.evaluator import EVALUATORS, Evaluator, EvaluatorContext, EvaluatorInfo
-from drllm.paths import DEFAULT_CONSTRAINTS, Path, PathConstraints
+from drllm.paths import DEFAULT_CONSTRAINTS, LayerPath, PathConstraints
 from drllm.types import EvalRequest, Evaluation
 
 logger = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class ExecutorEvaluator(Evaluator):
         rows = [(r, prompt, gold, j) for r in requests
                 for j, (prompt, gold) in enumerate(((r.prompt, r.gold), *r.variants))]
         prompts = [self._token_ids(r, prompt, j) for r, prompt, _, j in rows]
-        paths = [Path(r.path) for r, _, _, _ in rows]
+        paths = [LayerPath(r.path) for r, _, _, _ in rows]
         generations = self.executor.generate(
             prompts, paths,
             max_new_tokens=self.generation.max_new_tokens,

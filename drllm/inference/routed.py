@@ -14,13 +14,13 @@ executor runs with permissive constraints unless given others.
 from __future__ import annotations
 
 import logging
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from drllm.paths import Path, PathConstraints
+from drllm.paths import LayerPath, PathConstraints
 from drllm.routers.control import check_alpha
 from drllm.routers.features import left_pad, permissive_constraints
 from drllm.routers.module import Routers
@@ -75,7 +75,7 @@ class RoutedModel:
     def from_pretrained(
         cls,
         model_spec: Any,
-        routers_dir: str | FsPath,
+        routers_dir: str | Path,
         alpha: float = 0.0,
         *,
         check_model_id: bool = True,
@@ -118,7 +118,7 @@ class RoutedModel:
 
     def route(
         self, prompts: Sequence[str] | Sequence[Sequence[int]], alpha: float | None = None
-    ) -> list[Path]:
+    ) -> list[LayerPath]:
         """Each prompt's routed path (one cacheless prefill, no generation).
 
         Args:

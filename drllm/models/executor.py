@@ -34,7 +34,7 @@ from drllm.models.families import get_family
 from drllm.models.forward import BlockHook, BlockRunner
 from drllm.models.kv import SlotKVCache
 from drllm.models.stopping import StopRule
-from drllm.paths import DEFAULT_CONSTRAINTS, InvalidPathError, Path, PathConstraints, check_path
+from drllm.paths import DEFAULT_CONSTRAINTS, InvalidPathError, LayerPath, PathConstraints, check_path
 from drllm.types import Generation
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class PrefillStates:
 
     hidden: torch.Tensor
     attention_mask: torch.Tensor
-    paths: tuple[Path, ...]
+    paths: tuple[LayerPath, ...]
 
 
 class PathExecutor:
@@ -177,7 +177,7 @@ class PathExecutor:
                 f"{self.max_positions}; shorten the prompt or lower max_new_tokens"
             )
 
-    def _paths(self, paths: Sequence[Path | Sequence[int]] | None, batch: int) -> list[list[int]]:
+    def _paths(self, paths: Sequence[LayerPath | Sequence[int]] | None, batch: int) -> list[list[int]]:
         """Validated paths as mutable ``[B][L]`` decision lists (all-execute when None)."""
         if paths is None:
             return [[1] * self.num_layers for _ in range(batch)]
@@ -199,14 +199,14 @@ class PathExecutor:
 
     def _final_paths(
         self, decisions: list[list[int]], row_ids: Sequence[int] | None = None
-    ) -> tuple[Path, ...]:
+    ) -> tuple[LayerPath, ...]:
         """Paths after prefill (a hook may have chosen them), checked against the constraints.
 
         ``row_ids`` names the rows in error messages (default: their index in ``decisions``).
         """
         out = []
         for row, values in enumerate(decisions):
-            path = Path(values)
+            path = LayerPath(values)
             reason = check_path(path, self.num_layers, self.constraints)
             if reason is not None:
                 name = row if row_ids is None else row_ids[row]
@@ -256,7 +256,7 @@ class PathExecutor:
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        paths: Sequence[Path | Sequence[int]] | None,
+        paths: Sequence[LayerPath | Sequence[int]] | None,
         *,
         use_cache: bool = False,
         prefill_tokens: int = 1,
@@ -308,7 +308,7 @@ class PathExecutor:
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        paths: Sequence[Path | Sequence[int]] | None = None,
+        paths: Sequence[LayerPath | Sequence[int]] | None = None,
         block_hook: BlockHook | None = None,
     ) -> PrefillStates:
         """Cacheless forward over prompts: final-normed states and the paths followed.
@@ -333,7 +333,7 @@ class PathExecutor:
     def generate(
         self,
         prompts: Sequence[str] | Sequence[Sequence[int]],
-        paths: Sequence[Path | Sequence[int]] | None = None,
+        paths: Sequence[LayerPath | Sequence[int]] | None = None,
         *,
         max_new_tokens: int = 64,
         stop_strings: Sequence[str] = (),

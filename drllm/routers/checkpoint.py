@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import os
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import torch
@@ -59,7 +59,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: FsPath, write: Any) -> None:
+def _atomic_write(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
@@ -78,7 +78,7 @@ def save_routers(
     train_config: Any = None,
     metrics: Mapping[str, Any] | None = None,
     rows: Mapping[str, Any] | None = None,
-) -> FsPath:
+) -> Path:
     """Save ``routers`` to ``directory`` (created if needed); returns the directory.
 
     Args:
@@ -93,7 +93,7 @@ def save_routers(
         raise ValueError("base_model_id is required so the checkpoint can be matched to its model")
     if class_counts is not None and len(class_counts) != NUM_CLASSES:
         raise ValueError(f"class_counts must have {NUM_CLASSES} entries, got {list(class_counts)}")
-    out = FsPath(directory)
+    out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "format_version": FORMAT_VERSION,
@@ -122,7 +122,7 @@ def save_routers(
 
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     """The parsed, validated ``config.json`` of a checkpoint directory."""
-    root = FsPath(directory)
+    root = Path(directory)
     path = root / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"router checkpoint {root}: missing {CONFIG_NAME}")
@@ -146,7 +146,7 @@ def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def _check_expected(root: FsPath, config: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+def _check_expected(root: Path, config: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
     labels = {
         "num_layers": "blocks (L)",
         "hidden_size": "hidden size (d)",
@@ -160,7 +160,7 @@ def _check_expected(root: FsPath, config: Mapping[str, Any], expected: Mapping[s
             )
 
 
-def _load_weights(root: FsPath, routers: nn.Module) -> None:
+def _load_weights(root: Path, routers: nn.Module) -> None:
     path = root / WEIGHTS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"router checkpoint {root}: missing {WEIGHTS_NAME}")
@@ -205,7 +205,7 @@ def load_routers(
     The ``expected_*`` arguments describe the model the routers will drive; a mismatch raises
     :class:`RouterCheckpointError` naming both values and the directory.
     """
-    root = FsPath(directory)
+    root = Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"router checkpoint directory {root} does not exist")
     config = read_config(root)

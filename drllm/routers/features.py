@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
@@ -261,8 +261,8 @@ def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: Shards
 
 
 def run_feature_pass(
-    shards_dir: str | FsPath,
-    features_dir: str | FsPath,
+    shards_dir: str | Path,
+    features_dir: str | Path,
     model: ModelSource,
     cfg: FeatureConfig = FeatureConfig(),
     *,
@@ -349,7 +349,7 @@ def _local_batches(
 
 
 def _write_stream(
-    batches: Iterable[pa.Table], features_dir: str | FsPath, key: dict[str, Any],
+    batches: Iterable[pa.Table], features_dir: str | Path, key: dict[str, Any],
     ident: ShardsIdentity, cfg: FeatureConfig, selection: RowSelection, progress: bool,
 ) -> FeatureInfo:
     """Stream feature tables into a features file and commit it."""

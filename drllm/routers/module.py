@@ -26,7 +26,7 @@ entry point over precomputed pooled features.
 from __future__ import annotations
 
 import logging
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -246,14 +246,14 @@ class Routers(nn.Module):
 
     def save_pretrained(
         self,
-        directory: str | FsPath,
+        directory: str | Path,
         *,
         base_model_id: str,
         class_counts: Sequence[int] | None = None,
         train_config: Any = None,
         metrics: Mapping[str, Any] | None = None,
         rows: Mapping[str, Any] | None = None,
-    ) -> FsPath:
+    ) -> Path:
         """Write ``routers.safetensors`` + ``config.json`` to ``directory`` (:mod:`.checkpoint`)."""
         return save_routers(
             self,
@@ -268,7 +268,7 @@ class Routers(nn.Module):
     @classmethod
     def from_pretrained(
         cls,
-        directory: str | FsPath,
+        directory: str | Path,
         *,
         expected_num_layers: int | None = None,
         expected_hidden_size: int | None = None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -53,21 +53,21 @@ class ShardsIdentity:
         rows: rows over all shards; ``solved_rows`` of them are solved.
     """
 
-    files: tuple[FsPath, ...]
+    files: tuple[Path, ...]
     model_id: str
     num_layers: int
     rows: int
     solved_rows: int
 
 
-def _solved_count(path: FsPath) -> int:
+def _solved_count(path: Path) -> int:
     import pyarrow.parquet as pq
 
     column = pq.read_table(path, columns=["solved"]).column("solved")
     return int(pc.sum(column.cast(pa.int64())).as_py() or 0)
 
 
-def shards_identity(shards_dir: str | FsPath) -> ShardsIdentity:
+def shards_identity(shards_dir: str | Path) -> ShardsIdentity:
     """Read every shard footer (and ``solved`` column); shards must agree on the model and ``L``."""
     from drllm.shards import read_shard_metadata, shard_files
 
@@ -107,7 +107,7 @@ class RowSelection:
                 "skipped_unsolved": self.skipped_unsolved}
 
 
-def select_rows(ident: ShardsIdentity, rows: str, where: str | FsPath = "") -> RowSelection:
+def select_rows(ident: ShardsIdentity, rows: str, where: str | Path = "") -> RowSelection:
     """Apply the row filter ``rows`` to the counts of ``ident``.
 
     Raises:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 from drllm.checks import check_bool, check_choice, check_int, check_real
-from drllm.paths import Path, PathConstraints
+from drllm.paths import LayerPath, PathConstraints
 from drllm.types import Evaluation
 
-EvaluateFn = Callable[[Path], Union[Evaluation, float]]
+EvaluateFn = Callable[[LayerPath], Union[Evaluation, float]]
 """Generate along a path for one question and grade it: an :class:`Evaluation`, or a bare
 reward (``float``), which means an empty response."""
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import random
 
-from drllm.paths import Action, Path, legal_actions
+from drllm.paths import Action, LayerPath, legal_actions
 from drllm.search.config import MCTSConfig
 from drllm.search.node import Node
 from drllm.search.policy import selection_order, widening_limit
@@ -45,7 +45,7 @@ class Expander:
         self._prior = prior
         self._widening = config.expansion == "widening"
         self._rng = random.Random(config.seed)
-        self._table: dict[Path, Node] = {root.path: root}
+        self._table: dict[LayerPath, Node] = {root.path: root}
         self.root = root
         self.transpositions = 0
         """Expansions that reached a path already in the graph (linked, not created)."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Sequence
 
-from drllm.paths import Action, Path
+from drllm.paths import Action, LayerPath
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class Node:
         "exhausted",
     )
 
-    def __init__(self, path: Path, action: Action | None = None, parent: Node | None = None):
+    def __init__(self, path: LayerPath, action: Action | None = None, parent: Node | None = None):
         self.path = path
         self.action = action
         self.parent = parent

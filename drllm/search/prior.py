@@ -24,7 +24,7 @@ import math
 import random
 from typing import Sequence
 
-from drllm.paths import Action, Path
+from drllm.paths import Action, LayerPath
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Prior:
     def check(self, num_layers: int) -> None:
         """Raise ``ValueError`` if this prior cannot order edits of ``num_layers`` blocks."""
 
-    def order(self, path: Path, actions: list[Action], rng: random.Random) -> list[Action]:
+    def order(self, path: LayerPath, actions: list[Action], rng: random.Random) -> list[Action]:
         """The same ``actions`` in expansion order (first element expanded first).
 
         Args:
@@ -61,7 +61,7 @@ class Prior:
 class UniformPrior(Prior):
     """A seeded uniform shuffle: one ``rng.shuffle`` of the legal edits per node."""
 
-    def order(self, path: Path, actions: list[Action], rng: random.Random) -> list[Action]:
+    def order(self, path: LayerPath, actions: list[Action], rng: random.Random) -> list[Action]:
         # The tree pops untried edits from the end of the shuffled list, so the expansion order
         # is the shuffle reversed: the same random stream as the original search.
         shuffled = list(actions)
@@ -150,7 +150,7 @@ class BlockPrior(Prior):
         span = self.skip_logits[action.start : action.start + action.length]
         return sum(span) / len(span)
 
-    def order(self, path: Path, actions: list[Action], rng: random.Random) -> list[Action]:
+    def order(self, path: LayerPath, actions: list[Action], rng: random.Random) -> list[Action]:
         keys = []
         for index, action in enumerate(actions):
             u = rng.random()

@@ -16,7 +16,7 @@ Pure Python: imports neither torch, transformers nor ray.
 
 from __future__ import annotations
 
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.types import Evaluation, SearchResult
 
 
@@ -31,9 +31,9 @@ class Retention:
     def __init__(self, num_layers: int, success_reward: float = 1.0) -> None:
         self._num_layers = num_layers
         self._success = float(success_reward)
-        self._default: tuple[Path, Evaluation] | None = None
-        self._kept: list[tuple[Path, Evaluation]] = []
-        self._best: tuple[Path, Evaluation] | None = None
+        self._default: tuple[LayerPath, Evaluation] | None = None
+        self._kept: list[tuple[LayerPath, Evaluation]] = []
+        self._best: tuple[LayerPath, Evaluation] | None = None
         self._cheapest_correct: int | None = None
 
     @property
@@ -64,21 +64,21 @@ class Retention:
             return self._default[0].cost
         return self._cheapest_correct
 
-    def set_default(self, path: Path, evaluation: Evaluation) -> None:
+    def set_default(self, path: LayerPath, evaluation: Evaluation) -> None:
         """Record the default path's outcome; must come before any :meth:`add`."""
         assert self._default is None, "default path recorded twice"
         self._default = (path, evaluation)
         self._best = (path, evaluation)
         self._keep_if_correct(path, evaluation)
 
-    def add(self, path: Path, evaluation: Evaluation) -> None:
+    def add(self, path: LayerPath, evaluation: Evaluation) -> None:
         """Record one evaluated non-default path; kept iff correct and ``>=`` the default."""
         assert self._best is not None, "default path must be recorded first"
         if float(evaluation.reward) < self.default_reward:
             return
         self._keep_if_correct(path, evaluation)
 
-    def _keep_if_correct(self, path: Path, evaluation: Evaluation) -> None:
+    def _keep_if_correct(self, path: LayerPath, evaluation: Evaluation) -> None:
         reward = float(evaluation.reward)
         if reward < self._success:
             return
@@ -91,7 +91,7 @@ class Retention:
         if first or (reward, -path.cost) > (float(best_eval.reward), -best_path.cost):
             self._best = (path, evaluation)
 
-    def ranked(self) -> list[tuple[Path, Evaluation]]:
+    def ranked(self) -> list[tuple[LayerPath, Evaluation]]:
         """Retained (correct) paths, best first (reward desc, cost asc, evaluation order)."""
         order = sorted(
             range(len(self._kept)),

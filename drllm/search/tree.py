@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import numbers
 
-from drllm.paths import Path, check_path
+from drllm.paths import LayerPath, check_path
 from drllm.search.config import MCTSConfig, as_evaluation
 from drllm.search.expansion import Expander, Trail
 from drllm.search.node import Node, backpropagate
@@ -91,26 +91,26 @@ class SearchTree:
             raise TypeError(f"config must be an MCTSConfig, got {type(config).__name__}")
         self._num_layers = int(num_layers)
         self._config = config
-        reason = check_path(Path.default(self._num_layers), self._num_layers, config.constraints)
+        reason = check_path(LayerPath.default(self._num_layers), self._num_layers, config.constraints)
         if reason is not None:
             raise ValueError(
                 f"the default path of a {self._num_layers}-block model breaks the search "
                 f"constraints ({reason}); lower MCTSConfig.min_executed"
             )
         self._prior = self._check_prior(prior)
-        self._root = Node(Path.default(self._num_layers))
+        self._root = Node(LayerPath.default(self._num_layers))
         self._expander = Expander(self._num_layers, config, self._prior, self._root)
-        self._memo: dict[Path, Evaluation] = {}
-        self._pending: dict[Path, list[Trail]] = {}
+        self._memo: dict[LayerPath, Evaluation] = {}
+        self._pending: dict[LayerPath, list[Trail]] = {}
         self._retention = Retention(self._num_layers, config.success_reward)
         self._started = self._evaluations = self._memo_hits = self._failed = 0
         self._prior_hits = 0
         self._depths: list[int] = []
-        self._failed_paths: set[Path] = set()
+        self._failed_paths: set[LayerPath] = set()
         self._stopped_early = False
         self._default_failure: str | None = None
         self._deadline: int | None = None  # patience: no simulation starts from here on
-        self._grace: set[Path] = set()  # paths started during patience
+        self._grace: set[LayerPath] = set()  # paths started during patience
 
     def _check_prior(self, prior: Prior | None) -> Prior:
         if prior is None:  # config.prior is only a name for the caller: no object, uniform
@@ -139,7 +139,7 @@ class SearchTree:
         return self._root
 
     @property
-    def pending(self) -> tuple[Path, ...]:
+    def pending(self) -> tuple[LayerPath, ...]:
         """Paths handed out by :meth:`ask` and not yet told, in hand-out order."""
         return tuple(self._pending)
 
@@ -186,7 +186,7 @@ class SearchTree:
         return min(self._config.num_simulations, self._deadline)
 
     # ----------------------------------------------------------------- ask / tell
-    def ask(self, k: int = 1) -> list[Path]:
+    def ask(self, k: int = 1) -> list[LayerPath]:
         """Start simulations until ``k`` new paths need evaluating; return those paths.
 
         Simulations answered by the memo, or waiting on a path already pending, complete or wait
@@ -202,7 +202,7 @@ class SearchTree:
             self._started = 1
             self._pending[self._root.path] = [[self._root]]
             return [self._root.path]
-        out: list[Path] = []
+        out: list[LayerPath] = []
         while (
             len(out) < k
             and self._root.evaluated
@@ -220,7 +220,7 @@ class SearchTree:
         assert out or self.done or self._pending, "search stalled with nothing pending"
         return out
 
-    def _start(self, trail: Trail, out: list[Path]) -> None:
+    def _start(self, trail: Trail, out: list[LayerPath]) -> None:
         """Count a new simulation ending at ``trail[-1]``: memo hit, wait, or hand out."""
         self._started += 1
         path = trail[-1].path
@@ -245,7 +245,7 @@ class SearchTree:
             ValueError: ``path`` is not pending (never handed out, or already told), or the
                 evaluation is not an :class:`Evaluation` / finite number.
         """
-        key = path if isinstance(path, Path) else Path(path)
+        key = path if isinstance(path, LayerPath) else LayerPath(path)
         if key not in self._pending:
             if key in self._memo:
                 state = "was already told"
@@ -295,7 +295,7 @@ class SearchTree:
         )
 
     # ----------------------------------------------------------------- recording
-    def _fail(self, path: Path, trails: list[Trail], ev: Evaluation) -> None:
+    def _fail(self, path: LayerPath, trails: list[Trail], ev: Evaluation) -> None:
         """A failed evaluation: count it, drop its node(s) so other edits get tried."""
         self._failed += 1
         self._failed_paths.add(path)
@@ -309,7 +309,7 @@ class SearchTree:
             self._expander.forget(trail[-1])
         logger.debug("evaluation of %s failed (%s); node removed", path.to_str(), reason)
 
-    def _record(self, path: Path, ev: Evaluation, is_root: bool) -> None:
+    def _record(self, path: LayerPath, ev: Evaluation, is_root: bool) -> None:
         """Memoize a new evaluation, apply the early-stop rule, update the retained paths."""
         self._evaluations += 1
         self._memo[path] = ev

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from drllm.paths import Path as LayerPath
+from drllm.paths import LayerPath
 from drllm.paths import edit_count
 from drllm.types import Example, SearchResult
 

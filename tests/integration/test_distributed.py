@@ -13,7 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -32,12 +32,12 @@ from drllm.distributed import (
     tree_config,
 )
 from drllm.distributed.executor_backend import ExecutorEvaluator, TinyModelLoader
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.search import MCTSConfig, run
 from drllm.shards import ShardWriter, parse_shard_name, read_shards, shard_files
 from drllm.types import EvalRequest, Evaluation, Example
 
-REPO = FsPath(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 L = 6
 MCTS = MCTSConfig(num_simulations=10, seed=5)
 
@@ -56,7 +56,7 @@ def render(ex: Example) -> str:
 
 
 def dummy_golden(ex: Example, mcts: MCTSConfig = MCTS):
-    def evaluate(path: Path) -> Evaluation:
+    def evaluate(path: LayerPath) -> Evaluation:
         return Evaluation(hash_reward(ex.id, path), f"{ex.id}:{path.to_str()}", path.cost * 4,
                           "dummy")
 

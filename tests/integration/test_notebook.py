@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -27,7 +27,7 @@ from drllm.routers.features import FeatureConfig, run_feature_pass
 from drllm.routers.training import TrainConfig, fit
 from drllm.types import Example
 
-REPO = FsPath(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "supervision.ipynb"
 L, D, W = 6, 64, 4
 
@@ -41,7 +41,7 @@ class TinyLoader:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> dict[str, FsPath]:
+def tiny_run(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_run")
     rng = random.Random(0)
     tok = tiny_tokenizer()
@@ -68,7 +68,7 @@ def tiny_run(tmp_path_factory) -> dict[str, FsPath]:
     return {"shards": root / "shards", "routers": root / "routers", "features": features}
 
 
-def venv_kernel(tmp_path: FsPath) -> KernelManager:
+def venv_kernel(tmp_path: Path) -> KernelManager:
     """A kernel manager whose only kernelspec runs ipykernel on this very interpreter."""
     spec_dir = tmp_path / "kernels" / "drllm-venv"
     spec_dir.mkdir(parents=True)
@@ -95,7 +95,7 @@ def test_notebook_runs_and_plots(tiny_run, tmp_path, monkeypatch):
     def text(cell) -> str:
         return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
 
-    assert FsPath(text(nb.cells[0]).strip()) == FsPath(sys.executable)
+    assert Path(text(nb.cells[0]).strip()) == Path(sys.executable)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if o.output_type == "error"]
     assert not errors

@@ -8,7 +8,7 @@ prove that no reader picks up unfinished files (it would duplicate rows).
 from __future__ import annotations
 
 import shutil
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -17,7 +17,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from drllm.paths import Path, legal_actions
+from drllm.paths import LayerPath, legal_actions
 from drllm.shards import (
     ShardWriter,
     SupervisionRecord,
@@ -30,7 +30,7 @@ from drllm.shards import (
 )
 from drllm.types import Example, SearchResult
 
-DATA = FsPath(__file__).resolve().parents[2] / ".." / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 ARC_EASY = DATA / "ai2_arc" / "ARC-Easy" / "train.parquet"
 L = 8
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -54,7 +54,7 @@ def arc_examples(n: int) -> list[Example]:
 
 def search_result(seed: int) -> SearchResult:
     rng = np.random.default_rng(seed)
-    default, path, good = Path.default(L), Path.default(L), []
+    default, path, good = LayerPath.default(L), LayerPath.default(L), []
     for _ in range(int(rng.integers(0, 4))):
         actions = legal_actions(path)
         path = actions[int(rng.integers(len(actions)))].apply(path)
@@ -75,7 +75,7 @@ def search_result(seed: int) -> SearchResult:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> tuple[FsPath, dict[str, dict[str, Any]]]:
+def run_dir(tmp_path_factory) -> tuple[Path, dict[str, dict[str, Any]]]:
     """A run's shard directory written by two interleaved writers, and the expected rows."""
     out = tmp_path_factory.mktemp("run") / "arc_easy"
     config = {"model": {"id": MODEL}, "search": {"simulations": 50}}
@@ -192,5 +192,5 @@ def test_ray_data_reader(run_dir, ray_local):
     assert by_id(ds.take_all()) == expected
 
 
-def out_glob(out: FsPath) -> FsPath:
+def out_glob(out: Path) -> Path:
     return out / "shard-*.parquet"

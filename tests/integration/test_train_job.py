@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +22,7 @@ from drllm.distributed.executor_backend import TinyModelLoader
 from drllm.inference import RoutedModel
 from drllm.models.loading import ModelSpec
 from drllm.models.tiny import tiny_model, tiny_tokenizer
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.routers.checkpoint import RouterCheckpointError, read_config
 from drllm.routers.feature_store import load_features, read_info
 from drllm.routers.features import FeatureConfig, run_feature_pass
@@ -41,7 +41,7 @@ from drllm.search import MCTSConfig
 from drllm.shards import ShardWriter, SupervisionRecord, read_shards
 from drllm.types import Example
 
-REPO = FsPath(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 L, D = 4, 64
 LOADER = TinyModelLoader("llama", num_layers=L, hidden_size=D, seed=1)
 MODEL_ID = "tiny-llama-L4-d64-s1"
@@ -77,7 +77,7 @@ def render(example: Example) -> str:
 
 
 @pytest.fixture(scope="module")
-def shards(ray_local, tmp_path_factory) -> FsPath:
+def shards(ray_local, tmp_path_factory) -> Path:
     """Shards written by the real search job library (tiny model on one evaluator actor)."""
     out = tmp_path_factory.mktemp("run") / "shards"
     mcts = MCTSConfig(num_simulations=6, seed=0)
@@ -96,7 +96,7 @@ def shards(ray_local, tmp_path_factory) -> FsPath:
 
 
 @pytest.fixture(scope="module")
-def mixed_shards(tmp_path_factory) -> FsPath:
+def mixed_shards(tmp_path_factory) -> Path:
     """Shards of solved rows (random 2-edit labels) and unsolved rows (rows :data:`UNSOLVED`,
     labelled with the default path, as the search writes them)."""
     out = tmp_path_factory.mktemp("mixed") / "shards"
@@ -106,7 +106,7 @@ def mixed_shards(tmp_path_factory) -> FsPath:
         for i, example in enumerate(examples()):
             if i in UNSOLVED:
                 result = dataclasses.replace(
-                    synthetic_result(Path.default(L)), best_reward=0.0, improved=False,
+                    synthetic_result(LayerPath.default(L)), best_reward=0.0, improved=False,
                     good_paths=(), good_rewards=(), solved=False)
             else:
                 result = dataclasses.replace(synthetic_result(random_path(L, rng, edits=2)),
@@ -116,7 +116,7 @@ def mixed_shards(tmp_path_factory) -> FsPath:
 
 
 @pytest.fixture(scope="module")
-def features(shards) -> FsPath:
+def features(shards) -> Path:
     """Features of the shards computed by the Ray Data actor pool."""
     out = shards.parent / "features"
     info = run_feature_pass(shards, out, LOADER, FEATURES, progress=False)

@@ -21,7 +21,7 @@ from drllm.distributed import (
     run_search_job,
     tree_config,
 )
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.search import MCTSConfig, run
 from drllm.shards import ShardWriter, read_shards
 from drllm.types import EvalRequest, Evaluation, Example
@@ -65,7 +65,7 @@ def drive(pool: EvaluationPool, examples, mcts=MCTS, trees: int = 16, per_tree: 
 def golden(ex: Example, reward_fn=hash_reward, mcts=MCTS):
     """The sequential search of one example with the same rewards and tree seed."""
 
-    def evaluate(path: Path) -> Evaluation:
+    def evaluate(path: LayerPath) -> Evaluation:
         response = f"{ex.id}:{path.to_str()}"
         return Evaluation(reward_fn(ex.id, path), response, path.cost * 4, "dummy")
 
@@ -179,8 +179,8 @@ def test_flaky_backend_errors_recover_with_identical_results():
 
 def test_error_results_are_marked():
     pool = make_pool(workers=1, retries=0, fail_example_ids=["q0"])
-    pool.submit([EvalRequest("q0", "p", "42", "exact", Path.default(L)),
-                 EvalRequest("q1", "p", "42", "exact", Path.default(L))])
+    pool.submit([EvalRequest("q0", "p", "42", "exact", LayerPath.default(L)),
+                 EvalRequest("q1", "p", "42", "exact", LayerPath.default(L))])
     results = []
     while not pool.idle:
         results += pool.wait(0.1)
@@ -188,7 +188,7 @@ def test_error_results_are_marked():
     assert is_error_result(by_id["q0"]) and not is_error_result(by_id["q1"])
     assert by_id["q0"].evaluation.reward == 0.0
     assert "InjectedFault" in by_id["q0"].evaluation.reason
-    assert by_id["q1"].evaluation.reward == hash_reward("q1", Path.default(L))
+    assert by_id["q1"].evaluation.reward == hash_reward("q1", LayerPath.default(L))
     assert pool.stats.failed == 1 and pool.stats.retries == 0
 
 

@@ -23,7 +23,7 @@ from drllm.distributed import (
 from drllm.distributed.batcher import RequestBatcher
 from drllm.distributed.evaluator import evaluate_isolating_errors
 from drllm.distributed.executor_backend import ExecutorEvaluator
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.rewards import get_grader
 from drllm.types import EvalRequest
 
@@ -161,7 +161,7 @@ def test_batcher_delivers_batch_errors_to_its_callers_only():
 
 
 def _req(eid: str, path: str, gold: str = "42", grader: str = "exact") -> EvalRequest:
-    return EvalRequest(eid, f"prompt {eid}", gold, grader, Path.parse(path))
+    return EvalRequest(eid, f"prompt {eid}", gold, grader, LayerPath.parse(path))
 
 
 def test_dummy_is_deterministic_and_injects_faults():

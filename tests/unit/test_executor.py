@@ -13,7 +13,7 @@ import torch
 from drllm.models import kv
 from drllm.models.executor import PathExecutor
 from drllm.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
-from drllm.paths import Path
+from drllm.paths import LayerPath
 
 FAMILIES = list(TINY_FAMILIES)
 L = 6
@@ -24,10 +24,10 @@ PROMPTS = [
     "Q: What is the capital of France?\nA:",
 ]
 MIXED_PATHS = [
-    Path.parse("EERESE"),
-    Path.parse("SERRES"),
-    Path.parse("EEEEEE"),
-    Path.parse("RSSERE"),
+    LayerPath.parse("EERESE"),
+    LayerPath.parse("SERRES"),
+    LayerPath.parse("EEEEEE"),
+    LayerPath.parse("RSSERE"),
 ]
 
 
@@ -60,7 +60,7 @@ def _hf_generate(model, tok, prompts, max_new_tokens):
     return rows
 
 
-def _without_layers(model, path: Path):
+def _without_layers(model, path: LayerPath):
     """A deep copy of ``model`` with the skipped blocks removed from ``model.model.layers``."""
     assert all(d in (0, 1) for d in path)
     keep = [i for i, d in enumerate(path) if d == 1]
@@ -94,7 +94,7 @@ def test_length_buckets_match_one_padded_batch(family, tok):
     bucketed = PathExecutor(model, tok, bucket_overhead_tokens=0)
     single = PathExecutor(model, tok, bucket_overhead_tokens=10**9)
     prompts = PROMPTS + ["2+3=", "The quick brown fox jumps over the lazy dog"]
-    paths = MIXED_PATHS + [Path.parse("RERESE"), Path.parse("EESEER")]
+    paths = MIXED_PATHS + [LayerPath.parse("RERESE"), LayerPath.parse("EESEER")]
     assert len({len(tok(p)["input_ids"]) for p in prompts}) == 5  # 5 buckets, one has 2 rows
     assert [list(o.token_ids) for o in bucketed.generate(prompts, max_new_tokens=12)] == (
         _hf_generate(model, tok, prompts, 12)
@@ -108,7 +108,7 @@ def test_length_buckets_match_one_padded_batch(family, tok):
 def test_skip_path_matches_model_with_layers_removed(family, tok):
     model = _model(family)
     ex = PathExecutor(model, tok)
-    path = Path.parse("ESSEES")
+    path = LayerPath.parse("ESSEES")
     ref = _hf_generate(_without_layers(model, path), tok, PROMPTS, max_new_tokens=12)
     outs = ex.generate(PROMPTS, [path] * len(PROMPTS), max_new_tokens=12)
     assert [list(o.token_ids) for o in outs] == ref
@@ -137,7 +137,7 @@ def test_shared_repeat_slot_would_break_cache_equivalence(tok, monkeypatch):
     model = _model("llama")
     ex = PathExecutor(model, tok)
     enc = tok(PROMPTS, return_tensors="pt", padding=True)
-    paths = [Path.parse("EEREEE")] * len(PROMPTS)
+    paths = [LayerPath.parse("EEREEE")] * len(PROMPTS)
     full = ex.logits(enc.input_ids, enc.attention_mask, paths)
     activate, update = kv.SlotKVCache.activate, kv.SlotKVCache.update
 
@@ -310,7 +310,7 @@ def test_smollm2_all_execute_matches_hf_generate(smollm2, shared_data):
                 break
         assert list(out.token_ids) == expected
     # A skip path equals the stock model with those layers removed.
-    path = Path([0 if i in (10, 20, 21) else 1 for i in range(ex.num_layers)])
+    path = LayerPath([0 if i in (10, 20, 21) else 1 for i in range(ex.num_layers)])
     skipped = ex.generate(prompts[:1], [path], max_new_tokens=10)[0]
     trimmed = _without_layers(model, path)
     ref = trimmed.generate(**{k: v[:1, -len(ex.encode(prompts[:1])[0]) :] for k, v in enc.items()},
@@ -334,11 +334,11 @@ def test_length_bucket_whose_rows_skip_every_block(family, tok):
     anything = PathConstraints(max_consecutive_skips=L, min_executed=0)
     bucketed = PathExecutor(model, tok, anything, bucket_overhead_tokens=0)
     prompts = ["2+3=", "Hi", "The quick brown fox jumps over the lazy dog"]
-    paths = [Path.parse("EEEEEE"), Path.parse("SSSSSS"), Path.parse("SSSSSS")]
+    paths = [LayerPath.parse("EEEEEE"), LayerPath.parse("SSSSSS"), LayerPath.parse("SSSSSS")]
     batched = bucketed.generate(prompts, paths, max_new_tokens=6)
     alone = [bucketed.generate([p], [q], max_new_tokens=6)[0] for p, q in zip(prompts, paths)]
     assert batched == alone
     # Only the shortest bucket executes: the longest one has no slot, so widths differ.
-    mixed = [Path.parse("SSSSSS"), Path.parse("ESESEE"), Path.parse("SSSSSS")]
+    mixed = [LayerPath.parse("SSSSSS"), LayerPath.parse("ESESEE"), LayerPath.parse("SSSSSS")]
     assert bucketed.generate(prompts, mixed, max_new_tokens=6) == [
         bucketed.generate([p], [q], max_new_tokens=6)[0] for p, q in zip(prompts, mixed)]

@@ -10,11 +10,11 @@ from drllm.models.executor import PathExecutor
 from drllm.models.kv import SlotKVCache
 from drllm.models.masks import build_mask
 from drllm.models.tiny import tiny_model, tiny_tokenizer
-from drllm.paths import InvalidPathError, Path, PathConstraints
+from drllm.paths import InvalidPathError, LayerPath, PathConstraints
 
 L = 6
 PROMPTS = ["The quick brown fox", "2+2=", "Once upon a time there was a"]
-PATHS = [Path.parse("EERESE"), Path.parse("SERRES"), Path.parse("RSSERE")]
+PATHS = [LayerPath.parse("EERESE"), LayerPath.parse("SERRES"), LayerPath.parse("RSSERE")]
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +43,17 @@ def test_attributes(ex):
 )
 def test_invalid_paths_rejected_naming_the_row(ex, bad, match):
     with pytest.raises(InvalidPathError, match=match):
-        ex.generate(PROMPTS[:2], [Path.default(L), bad], max_new_tokens=2)
+        ex.generate(PROMPTS[:2], [LayerPath.default(L), bad], max_new_tokens=2)
     with pytest.raises(ValueError, match=match):
-        ex.logits(torch.tensor([[5, 6], [7, 8]]), None, [Path.default(L), bad])
+        ex.logits(torch.tensor([[5, 6], [7, 8]]), None, [LayerPath.default(L), bad])
 
 
 def test_path_count_and_constraints(tok):
     ex = PathExecutor(tiny_model("llama", num_layers=L), tok, PathConstraints(max_cost_factor=1.0))
     with pytest.raises(ValueError, match="got 1 paths for 2 prompts"):
-        ex.generate(PROMPTS[:2], [Path.default(L)], max_new_tokens=2)
+        ex.generate(PROMPTS[:2], [LayerPath.default(L)], max_new_tokens=2)
     with pytest.raises(InvalidPathError, match="row 0 .*exceeds the cap 6"):
-        ex.generate(PROMPTS[:1], [Path.parse("EEREEE")], max_new_tokens=2)
+        ex.generate(PROMPTS[:1], [LayerPath.parse("EEREEE")], max_new_tokens=2)
 
 
 def test_invalid_prompts_rejected(ex):

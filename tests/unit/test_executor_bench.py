@@ -16,7 +16,7 @@ from drllm.bench.executor import (
 from drllm.jobs.bench import BENCHMARKS
 from drllm.models.loading import LoadedModel
 from drllm.models.tiny import tiny_model, tiny_tokenizer
-from drllm.paths import Path, validate_path
+from drllm.paths import LayerPath, validate_path
 
 
 def test_paths_are_valid_skip_only_and_mixed():
@@ -28,7 +28,7 @@ def test_paths_are_valid_skip_only_and_mixed():
     assert paths == random_skip_paths(30, 16, seed=0)
     skip = spread_skip_path(30, 6)
     validate_path(skip, 30)
-    assert isinstance(skip, Path) and skip.cost == 24 and skip[0] == 1
+    assert isinstance(skip, LayerPath) and skip.cost == 24 and skip[0] == 1
     with pytest.raises(ValueError):
         spread_skip_path(4, 4)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from pathlib import Path as FsPath
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +16,7 @@ from drllm.bench.train import random_path, synthetic_result
 from drllm.models.executor import PathExecutor
 from drllm.models.loading import LoadedModel
 from drllm.models.tiny import tiny_model, tiny_tokenizer
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.routers import features as features_mod
 from drllm.routers.feature_store import (
     INFO_NAME,
@@ -43,7 +43,7 @@ PROMPTS = [
     "<|im_start|>user\nHi<|im_end|>\n",
     "abc",
 ]
-PATHS = [Path.parse("ESRER"), Path.parse("RSSEE"), Path.parse("EERSE")]
+PATHS = [LayerPath.parse("ESRER"), LayerPath.parse("RSSEE"), LayerPath.parse("EERSE")]
 
 
 class TinyLoader:
@@ -66,7 +66,7 @@ def executor(loaded):
     return PathExecutor(loaded.model, loaded.tokenizer, permissive_constraints(L))
 
 
-def reference_entering_states(model, token_ids: list[int], path: Path) -> list[torch.Tensor]:
+def reference_entering_states(model, token_ids: list[int], path: LayerPath) -> list[torch.Tensor]:
     """States entering each block along ``path``, from the stock HF forward of the model with its
     layer list expanded along the path (skips dropped, repeats listed twice). ``[1, T, d]`` each.
 
@@ -110,7 +110,7 @@ def test_features_equal_window_pool_of_teacher_forced_states(loaded, executor):
             torch.testing.assert_close(feats[row, block], pooled[0], rtol=1e-4, atol=1e-4)
             assert torch.equal(wmask[row], wm[0])
     # a different path changes the states entering the blocks after its first edit
-    other, _ = extract_features(executor, ids[:1], [Path.default(L)], W)
+    other, _ = extract_features(executor, ids[:1], [LayerPath.default(L)], W)
     torch.testing.assert_close(other[0, :2], feats[0, :2])
     assert not torch.allclose(other[0, 2:], feats[0, 2:], atol=1e-3)
 
@@ -134,24 +134,24 @@ def _examples(n: int) -> list[Example]:
                     gold=str(3 * i), grader="exact") for i in range(n)]
 
 
-def labelled_result(path: Path, solved: bool):
+def labelled_result(path: LayerPath, solved: bool):
     """A search result labelled ``path``: solved (reward 1), or unsolved (the default path,
     reward 0, no good paths -- what the shard writer requires of an unsolved row)."""
     if solved:
         return dataclasses.replace(synthetic_result(path), solved=True)
-    default = Path.default(len(path))
+    default = LayerPath.default(len(path))
     return dataclasses.replace(synthetic_result(default), best_reward=0.0, improved=False,
                                good_paths=(), good_rewards=(), solved=False)
 
 
-def _write(shards: FsPath, examples: list[Example], seed: int = 0,
-           unsolved: Sequence[int] = ()) -> list[Path]:
+def _write(shards: Path, examples: list[Example], seed: int = 0,
+           unsolved: Sequence[int] = ()) -> list[LayerPath]:
     """Shards of ``examples`` (4 rows per shard); rows ``unsolved`` are unsolved (default-path
     label), the others solved with a random 3-edit label. Returns every row's label."""
     rng = random.Random(seed)
     tok = tiny_tokenizer()
     paths = [random_path(L, rng, edits=3) for _ in examples]
-    paths = [Path.default(L) if i in unsolved else p for i, p in enumerate(paths)]
+    paths = [LayerPath.default(L) if i in unsolved else p for i, p in enumerate(paths)]
     with ShardWriter(shards, writer_id="synthetic", num_layers=L, model_id=TinyLoader.model_id,
                      config={"synthetic": True}, rows_per_shard=4) as writer:
         for i, (example, path) in enumerate(zip(examples, paths)):

@@ -1,4 +1,4 @@
-"""Path type, validation, cost and MCTS edit actions."""
+"""LayerPath type, validation, cost and MCTS edit actions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from drllm.paths import (
     Action,
     InvalidPathError,
-    Path,
+    LayerPath,
     PathConstraints,
     check_path,
     legal_actions,
@@ -19,18 +19,18 @@ from drllm.paths import (
 
 
 def test_default_path_cost_and_text() -> None:
-    p = Path.default(5)
+    p = LayerPath.default(5)
     assert p == (1, 1, 1, 1, 1)
     assert p.cost == 5 and p.is_default
     assert p.to_str() == "EEEEE"
-    assert Path.parse("ee s r e") == (1, 1, 0, 2, 1)
-    assert Path.parse("EESRE").cost == 5
-    assert hash(Path.parse("ESR")) == hash((1, 0, 2))
-    assert {Path((1, 0)): "x"}[(1, 0)] == "x"
+    assert LayerPath.parse("ee s r e") == (1, 1, 0, 2, 1)
+    assert LayerPath.parse("EESRE").cost == 5
+    assert hash(LayerPath.parse("ESR")) == hash((1, 0, 2))
+    assert {LayerPath((1, 0)): "x"}[(1, 0)] == "x"
 
 
 def test_executed_steps_lists_each_pass() -> None:
-    assert Path.parse("ESRE").executed_steps() == [(0, 0), (2, 0), (2, 1), (3, 0)]
+    assert LayerPath.parse("ESRE").executed_steps() == [(0, 0), (2, 0), (2, 1), (3, 0)]
 
 
 @pytest.mark.parametrize(
@@ -50,11 +50,11 @@ def test_validation_messages(path: tuple, num_layers: int | None, fragment: str)
 
 def test_bad_values_and_text() -> None:
     with pytest.raises(InvalidPathError, match="decision 3"):
-        Path((1, 3, 1))
+        LayerPath((1, 3, 1))
     with pytest.raises(InvalidPathError, match="letters"):
-        Path.parse("EXE")
+        LayerPath.parse("EXE")
     with pytest.raises(InvalidPathError, match="num_layers must be positive"):
-        Path.default(0)
+        LayerPath.default(0)
 
 
 def test_cost_cap() -> None:
@@ -71,24 +71,24 @@ def test_constraints_validate_values() -> None:
 
 
 def test_legal_actions_known_set() -> None:
-    p = Path.parse("EESSEE")
+    p = LayerPath.parse("EESSEE")
     got = {str(a) for a in legal_actions(p)}
     # 2-block skips next to the existing run would make 3+ consecutive skips.
     assert got == {"skip[0:1]", "repeat[0:1]", "repeat[1:2]", "repeat[4:5]", "skip[5:6]", "repeat[5:6]"}
-    assert Action("skip", 0, 2).apply(Path.default(3)) == (0, 0, 1)
-    assert Action("repeat", 1).apply(Path.default(3)) == (1, 2, 1)
+    assert Action("skip", 0, 2).apply(LayerPath.default(3)) == (0, 0, 1)
+    assert Action("repeat", 1).apply(LayerPath.default(3)) == (1, 2, 1)
 
 
 def test_default_path_action_count() -> None:
     # L blocks: L single skips + (L-1) double skips + L repeats.
-    assert len(legal_actions(Path.default(10))) == 10 + 9 + 10
+    assert len(legal_actions(LayerPath.default(10))) == 10 + 9 + 10
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=16), st.integers(0, 3))
 def test_actions_only_produce_valid_paths(decisions: list[int], max_skips: int) -> None:
     c = PathConstraints(max_consecutive_skips=max_skips)
-    path = Path(decisions)
+    path = LayerPath(decisions)
     if check_path(path, len(path), c) is not None:
         return
     for action in legal_actions(path, c):

@@ -77,7 +77,7 @@ def test_empty_and_all_unsolved(table: pd.DataFrame) -> None:
 
 
 def test_resume_refuses_another_search_config(tmp_path) -> None:
-    from drllm.paths import Path as LayerPath
+    from drllm.paths import LayerPath
     from drllm.shards import ResumeConflictError, ShardWriter, check_resume
     from drllm.shards.schema import SupervisionRecord
     from drllm.types import Example, SearchResult
@@ -101,7 +101,7 @@ def test_resume_refuses_another_search_config(tmp_path) -> None:
 
 
 def test_writer_refuses_an_unsolved_row_with_an_edited_label(tmp_path) -> None:
-    from drllm.paths import Path as LayerPath
+    from drllm.paths import LayerPath
     from drllm.shards import ShardWriter
     from drllm.shards.schema import SupervisionRecord
     from drllm.types import Example, SearchResult

@@ -8,7 +8,7 @@ import torch
 from drllm.models.executor import PathExecutor
 from drllm.models.tiny import tiny_model, tiny_tokenizer
 from drllm.inference import RoutedModel
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.routers.features import extract_features, permissive_constraints
 from drllm.routers.module import Routers
 
@@ -58,7 +58,7 @@ def same_generations(a, b) -> None:
 
 def test_execute_everywhere_equals_the_default_path(model, tok, executor):
     routed = RoutedModel(model, tok, forcing_routers([1] * L))
-    assert routed.route(PROMPTS) == [Path.default(L)] * len(PROMPTS)
+    assert routed.route(PROMPTS) == [LayerPath.default(L)] * len(PROMPTS)
     same_generations(routed.generate(PROMPTS, NEW_TOKENS),
                      executor.generate(PROMPTS, None, max_new_tokens=NEW_TOKENS))
 
@@ -80,8 +80,8 @@ def test_repeat_and_alpha_knob(model, tok, executor):
     routed = RoutedModel(model, tok, forcing_routers(decisions))
     same_generations(routed.generate(PROMPTS[:3], NEW_TOKENS),
                      executor.generate(PROMPTS[:3], [decisions] * 3, max_new_tokens=NEW_TOKENS))
-    assert routed.route(PROMPTS[:2], alpha=-1.0) == [Path([0] * L)] * 2
-    assert routed.route(PROMPTS[:2], alpha=1.0) == [Path([2] * L)] * 2
+    assert routed.route(PROMPTS[:2], alpha=-1.0) == [LayerPath([0] * L)] * 2
+    assert routed.route(PROMPTS[:2], alpha=1.0) == [LayerPath([2] * L)] * 2
     with pytest.raises(ValueError, match="alpha"):
         RoutedModel(model, tok, forcing_routers(decisions), alpha=1.5)
 
@@ -91,7 +91,7 @@ def input_dependent_routers(executor, ids, block: int) -> tuple[Routers, list[in
     of a projection of the prompt's pooled windows exceeds the median over the prompts (so half
     of the prompts skip it)."""
     routers = forcing_routers([1] * L)
-    feats, wmask = extract_features(executor, ids, [Path.default(L)] * len(ids), W)
+    feats, wmask = extract_features(executor, ids, [LayerPath.default(L)] * len(ids), W)
     u = torch.randn(D, generator=torch.Generator().manual_seed(0))
     act = torch.nn.functional.gelu(feats[:, block] @ u)  # [B, W]
     h = (act * wmask).sum(1) / wmask.sum(1)

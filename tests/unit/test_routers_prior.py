@@ -9,7 +9,7 @@ from drllm.inference import path_probs, router_path_probs
 from drllm.models.executor import PathExecutor
 from drllm.models.loading import LoadedModel
 from drllm.models.tiny import tiny_model, tiny_tokenizer
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.routers.checkpoint import RouterCheckpointError
 from drllm.routers.features import extract_features, left_pad, permissive_constraints
 from drllm.routers.module import Routers
@@ -70,7 +70,7 @@ def test_probabilities_are_the_routers_on_the_default_path_features(
     torch.testing.assert_close(got.sum(-1), torch.ones(len(PROMPTS), L))
     assert bool((got > 0).all())
     # the same as the routers on the feature pass's features along the default path
-    features, wmask = extract_features(executor, ids, [Path.default(L)] * len(ids), W)
+    features, wmask = extract_features(executor, ids, [LayerPath.default(L)] * len(ids), W)
     with torch.no_grad():
         ref = torch.softmax(routers(features, wmask), dim=-1)
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)

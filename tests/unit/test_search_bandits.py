@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from drllm.paths import Path, check_path, legal_actions
+from drllm.paths import LayerPath, check_path, legal_actions
 from drllm.search import MCTSConfig, SearchTree, run
 from drllm.types import Evaluation
 
@@ -30,13 +30,13 @@ MODES = ("full", "widening")
 class Recorder:
     """Evaluate function that records calls and fails on a repeated path (memo broken)."""
 
-    def __init__(self, reward: Callable[[Path], float]) -> None:
+    def __init__(self, reward: Callable[[LayerPath], float]) -> None:
         self.reward = reward
-        self.calls: list[Path] = []
+        self.calls: list[LayerPath] = []
 
-    def __call__(self, path: Path) -> Evaluation:
+    def __call__(self, path: LayerPath) -> Evaluation:
         assert path not in self.calls, f"{path} evaluated twice"
-        assert isinstance(path, Path)
+        assert isinstance(path, LayerPath)
         self.calls.append(path)
         return Evaluation(reward=self.reward(path), response=f"answer along {path}")
 
@@ -45,7 +45,7 @@ class Recorder:
 def check_a(seed: int, mode: str) -> None:
     evaluate = Recorder(lambda p: float(p[3] == 0))
     result = run(10, evaluate, MCTSConfig(seed=seed, expansion=mode))
-    assert evaluate.calls[0] == Path.default(10)
+    assert evaluate.calls[0] == LayerPath.default(10)
     assert result.default_reward == 0.0 and result.best_reward == 1.0 and result.improved
     assert result.best_path[3] == 0
     assert result.stopped_early and result.simulations < 50
@@ -56,7 +56,7 @@ def check_a(seed: int, mode: str) -> None:
 
 
 def check_b(seed: int, mode: str) -> None:
-    def reward(p: Path) -> float:
+    def reward(p: LayerPath) -> float:
         return float(p.is_default or (p[4] == 0 and p[5] == 0))
 
     result = run(10, Recorder(reward), MCTSConfig(seed=seed, expansion=mode))
@@ -64,7 +64,7 @@ def check_b(seed: int, mode: str) -> None:
     assert result.best_path[4] == result.best_path[5] == 0
     assert result.best_cost <= 8 and result.layers_saved >= 2
     assert result.stopped_early
-    assert set(result.good_paths) == {Path.default(10), result.best_path}
+    assert set(result.good_paths) == {LayerPath.default(10), result.best_path}
     assert result.good_paths[0] == result.best_path
 
 
@@ -75,17 +75,17 @@ def check_c(seed: int, mode: str) -> None:
 
 
 def check_shaped(seed: int, mode: str) -> None:
-    def reward(p: Path) -> float:
+    def reward(p: LayerPath) -> float:
         return 0.5 * (p[0] == 2) + 0.5 * (p[0] == 2 and p[3] == 0)
 
     result = run(5, Recorder(reward), MCTSConfig(seed=seed, expansion=mode))
     assert result.best_reward == 1.0 and result.best_path[0] == 2 and result.best_path[3] == 0
 
 
-def _margin_reward(p: Path) -> float:
+def _margin_reward(p: LayerPath) -> float:
     # correct iff block 7 skipped (cost 9) or blocks 1..2 skipped (cost 8); margin 2 means
     # only the cost-8 path may stop the search, and nothing cheaper is correct
-    return float(p.is_default or p == Path.parse("EEEEEEESEE") or (p[1] == p[2] == 0))
+    return float(p.is_default or p == LayerPath.parse("EEEEEEESEE") or (p[1] == p[2] == 0))
 
 
 def check_margin(seed: int, mode: str) -> bool:
@@ -94,7 +94,7 @@ def check_margin(seed: int, mode: str) -> bool:
     result = run(10, evaluate, MCTSConfig(seed=seed, expansion=mode))
     assert result.stopped_early and result.best_path[1] == result.best_path[2] == 0
     assert evaluate.calls[-1] == result.best_path
-    return Path.parse("EEEEEEESEE") in evaluate.calls[:-1]
+    return LayerPath.parse("EEEEEEESEE") in evaluate.calls[:-1]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -170,9 +170,9 @@ def test_widening_solves_the_shallow_bandits_in_most_seeds(
 def test_d_nothing_beats_the_default(seed: int, mode: str) -> None:
     config = MCTSConfig(seed=seed, expansion=mode)
     result = run(8, Recorder(lambda p: float(p.is_default)), config)
-    assert result.best_path == Path.default(8) and result.best_reward == 1.0
+    assert result.best_path == LayerPath.default(8) and result.best_reward == 1.0
     assert not result.improved and result.layers_saved == 0 and not result.stopped_early
-    assert result.good_paths == (Path.default(8),) and result.good_rewards == (1.0,)
+    assert result.good_paths == (LayerPath.default(8),) and result.good_rewards == (1.0,)
     assert result.simulations == 50
 
 
@@ -182,9 +182,9 @@ def test_d_correct_but_costlier_paths_are_retained_behind_the_default(seed: int,
     # correct iff nothing is skipped: repeats keep the answer but cost more
     config = MCTSConfig(seed=seed, expansion=mode)
     result = run(8, Recorder(lambda p: float(0 not in p)), config)
-    assert result.best_path == Path.default(8) and not result.improved
+    assert result.best_path == LayerPath.default(8) and not result.improved
     assert not result.stopped_early and result.simulations == 50
-    assert len(result.good_paths) > 1 and result.good_paths[0] == Path.default(8)
+    assert len(result.good_paths) > 1 and result.good_paths[0] == LayerPath.default(8)
     assert all(r >= result.default_reward for r in result.good_rewards)
     assert all(0 not in p and p.cost > 8 for p in result.good_paths[1:])
 
@@ -240,8 +240,8 @@ def test_widening_length_penalty_steers_descent_to_cheap_children() -> None:
     assert len(grand) == 1 and grand[0].cost == min(ch.cost for ch in root.children)
 
 
-def _reachable(num_layers: int, config: MCTSConfig) -> set[Path]:
-    seen = {Path.default(num_layers)}
+def _reachable(num_layers: int, config: MCTSConfig) -> set[LayerPath]:
+    seen = {LayerPath.default(num_layers)}
     frontier = list(seen)
     while frontier:
         path = frontier.pop()
@@ -268,7 +268,7 @@ def test_exhaustive_search_evaluates_every_reachable_path_once(
     assert all(check_path(p, num_layers, config.constraints) is None for p in evaluate.calls)
     assert result.simulations == result.evaluations + result.memo_hits < 100_000
     if num_layers == 1:
-        assert evaluate.calls == [Path.parse("E"), Path.parse("R")] and result.memo_hits == 0
+        assert evaluate.calls == [LayerPath.parse("E"), LayerPath.parse("R")] and result.memo_hits == 0
     if mode == "widening":  # one node per path: no memo hits, every meeting is a transposition
         edges = sum(len(legal_actions(p, config.constraints)) for p in reachable)
         assert result.memo_hits == 0 and result.simulations == len(reachable)
@@ -303,7 +303,7 @@ def test_float_rewards_mean_empty_responses(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_same_seed_same_sequence_other_seed_differs(mode: str) -> None:
-    def reward(p: Path) -> float:
+    def reward(p: LayerPath) -> float:
         return (sum(i * d for i, d in enumerate(p)) % 5) / 5
 
     sequences = []
@@ -319,5 +319,5 @@ def test_same_seed_same_sequence_other_seed_differs(mode: str) -> None:
 def test_budget_of_one_evaluates_only_the_default(mode: str) -> None:
     evaluate = Recorder(lambda p: 1.0)
     result = run(5, evaluate, MCTSConfig(num_simulations=1, expansion=mode))
-    assert evaluate.calls == [Path.default(5)] and result.simulations == 1
-    assert result.best_path == Path.default(5)
+    assert evaluate.calls == [LayerPath.default(5)] and result.simulations == 1
+    assert result.best_path == LayerPath.default(5)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path as FsPath
+from pathlib import Path
 
 import pytest
 
-from drllm.paths import Path, PathConstraints
+from drllm.paths import LayerPath, PathConstraints
 from drllm.search import MCTSConfig, SearchTree, as_evaluation
 from drllm.types import Evaluation
 
-REPO = FsPath(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_are_the_papers() -> None:
@@ -117,7 +117,7 @@ def test_tree_arguments_are_checked() -> None:
 
 def test_tell_rejects_paths_not_pending_and_bad_rewards() -> None:
     tree = SearchTree(4, MCTSConfig(seed=3))
-    root = Path.default(4)
+    root = LayerPath.default(4)
     with pytest.raises(ValueError, match="never handed out"):
         tree.tell(root, 1.0)
     assert tree.ask(3) == [root]  # the root goes out alone, first
@@ -134,7 +134,7 @@ def test_tell_rejects_paths_not_pending_and_bad_rewards() -> None:
     (path,) = tree.ask(1)
     assert path.cost != 8  # one edit away from the root
     with pytest.raises(ValueError, match="never handed out"):
-        tree.tell(Path.parse("RRRR"), 1.0)
+        tree.tell(LayerPath.parse("RRRR"), 1.0)
     assert tree.result().default_response == "no"
 
 

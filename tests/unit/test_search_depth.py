@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import pytest
 
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.search import BlockPrior, MCTSConfig, Prior, run
 
 L = 30
@@ -42,10 +42,10 @@ SKIPPABLE = frozenset(range(0, L, 2))
 SEEDS = range(50)
 
 
-def bandit(depth: int) -> Callable[[Path], float]:
+def bandit(depth: int) -> Callable[[LayerPath], float]:
     """The reward of the depth-``depth`` bandit (see the module docstring)."""
 
-    def reward(p: Path) -> float:
+    def reward(p: LayerPath) -> float:
         edits = [i for i, d in enumerate(p) if d != 1]
         good = sum(
             1
@@ -78,18 +78,18 @@ def found_fraction(depth: int, mode: str, prior: Prior | None = None) -> float:
             assert result.best_reward == 1.0 and result.best_path.edits == depth
             assert result.best_cost == L - depth and result.stopped_early
         else:
-            assert result.best_path == Path.default(L) and result.good_paths == ()
+            assert result.best_path == LayerPath.default(L) and result.good_paths == ()
         hits += result.solved
     return hits / len(SEEDS)
 
 
 def test_the_bandits_known_best_paths() -> None:
-    two = Path.parse("S" + "E" * 9 + "S" + "E" * 19)
+    two = LayerPath.parse("S" + "E" * 9 + "S" + "E" * 19)
     assert bandit(2)(two) == 1.0 and two.edits == 2 and two.cost == 28
-    assert bandit(2)(Path.parse("S" + "E" * 29)) == 0.25  # one of two
-    assert bandit(2)(Path.parse("SS" + "E" * 28)) == 0.0  # a 2-block skip is not in S
+    assert bandit(2)(LayerPath.parse("S" + "E" * 29)) == 0.25  # one of two
+    assert bandit(2)(LayerPath.parse("SS" + "E" * 28)) == 0.0  # a 2-block skip is not in S
     assert bandit(3)(two) == pytest.approx(1 / 3)
-    assert bandit(2)(Path.parse("E" * 30)) == 0.0
+    assert bandit(2)(LayerPath.parse("E" * 30)) == 0.0
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.search import MCTSConfig, Node, SearchTree, run
 from drllm.types import Evaluation
 
@@ -55,7 +55,7 @@ def test_a_failure_is_dropped_and_the_tree_goes_on(mode: str) -> None:
 def test_failures_never_become_labels_and_other_edits_are_found(mode: str) -> None:
     # every path that repeats a block fails; the one correct family (block 3 skipped) is still
     # found, and the failures count against the budget but not as evaluations
-    def evaluate(p: Path) -> Evaluation:
+    def evaluate(p: LayerPath) -> Evaluation:
         if 2 in p:
             return FAILED
         return Evaluation(float(p[3] == 0))
@@ -125,8 +125,8 @@ def test_failure_properties(
 ) -> None:
     config = MCTSConfig(num_simulations=budget, seed=seed, expansion=mode, early_stop=False)
     rng = random.Random(seed)
-    rewards: dict[Path, float] = {}
-    failures: list[Path] = []
+    rewards: dict[LayerPath, float] = {}
+    failures: list[LayerPath] = []
     tree = SearchTree(num_layers, config)
     tree.tell(*tree.ask(1), 0.0)  # the root never fails here
     for _ in range(10_000):
@@ -152,10 +152,10 @@ def test_failure_properties(
     assert result.simulations == result.evaluations + result.memo_hits == tree.root.visits
     assert tree.simulations_started <= budget
     assert all(n.evaluated for n in nodes)  # nothing pending, failed nodes are gone
-    assert {n.path for n in nodes} <= set(rewards) | {Path.default(num_layers)}
+    assert {n.path for n in nodes} <= set(rewards) | {LayerPath.default(num_layers)}
     # only told rewards were backpropagated
     for node in nodes:
         own = rewards.get(node.path, 0.0)
         assert node.visits == 1 + sum(node.edge_visits)
         assert node.reward_sum == pytest.approx(own + sum(node.edge_reward_sums))
-    assert set(result.good_paths) <= set(rewards) | {Path.default(num_layers)}
+    assert set(result.good_paths) <= set(rewards) | {LayerPath.default(num_layers)}

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drllm.paths import Path, check_path
+from drllm.paths import LayerPath, check_path
 from drllm.search import MCTSConfig, Node, SearchTree, run
 from drllm.types import Evaluation
 
@@ -46,21 +46,21 @@ def _subtree(node: Node) -> list[Node]:
 
 def drive(
     tree: SearchTree,
-    reward: Callable[[Path], float],
+    reward: Callable[[LayerPath], float],
     k: int,
     rng: random.Random,
-) -> list[Path]:
+) -> list[LayerPath]:
     """Ask for up to ``k`` paths, tell a random subset of the pending ones in random order,
     until done; check the hand-out invariants on the way. Returns the paths handed out."""
     constraints = tree.config.constraints
-    handed: list[Path] = []
+    handed: list[LayerPath] = []
     for _ in range(100_000):
         if tree.done:
             return handed
         new = tree.ask(k)
         assert len(new) <= k
         for path in new:
-            assert isinstance(path, Path)
+            assert isinstance(path, LayerPath)
             assert check_path(path, tree.num_layers, constraints) is None, path
             assert path not in handed, f"{path} handed out twice"
             handed.append(path)
@@ -78,29 +78,29 @@ def drive(
 @pytest.mark.parametrize("mode", MODES)
 def test_root_is_evaluated_alone_first(mode: str) -> None:
     tree = SearchTree(6, MCTSConfig(seed=2, expansion=mode))
-    assert tree.ask(8) == [Path.default(6)] and tree.ask(8) == []
-    tree.tell(Path.default(6), 0.0)
+    assert tree.ask(8) == [LayerPath.default(6)] and tree.ask(8) == []
+    tree.tell(LayerPath.default(6), 0.0)
     batch = tree.ask(8)
-    assert len(batch) == 8 and len(set(batch)) == 8 and Path.default(6) not in batch
+    assert len(batch) == 8 and len(set(batch)) == 8 and LayerPath.default(6) not in batch
     assert tree.pending == tuple(batch) and tree.simulations_started == 9
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("seed", range(4))
 def test_incremental_k1_matches_run(seed: int, mode: str) -> None:
-    def reward(p: Path) -> Evaluation:
+    def reward(p: LayerPath) -> Evaluation:
         return Evaluation(reward=float(sum(p[:3]) == 2), response=p.to_str())
 
-    run_calls: list[Path] = []
+    run_calls: list[LayerPath] = []
 
-    def evaluate(p: Path) -> Evaluation:
+    def evaluate(p: LayerPath) -> Evaluation:
         run_calls.append(p)
         return reward(p)
 
     config = MCTSConfig(seed=seed, epsilon=0.3, expansion=mode)
     expected = run(9, evaluate, config)
     tree = SearchTree(9, config)
-    calls: list[Path] = []
+    calls: list[LayerPath] = []
     while not tree.done:
         for path in tree.ask(1):
             calls.append(path)
@@ -126,7 +126,7 @@ def test_pending_duplicate_paths_wait_instead_of_being_handed_out_twice() -> Non
     config = MCTSConfig(num_simulations=200, early_stop=False, epsilon=0.0, expansion="full")
     tree = SearchTree(3, config)
     rng = random.Random(0)
-    handed: list[Path] = []
+    handed: list[LayerPath] = []
     most_waiting = 0
     while not tree.done:
         handed.extend(tree.ask(50))
@@ -151,7 +151,7 @@ def test_pending_paths_reached_again_are_linked_not_handed_out_twice() -> None:
     config = MCTSConfig(num_simulations=200, early_stop=False, epsilon=0.0, expansion="widening")
     tree = SearchTree(3, config)
     rng = random.Random(0)
-    handed: list[Path] = []
+    handed: list[LayerPath] = []
     linked_pending = 0
     while not tree.done:
         handed.extend(tree.ask(50))
@@ -235,9 +235,9 @@ def test_search_properties(
         patience=patience,
     )
     table_rng = random.Random(seed + 1)
-    table: dict[Path, float] = {}
+    table: dict[LayerPath, float] = {}
 
-    def reward(p: Path) -> float:
+    def reward(p: LayerPath) -> float:
         return table.setdefault(p, table_rng.choice([0.0, 0.0, 0.5, 1.0]))
 
     tree = SearchTree(num_layers, config)
@@ -281,7 +281,7 @@ def test_search_properties(
 
     # labels: solved iff some told path is correct; only correct paths >= the default are kept
     told = {p: table[p] for p in handed if p not in tree.pending}
-    default_reward = table[Path.default(num_layers)]
+    default_reward = table[LayerPath.default(num_layers)]
     assert result.default_reward == default_reward
     solved = any(r >= 1.0 for r in told.values())
     assert result.solved == solved
@@ -295,7 +295,7 @@ def test_search_properties(
         assert result.best_reward == result.good_rewards[0]
     else:
         assert result.good_paths == () and result.good_rewards == ()
-        assert result.best_path == Path.default(num_layers)
+        assert result.best_path == LayerPath.default(num_layers)
         assert result.best_reward == default_reward and result.layers_saved == 0
     assert result.improved == (result.best_reward > default_reward)
     assert result.layers_saved == num_layers - result.best_cost

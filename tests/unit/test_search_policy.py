@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from drllm.paths import Path
+from drllm.paths import LayerPath
 from drllm.search import (
     Retention,
     selection_order,
@@ -92,7 +92,7 @@ def test_early_stop_rule(
 def test_retention_keeps_at_least_default_and_ranks_reward_then_cost() -> None:
     # success reward 0.5: the default (0.5) is correct, so every path >= it is kept
     retention = Retention(4, success_reward=0.5)
-    default = Path.default(4)
+    default = LayerPath.default(4)
     retention.set_default(default, Evaluation(0.5, "d"))
     entries = [
         ("SEEE", 0.0),  # below the default: dropped
@@ -103,7 +103,7 @@ def test_retention_keeps_at_least_default_and_ranks_reward_then_cost() -> None:
         ("RRSE", 0.5),  # cost 5
     ]
     for text, reward in entries:
-        retention.add(Path.parse(text), Evaluation(reward, text.lower()))
+        retention.add(LayerPath.parse(text), Evaluation(reward, text.lower()))
     result = retention.to_result(evaluations=7, memo_hits=2, stopped_early=False)
     assert result.solved
     assert [p.to_str() for p in result.good_paths] == [
@@ -111,7 +111,7 @@ def test_retention_keeps_at_least_default_and_ranks_reward_then_cost() -> None:
     ]
     assert result.good_rewards == (1.0, 1.0, 1.0, 0.5, 0.5, 0.5)
     assert (result.best_path, result.best_reward, result.best_response) == (
-        Path.parse("ESSE"), 1.0, "esse"
+        LayerPath.parse("ESSE"), 1.0, "esse"
     )
     assert (result.best_cost, result.layers_saved, result.improved) == (2, 2, True)
     assert (result.default_reward, result.default_response) == (0.5, "d")
@@ -120,22 +120,22 @@ def test_retention_keeps_at_least_default_and_ranks_reward_then_cost() -> None:
 
 def test_retention_best_is_default_when_nothing_beats_it() -> None:
     retention = Retention(3)
-    retention.set_default(Path.default(3), Evaluation(1.0, "ok"))
-    retention.add(Path.parse("REE"), Evaluation(1.0))  # correct but costlier
-    retention.add(Path.parse("SEE"), Evaluation(0.0))
+    retention.set_default(LayerPath.default(3), Evaluation(1.0, "ok"))
+    retention.add(LayerPath.parse("REE"), Evaluation(1.0))  # correct but costlier
+    retention.add(LayerPath.parse("SEE"), Evaluation(0.0))
     result = retention.to_result(3, 0, False)
-    assert result.best_path == Path.default(3) and not result.improved
+    assert result.best_path == LayerPath.default(3) and not result.improved
     assert result.layers_saved == 0 and result.best_response == "ok"
-    assert result.good_paths == (Path.default(3), Path.parse("REE"))
+    assert result.good_paths == (LayerPath.default(3), LayerPath.parse("REE"))
 
 
 def test_retention_with_binary_success_keeps_only_correct_paths() -> None:
     # the same entries with success reward 1.0: the default (0.5) is wrong, the example is
     # solved by the correct paths, and only they are kept
     retention = Retention(4)
-    retention.set_default(Path.default(4), Evaluation(0.5, "d"))
+    retention.set_default(LayerPath.default(4), Evaluation(0.5, "d"))
     for text, reward in [("SEEE", 0.0), ("REEE", 1.0), ("ESEE", 0.5), ("ESSE", 1.0)]:
-        retention.add(Path.parse(text), Evaluation(reward, text.lower()))
+        retention.add(LayerPath.parse(text), Evaluation(reward, text.lower()))
     result = retention.to_result(evaluations=5, memo_hits=0, stopped_early=False)
     assert result.solved and result.improved
     assert [p.to_str() for p in result.good_paths] == ["ESSE", "REEE"]
@@ -149,14 +149,14 @@ def test_retention_unsolved_label_is_the_default() -> None:
     # nothing reaches the success reward: a cheaper path with the default's reward (or a
     # higher partial one) must not become the label
     retention = Retention(4)
-    retention.set_default(Path.default(4), Evaluation(0.0, "wrong"))
-    retention.add(Path.parse("SSES"), Evaluation(0.0, "also wrong, cheaper"))
-    retention.add(Path.parse("ESEE"), Evaluation(0.5, "partial"))
+    retention.set_default(LayerPath.default(4), Evaluation(0.0, "wrong"))
+    retention.add(LayerPath.parse("SSES"), Evaluation(0.0, "also wrong, cheaper"))
+    retention.add(LayerPath.parse("ESEE"), Evaluation(0.5, "partial"))
     assert not retention.solved and retention.cheapest_correct_cost == 4
     result = retention.to_result(evaluations=3, memo_hits=0, stopped_early=False)
     assert not result.solved and not result.improved
     assert (result.best_path, result.best_reward, result.best_response) == (
-        Path.default(4), 0.0, "wrong"
+        LayerPath.default(4), 0.0, "wrong"
     )
     assert result.best_cost == 4 and result.layers_saved == 0
     assert result.good_paths == () and result.good_rewards == ()
@@ -166,13 +166,13 @@ def test_retention_cheapest_correct_cost_is_what_early_stop_reads() -> None:
     # a correct costlier path with a higher reward is the label, but early stop compares new
     # paths with the cheapest correct one
     retention = Retention(10)
-    retention.set_default(Path.default(10), Evaluation(1.0))
+    retention.set_default(LayerPath.default(10), Evaluation(1.0))
     assert retention.cheapest_correct_cost == 10
-    retention.add(Path.parse("REEEEEEEEE"), Evaluation(1.5))
-    retention.add(Path.parse("EEEEEEEESE"), Evaluation(1.0))
+    retention.add(LayerPath.parse("REEEEEEEEE"), Evaluation(1.5))
+    retention.add(LayerPath.parse("EEEEEEEESE"), Evaluation(1.0))
     assert retention.best_cost == 11 and retention.cheapest_correct_cost == 9
     result = retention.to_result(3, 0, False)
-    assert result.best_path == Path.parse("REEEEEEEEE") and result.solved
+    assert result.best_path == LayerPath.parse("REEEEEEEEE") and result.solved
     assert [p.to_str() for p in result.good_paths] == ["REEEEEEEEE", "EEEEEEEESE", "EEEEEEEEEE"]
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from drllm.paths import Action, Path, legal_actions
+from drllm.paths import Action, LayerPath, legal_actions
 from drllm.search import (
     BlockPrior,
     MCTSConfig,
@@ -22,16 +22,16 @@ from drllm.search.prior import REPEAT_OFFSET
 
 
 def test_uniform_prior_is_the_seeded_shuffle_the_tree_pops_from_the_end() -> None:
-    actions = legal_actions(Path.default(7))
-    order = UniformPrior().order(Path.default(7), actions, random.Random(5))
+    actions = legal_actions(LayerPath.default(7))
+    order = UniformPrior().order(LayerPath.default(7), actions, random.Random(5))
     shuffled = list(actions)
     random.Random(5).shuffle(shuffled)
-    assert order == shuffled[::-1] and actions == legal_actions(Path.default(7))
+    assert order == shuffled[::-1] and actions == legal_actions(LayerPath.default(7))
 
 
 @pytest.mark.parametrize("mode", ["full", "widening"])
 def test_no_prior_and_uniform_prior_give_the_same_search(mode: str) -> None:
-    def reward(p: Path) -> float:
+    def reward(p: LayerPath) -> float:
         return (sum(i * d for i, d in enumerate(p)) % 5) / 5
 
     config = MCTSConfig(seed=4, early_stop=False, expansion=mode)
@@ -43,29 +43,29 @@ def test_block_prior_expands_a_strongly_preferred_block_first() -> None:
     skip[7] = 10.0
     prior = BlockPrior(skip, [0.0] * 10, temperature=0.5)
     for seed in range(20):
-        order = prior.order(Path.default(10), legal_actions(Path.default(10)), random.Random(seed))
+        order = prior.order(LayerPath.default(10), legal_actions(LayerPath.default(10)), random.Random(seed))
         assert order[0] == Action("skip", 7, 1)
         assert set(order[1:3]) == {Action("skip", 6, 2), Action("skip", 7, 2)}  # mean 5
     # the tree expands it first: the first path after the root skips block 7
-    calls: list[Path] = []
+    calls: list[LayerPath] = []
 
-    def evaluate(p: Path) -> float:
+    def evaluate(p: LayerPath) -> float:
         calls.append(p)
         return float(p[7] == 0)
 
     result = run(10, evaluate, MCTSConfig(seed=3), prior=prior)
-    assert calls[1] == Path.parse("EEEEEEESEE") and result.simulations == 2
+    assert calls[1] == LayerPath.parse("EEEEEEESEE") and result.simulations == 2
 
 
 def test_block_prior_sampling_is_deterministic_per_seed_and_follows_the_softmax() -> None:
     prior = BlockPrior([1.0, 0.0], [0.0, -1.0])
-    actions = legal_actions(Path.default(2))  # skip 0, repeat 0, skip 1, repeat 1
+    actions = legal_actions(LayerPath.default(2))  # skip 0, repeat 0, skip 1, repeat 1
     assert len(actions) == 4
-    one = [prior.order(Path.default(2), actions, random.Random(s)) for s in range(50)]
-    two = [prior.order(Path.default(2), actions, random.Random(s)) for s in range(50)]
+    one = [prior.order(LayerPath.default(2), actions, random.Random(s)) for s in range(50)]
+    two = [prior.order(LayerPath.default(2), actions, random.Random(s)) for s in range(50)]
     assert one == two and len({tuple(o) for o in one}) > 1
     rng = random.Random(0)
-    firsts = Counter(prior.order(Path.default(2), actions, rng)[0] for _ in range(6000))
+    firsts = Counter(prior.order(LayerPath.default(2), actions, rng)[0] for _ in range(6000))
     weights = {a: math.exp(prior.logit(a)) for a in actions}
     total = sum(weights.values())
     for action in actions:
@@ -74,12 +74,12 @@ def test_block_prior_sampling_is_deterministic_per_seed_and_follows_the_softmax(
 
 def test_block_prior_temperature_flattens_the_order() -> None:
     skip = [float(i) for i in range(10)]
-    actions = legal_actions(Path.default(10))
+    actions = legal_actions(LayerPath.default(10))
     cold = BlockPrior(skip, [-20.0] * 10, temperature=0.01)
-    order = cold.order(Path.default(10), actions, random.Random(0))
+    order = cold.order(LayerPath.default(10), actions, random.Random(0))
     assert order[0] == Action("skip", 9, 1) and all(a.kind == "repeat" for a in order[-10:])
     hot = BlockPrior(skip, [-20.0] * 10, temperature=1e6)
-    firsts = Counter(hot.order(Path.default(10), actions, random.Random(s))[0] for s in range(300))
+    firsts = Counter(hot.order(LayerPath.default(10), actions, random.Random(s))[0] for s in range(300))
     assert len(firsts) > 15  # close to uniform over the 29 edits
 
 
@@ -106,7 +106,7 @@ def test_from_layer_importance_tries_unimportant_blocks_first() -> None:
     assert prior.skip_logits == pytest.approx([-(v - mean) / std for v in importance])
     assert prior.repeat_logits == pytest.approx([REPEAT_OFFSET] * 6)
     assert REPEAT_OFFSET == pytest.approx(math.log(2.3 / 7.6))
-    order = prior.order(Path.default(6), legal_actions(Path.default(6)), random.Random(0))
+    order = prior.order(LayerPath.default(6), legal_actions(LayerPath.default(6)), random.Random(0))
     assert order[0] == Action("skip", 2, 1)
     # equal importance: every skip logit 0, repeats after skips on average
     flat = BlockPrior.from_layer_importance([0.3] * 4)
@@ -163,7 +163,7 @@ def test_prior_from_config() -> None:
 
 def test_a_custom_prior_must_return_a_permutation() -> None:
     class Broken(Prior):
-        def order(self, path: Path, actions: list[Action], rng: random.Random) -> list[Action]:
+        def order(self, path: LayerPath, actions: list[Action], rng: random.Random) -> list[Action]:
             return actions[:-1]
 
     tree = SearchTree(4, MCTSConfig(), Broken())
@@ -177,7 +177,7 @@ def test_config_prior_name_does_not_build_a_prior() -> None:
     config = MCTSConfig(prior="layer_importance", seed=2)
     assert isinstance(SearchTree(5, config).prior, UniformPrior)
 
-    def reward(p: Path) -> float:
+    def reward(p: LayerPath) -> float:
         return float(p[1] == 0)
 
     assert run(5, reward, config) == run(5, reward, MCTSConfig(seed=2))

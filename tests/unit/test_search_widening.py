@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drllm.paths import Action, Path, PathConstraints, edit_count, legal_actions
+from drllm.paths import Action, LayerPath, PathConstraints, edit_count, legal_actions
 from drllm.search import BlockPrior, MCTSConfig, Node, SearchTree, run
 from drllm.types import Evaluation
 
@@ -25,8 +25,8 @@ def _nodes(root: Node) -> list[Node]:
     return out
 
 
-def _sync(tree: SearchTree, reward: Callable[[Path], float]) -> list[Path]:
-    calls: list[Path] = []
+def _sync(tree: SearchTree, reward: Callable[[LayerPath], float]) -> list[LayerPath]:
+    calls: list[LayerPath] = []
     while not tree.done:
         for path in tree.ask(1):
             assert path not in calls, f"{path} evaluated twice"
@@ -53,21 +53,21 @@ def _sync(tree: SearchTree, reward: Callable[[Path], float]) -> list[Path]:
     ],
 )
 def test_edit_count_known_values(text: str, edits: int) -> None:
-    assert edit_count(Path.parse(text)) == edits == Path.parse(text).edits
+    assert edit_count(LayerPath.parse(text)) == edits == LayerPath.parse(text).edits
 
 
 def test_edit_count_counts_runs_longer_than_two_in_pairs() -> None:
     # runs of 3 and 4 skipped blocks are not legal paths by default, but the count is defined
-    assert edit_count(Path.parse("SSSE")) == 2 and edit_count(Path.parse("SSSSR")) == 3
+    assert edit_count(LayerPath.parse("SSSE")) == 2 and edit_count(LayerPath.parse("SSSSR")) == 3
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from([0, 1, 2]), min_size=1, max_size=6))
 def test_edit_count_is_the_bfs_depth_from_the_default(decisions: list[int]) -> None:
     # minimal number of legal actions from the default path (permissive constraints)
-    target = Path(decisions)
+    target = LayerPath(decisions)
     rules = PathConstraints(max_consecutive_skips=len(target), min_executed=0)
-    frontier, seen, depth = {Path.default(len(target))}, set(), 0
+    frontier, seen, depth = {LayerPath.default(len(target))}, set(), 0
     while target not in frontier:
         seen |= frontier
         frontier = {a.apply(p) for p in frontier for a in legal_actions(p, rules)} - seen
@@ -76,9 +76,9 @@ def test_edit_count_is_the_bfs_depth_from_the_default(decisions: list[int]) -> N
 
 
 def test_evaluated_depths_follow_evaluation_order() -> None:
-    calls: list[Path] = []
+    calls: list[LayerPath] = []
 
-    def evaluate(p: Path) -> float:
+    def evaluate(p: LayerPath) -> float:
         calls.append(p)
         return 0.0
 
@@ -124,16 +124,16 @@ def test_commuting_edits_share_one_node_evaluated_once() -> None:
     config = MCTSConfig(epsilon=0.0, early_stop=False, num_simulations=6)
     tree = SearchTree(6, config, prior)
     calls = _sync(tree, lambda p: 0.0)
-    both = Path.parse("ESEESE")
+    both = LayerPath.parse("ESEESE")
     assert calls.count(both) == 1
     (node,) = [n for n in _nodes(tree.root) if n.path == both]
     assert {p.path.to_str() for p in node.parents} == {"ESEEEE", "EEEESE"}
-    assert node.parent is not None and node.parent.path == Path.parse("ESEEEE")
+    assert node.parent is not None and node.parent.path == LayerPath.parse("ESEEEE")
     result = tree.result()
     assert result.transposition_hits == 1 and result.memo_hits == 0
     assert result.simulations == result.evaluations == len(calls) == 6
     # the linked edge has no traversals yet; the shared node's visits came through the other
-    parent = next(p for p in node.parents if p.path == Path.parse("EEEESE"))
+    parent = next(p for p in node.parents if p.path == LayerPath.parse("EEEESE"))
     i = parent.child_index(node)
     assert parent.linked[i] and parent.edge_visits[i] == 0
 
@@ -150,7 +150,7 @@ def test_an_expansion_of_only_transpositions_spends_no_simulation() -> None:
 
 
 # ---------------------------------------------------------------- patience
-def _skip_4_5(p: Path) -> float:
+def _skip_4_5(p: LayerPath) -> float:
     # default correct; correct iff blocks 4 and 5 are skipped (cheaper members deeper down)
     return float(p.is_default or (p[4] == 0 and p[5] == 0))
 
@@ -201,7 +201,7 @@ def test_patience_waits_for_its_own_simulations_only() -> None:
 
 
 def test_prior_hits_count_new_correct_paths() -> None:
-    correct = {Path.parse("SEEE"), Path.parse("ESEE"), Path.parse("EESE")}
+    correct = {LayerPath.parse("SEEE"), LayerPath.parse("ESEE"), LayerPath.parse("EESE")}
     result = run(4, lambda p: float(p in correct), MCTSConfig(early_stop=False, seed=0))
     assert result.prior_hits == 3 and result.solved
     assert set(result.good_paths) == correct

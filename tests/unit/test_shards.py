@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import drllm.shards.writer as writer_mod
-from drllm.paths import Path, legal_actions
+from drllm.paths import LayerPath, legal_actions
 from drllm.shards import (
     MANIFEST_NAME,
     SCHEMA_VERSION,
@@ -46,7 +46,7 @@ def make_record(i: int, num_layers: int = L, model_id: str = MODEL, dataset: str
                 n_good: int = 3) -> SupervisionRecord:
     """A consistent record whose paths are reachable by MCTS edits of the default path."""
     rng = np.random.default_rng(i)
-    default = Path.default(num_layers)
+    default = LayerPath.default(num_layers)
     good, path = [], default
     for _ in range(n_good):
         actions = legal_actions(path)
@@ -101,7 +101,7 @@ def test_round_trip_values_and_paths(tmp_path):
         assert (row["model_id"], row["num_layers"]) == (MODEL, L)
         assert decode_path(row["default_path"]) == res.default_path
         assert decode_path(row["best_path"], L) == res.best_path
-        assert isinstance(decode_path(row["best_path"]), Path)
+        assert isinstance(decode_path(row["best_path"]), LayerPath)
         assert tuple(decode_path(p) for p in row["good_paths"]) == res.good_paths
         assert row["good_rewards"] == list(res.good_rewards)
         assert (row["default_reward"], row["best_reward"]) == (res.default_reward, res.best_reward)
@@ -405,7 +405,7 @@ def test_inconsistent_record_rejected_at_add(tmp_path):
 
 
 def test_decode_path_rejects_bad_values():
-    assert decode_path([0, 1, 2]) == Path.parse("SER")
+    assert decode_path([0, 1, 2]) == LayerPath.parse("SER")
     for bad in (None, [1, 3], [1.0, 1], "EES", np.zeros((2, 2), dtype=np.int8)):
         with pytest.raises(ValueError):
             decode_path(bad)
