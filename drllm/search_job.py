@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 RESUME_MODES = ("auto", "force")
 
+HEADLINE = "search_accuracy"
+"""The summary figure ``python -m drllm.jobs.search`` returns (a Hydra sweeper's objective)."""
+
 
 @dataclass(frozen=True)
 class OutputConfig:
@@ -178,7 +181,7 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
 
     run_summary = run_search_job(
         report.examples,
-        writer=make_writer,
+        make_sink=make_writer,
         render=render,
         model_spec=settings.model,
         mcts_config=settings.search,

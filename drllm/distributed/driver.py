@@ -20,6 +20,7 @@ import logging
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 from drllm.distributed.config import DriverConfig
@@ -41,19 +42,48 @@ PriorFn = Callable[[Example], Optional[Prior]]
 
 
 class RecordSink(Protocol):
-    """Where finished searches go: a :class:`~drllm.shards.ShardWriter` or any ``add``-able."""
+    """Where finished searches go: a :class:`~drllm.shards.ShardWriter` or a :class:`ListSink`.
 
-    def add(self, record: SupervisionRecord) -> None: ...
+    Attributes:
+        out_dir: directory whose completed example ids a run skips (resume); ``None``: none.
+        num_layers: L the rows are written for, checked against the evaluators (``None``: any).
+        model_id: model the rows are written for, checked likewise (``None``: any).
+    """
+
+    out_dir: Optional[Path]
+    num_layers: Optional[int]
+    model_id: Optional[str]
+
+    def add(self, record: SupervisionRecord) -> None:
+        """Take one finished search."""
+
+    def flush_if_due(self) -> Optional[Path]:
+        """Write what is buffered if it has waited long enough (the driver calls this while it
+        waits for results); returns the file written, if any."""
+
+    def close(self) -> None:
+        """Flush and release; called by whoever made the sink."""
 
 
 class ListSink:
     """A :class:`RecordSink` that keeps the records in memory (tests, benchmarks)."""
+
+    out_dir: Optional[Path] = None
+    num_layers: Optional[int] = None
+    model_id: Optional[str] = None
 
     def __init__(self) -> None:
         self.records: list[SupervisionRecord] = []
 
     def add(self, record: SupervisionRecord) -> None:
         self.records.append(record)
+
+    def flush_if_due(self) -> Optional[Path]:
+        """Nothing is buffered."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to flush."""
 
 
 def tree_seed(seed: int, example_id: str) -> int:
@@ -215,7 +245,6 @@ class SearchDriver:
     # ------------------------------------------------------------------ the loop
 
     def _loop(self) -> None:
-        sink_flush = getattr(self.sink, "flush_if_due", None)
         while self._queue or self._active:
             self._activate()
             asked = self._ask()
@@ -231,8 +260,7 @@ class SearchDriver:
             results = self.pool.wait(self.config.poll_interval_s)
             self._tell(results)
             self._finish_done_trees()
-            if sink_flush is not None:
-                sink_flush()
+            self.sink.flush_if_due()
             self._refresh_bar()
 
     def _activate(self) -> None:

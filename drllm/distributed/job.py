@@ -7,9 +7,9 @@
         model_spec=ModelSpec(), mcts_config=MCTSConfig(num_simulations=16),
         generation=GenerationConfig(max_new_tokens=16), pool_config=PoolConfig(),
         driver_config=DriverConfig(max_concurrent_trees=32),
-        writer=lambda info: ShardWriter(out, writer_id=default_writer_id(),
-                                        num_layers=info.num_layers, model_id=info.model_id,
-                                        config=resolved),
+        make_sink=lambda info: ShardWriter(out, writer_id=default_writer_id(),
+                                           num_layers=info.num_layers, model_id=info.model_id,
+                                           config=resolved),
         render=lambda ex: render_prompt(ex, tokenizer, style="chat"),
     )
     print(summary.format())
@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
 from drllm.distributed.dispatch import EvaluationPool
@@ -34,7 +34,7 @@ from drllm.types import Example
 
 logger = logging.getLogger(__name__)
 
-WriterFactory = Callable[[EvaluatorInfo], RecordSink]
+SinkFactory = Callable[[EvaluatorInfo], RecordSink]
 """Builds the sink once the actors have loaded the model (L and model id known)."""
 
 
@@ -49,13 +49,12 @@ def executor_spec(
     })
 
 
-def _done_keys(sink: Any) -> set[tuple[str, str]]:
-    out_dir = getattr(sink, "out_dir", None)
-    return completed_keys(out_dir) if out_dir is not None else set()
+def _done_keys(sink: RecordSink) -> set[tuple[str, str]]:
+    return completed_keys(sink.out_dir) if sink.out_dir is not None else set()
 
 
-def _check_sink(sink: Any, info: EvaluatorInfo) -> None:
-    num_layers, model_id = getattr(sink, "num_layers", None), getattr(sink, "model_id", None)
+def _check_sink(sink: RecordSink, info: EvaluatorInfo) -> None:
+    num_layers, model_id = sink.num_layers, sink.model_id
     if (num_layers is not None and num_layers != info.num_layers) or (
         model_id is not None and model_id != info.model_id
     ):
@@ -84,8 +83,9 @@ def _start_pool(
 def run_search_job(
     examples: Iterable[Example],
     *,
-    writer: Union[RecordSink, WriterFactory],
     render: RenderFn,
+    sink: Optional[RecordSink] = None,
+    make_sink: Optional[SinkFactory] = None,
     model_spec: Any = None,
     mcts_config: MCTSConfig = MCTSConfig(),
     generation: GenerationConfig = GenerationConfig(),
@@ -104,10 +104,11 @@ def run_search_job(
     Args:
         examples: questions to search; ids already in the writer's directory are skipped
             (resume), duplicates searched once.
-        writer: a :class:`~drllm.shards.ShardWriter` (or any ``add``-able sink) that the caller
-            closes, or a factory ``EvaluatorInfo -> sink`` called once the actors report L and
-            the model id; a sink from a factory is closed here.
         render: example -> prompt text (chat template applied).
+        sink: a :class:`RecordSink` (e.g. a :class:`~drllm.shards.ShardWriter`) that the caller
+            closes; or instead
+        make_sink: a factory ``EvaluatorInfo -> sink`` called once the actors report L and the
+            model id; the sink it makes is closed here. Exactly one of the two.
         model_spec: ``drllm.models.loading.ModelSpec`` of the frozen model (ignored when
             ``evaluator`` is given).
         mcts_config: search knobs (one tree per example).
@@ -130,25 +131,21 @@ def run_search_job(
             raise ValueError("run_search_job needs model_spec (or an evaluator spec)")
         evaluator = executor_spec(model_spec, generation, mcts_config)
     examples = list(examples)
-    factory = None if hasattr(writer, "add") else writer
-    if factory is not None and not callable(factory):
-        raise TypeError(
-            f"writer must have .add(record) or be a factory, got {type(writer).__name__}"
-        )
-    sink: Optional[Any] = None if factory is not None else writer
+    if (sink is None) == (make_sink is None):
+        raise TypeError("run_search_job needs exactly one of sink= and make_sink=")
     if sink is not None:
         done = _done_keys(sink)
         if all((ex.dataset, str(ex.id)) in done for ex in examples):
             logger.info("all %d examples are already in %s; nothing to search",
-                        len(examples), getattr(sink, "out_dir", "the sink"))
-            return RunSummary(model_id=getattr(sink, "model_id", ""),
-                              num_layers=getattr(sink, "num_layers", 0), num_workers=0,
+                        len(examples), sink.out_dir or "the sink")
+            return RunSummary(model_id=sink.model_id or "",
+                              num_layers=sink.num_layers or 0, num_workers=0,
                               examples_given=len(examples), skipped_done=len(examples),
                               rejected=dict(rejected or {}))
     pool = _start_pool(evaluator, pool_config, in_process)
     try:
-        if factory is not None:
-            sink = factory(pool.info)
+        if make_sink is not None:
+            sink = make_sink(pool.info)
         _check_sink(sink, pool.info)
         metrics = pool.metrics or (None if in_process else SearchMetrics(pool.info.model_id))
         driver = SearchDriver(pool, mcts_config, driver_config, sink=sink, render=render,
@@ -156,7 +153,7 @@ def run_search_job(
         summary = driver.run(examples, done_keys=_done_keys(sink), rejected=rejected)
     finally:
         pool.close()
-        if factory is not None and sink is not None and hasattr(sink, "close"):
+        if make_sink is not None and sink is not None:
             sink.close()
     logger.info("search finished:\n%s", summary.format())
     return summary

@@ -7,6 +7,9 @@ output), whose schema is :class:`drllm.search_job.SearchJobSettings`. Examples::
     python -m drllm.jobs.search dataset=arc_easy search=paper ray=auto pool=auto
     python -m drllm.jobs.search -m dataset=arc_easy,gsm8k         # multirun
     python -m drllm.jobs.search --cfg job                         # every settable field
+
+``main`` returns the run's ``search_accuracy`` (share of examples whose best path reaches the
+success reward), the objective a Hydra sweeper (Optuna, Ax) maximizes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from drllm.config import ConfigError, register, to_library
-from drllm.search_job import SearchJobSettings, run
+from drllm.search_job import HEADLINE, SearchJobSettings, run
 from drllm.shards import ResumeConflictError
 
 SCHEMA = "search_job_schema"
@@ -28,17 +31,19 @@ register(SCHEMA, SearchJobSettings)
 
 
 @hydra.main(config_path="../_conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """Compose, validate, run; returns the headline figure (a sweeper's objective, maximize)."""
     logging.getLogger("drllm").setLevel(cfg.log_level)
     try:
         settings = to_library(cfg, SearchJobSettings)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
     try:
-        run(settings, Path(HydraConfig.get().runtime.output_dir),
-            OmegaConf.to_container(cfg, resolve=True))
+        summary = run(settings, Path(HydraConfig.get().runtime.output_dir),
+                      OmegaConf.to_container(cfg, resolve=True))
     except ResumeConflictError as err:
         sys.exit(f"resume error: {err}")
+    return float(summary[HEADLINE])
 
 
 if __name__ == "__main__":

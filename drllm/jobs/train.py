@@ -9,6 +9,7 @@ is :class:`drllm.routers.train_job.TrainJobSettings`. Examples::
     python -m drllm.jobs.train --cfg job                          # every settable field
 
 The routers land in ``outputs/train/<model>/routers`` (``Routers.from_pretrained``-loadable).
+``main`` returns their validation macro-F1, the objective a Hydra sweeper (Optuna, Ax) maximizes.
 """
 
 from __future__ import annotations
@@ -22,20 +23,22 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from drllm.config import ConfigError, register, to_library
-from drllm.routers.train_job import TrainJobSettings, run_train_job
+from drllm.routers.train_job import HEADLINE, TrainJobSettings, run_train_job
 
 SCHEMA = "train_job_schema"
 register(SCHEMA, TrainJobSettings)
 
 
 @hydra.main(config_path="../_conf", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """Compose, validate, run; returns the routers' macro-F1 (a sweeper's objective, maximize)."""
     logging.getLogger("drllm").setLevel(cfg.log_level)
     try:
         settings = to_library(cfg, TrainJobSettings)
     except ConfigError as err:
         sys.exit(f"config error: {err}")
-    run_train_job(settings, Path(HydraConfig.get().runtime.output_dir))
+    summary = run_train_job(settings, Path(HydraConfig.get().runtime.output_dir))
+    return float(summary["metrics"][HEADLINE])
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
 
+HEADLINE = "macro_f1"
+"""The metric ``python -m drllm.jobs.train`` returns (a Hydra sweeper's objective)."""
+
 
 @dataclass(frozen=True)
 class RayTrainSettings:

@@ -73,7 +73,7 @@ def test_end_to_end_two_actors_match_the_sequential_search(ray_local, tmp_path):
     with ShardWriter(tmp_path, writer_id="w0", num_layers=L, model_id="dummy", config={},
                      rows_per_shard=5) as writer:
         summary = run_search_job(
-            examples, writer=writer, render=render, evaluator=spec, mcts_config=MCTS,
+            examples, sink=writer, render=render, evaluator=spec, mcts_config=MCTS,
             pool_config=PoolConfig(num_actors=2, max_batch_size=4, name_prefix="e2e"),
             driver_config=DriverConfig(max_concurrent_trees=8), progress=False,
         )
@@ -98,7 +98,7 @@ def test_backend_errors_in_actors_become_counted_failures_not_rewards(ray_local)
                                    "flaky_example_ids": ["q2"]})
     sink = ListSink()
     summary = run_search_job(
-        examples, writer=sink, render=render, evaluator=spec, mcts_config=MCTS,
+        examples, sink=sink, render=render, evaluator=spec, mcts_config=MCTS,
         pool_config=PoolConfig(num_actors=1, max_request_retries=1, name_prefix="errors"),
         progress=False,
     )
@@ -158,7 +158,7 @@ def test_actor_dead_for_good_leaves_the_survivor_to_finish(ray_local, tmp_path):
     with ShardWriter(tmp_path, writer_id="w0", num_layers=L, model_id="dummy",
                      config={}) as writer:
         summary = run_search_job(
-            examples, writer=writer, render=render, evaluator=spec, mcts_config=MCTS,
+            examples, sink=writer, render=render, evaluator=spec, mcts_config=MCTS,
             pool_config=PoolConfig(num_actors=2, max_batch_size=2, max_restarts=0,
                                    name_prefix="gone"),
             progress=False,
@@ -184,7 +184,7 @@ def test_tiny_model_through_the_real_executor_backend(ray_local):
 
     sink = ListSink()
     summary = run_search_job(
-        examples, writer=sink, render=render_chat, evaluator=spec, mcts_config=mcts,
+        examples, sink=sink, render=render_chat, evaluator=spec, mcts_config=mcts,
         pool_config=PoolConfig(num_actors=1, max_batch_size=8, name_prefix="tiny"),
         progress=False,
     )
@@ -219,7 +219,7 @@ _DRIVER_SCRIPT = textwrap.dedent("""
                 for i in range(n)]
     with ShardWriter(out_dir, writer_id="sub", num_layers=6, model_id="dummy", config={},
                      rows_per_shard=1) as writer:
-        run_search_job(examples, writer=writer, render=lambda ex: ex.prompt,
+        run_search_job(examples, sink=writer, render=lambda ex: ex.prompt,
                        evaluator=EvaluatorSpec("dummy", {"num_layers": 6, "delay_s": 0.1}),
                        mcts_config=MCTSConfig(num_simulations=10, seed=5),
                        pool_config=PoolConfig(num_actors=1, max_batch_size=2,
@@ -271,7 +271,7 @@ def test_killed_driver_resumes_without_redoing_finished_examples(ray_local, tmp_
     with ShardWriter(out_dir, writer_id="rerun", num_layers=L, model_id="dummy", config={},
                      rows_per_shard=4) as writer:
         summary = run_search_job(
-            examples, writer=writer, render=render, mcts_config=MCTS,
+            examples, sink=writer, render=render, mcts_config=MCTS,
             evaluator=EvaluatorSpec("dummy", {"num_layers": L}),
             pool_config=PoolConfig(num_actors=1, name_prefix="rerun"), progress=False,
         )

@@ -42,7 +42,7 @@ def test_search_metrics_are_exported(ray_local):
     ]
     sink = ListSink()
     summary = run_search_job(
-        examples, writer=sink, render=lambda ex: ex.prompt,
+        examples, sink=sink, render=lambda ex: ex.prompt,
         evaluator=EvaluatorSpec("dummy", {"num_layers": 5, "model_id": MODEL_TAG}),
         mcts_config=MCTSConfig(num_simulations=6, seed=0),
         pool_config=PoolConfig(num_actors=1, max_batch_size=4, name_prefix="metrics"),

@@ -86,7 +86,7 @@ def shards(ray_local, tmp_path_factory) -> Path:
     with ShardWriter(out, writer_id="w0", num_layers=L, model_id=MODEL_ID, config={"t": 1},
                      rows_per_shard=10) as writer:
         summary = run_search_job(
-            examples(), writer=writer, evaluator=spec, mcts_config=mcts,
+            examples(), sink=writer, evaluator=spec, mcts_config=mcts,
             render=render,
             pool_config=PoolConfig(num_actors=1, max_batch_size=8, name_prefix="trainjob"),
             progress=False,

@@ -232,14 +232,14 @@ def test_run_search_job_in_process_writes_shards_and_resumes(tmp_path):
         return ShardWriter(tmp_path, writer_id="w0", num_layers=info.num_layers,
                            model_id=info.model_id, config={"test": 1}, rows_per_shard=2)
 
-    first = run_search_job(examples[:4], writer=writer, **kwargs)
+    first = run_search_job(examples[:4], make_sink=writer, **kwargs)
     assert first.searched == 4
     with ShardWriter(tmp_path, writer_id="w1", num_layers=L, model_id="dummy",
                      config={"test": 1}) as w:
-        second = run_search_job(examples, writer=w, **kwargs)
+        second = run_search_job(examples, sink=w, **kwargs)
     with ShardWriter(tmp_path, writer_id="w2", num_layers=L, model_id="dummy",
                      config={"test": 1}) as w:
-        third = run_search_job(examples, writer=w, **kwargs)
+        third = run_search_job(examples, sink=w, **kwargs)
     assert second.searched == 3 and second.skipped_done == 4
     assert third.searched == 0 and third.skipped_done == 7 and third.num_workers == 0
     ids = read_shards(tmp_path).column("example_id").to_pylist()
@@ -251,7 +251,7 @@ def test_writer_for_another_model_fails_before_searching(tmp_path):
     with ShardWriter(tmp_path, writer_id="w0", num_layers=L + 1, model_id="dummy",
                      config={}) as w:
         with pytest.raises(ValueError, match="L=7"):
-            run_search_job(make_examples(2), writer=w, render=render, evaluator=spec,
+            run_search_job(make_examples(2), sink=w, render=render, evaluator=spec,
                            in_process=True, progress=False)
 
 
@@ -285,13 +285,13 @@ def test_an_example_whose_default_path_fails_is_not_written_and_is_retried_on_re
         return ShardWriter(tmp_path, writer_id="w0", num_layers=info.num_layers,
                            model_id=info.model_id, config={"test": 1})
 
-    first = run_search_job(examples, writer=writer, evaluator=spec, **kwargs)
+    first = run_search_job(examples, make_sink=writer, evaluator=spec, **kwargs)
     assert first.searched == 3 and list(first.default_failed) == ["q2"]
     assert "InjectedFault" in first.default_failed["q2"]
     assert "q2" not in read_shards(tmp_path).column("example_id").to_pylist()
     assert first.improved <= first.searched  # q2 is never counted as improved
     healed = EvaluatorSpec("dummy", {"num_layers": L})
-    second = run_search_job(examples, writer=writer, evaluator=healed, **kwargs)
+    second = run_search_job(examples, make_sink=writer, evaluator=healed, **kwargs)
     assert second.searched == 1 and second.skipped_done == 3 and not second.default_failed
     assert sorted(read_shards(tmp_path).column("example_id").to_pylist()) == [
         "q0", "q1", "q2", "q3"]
