@@ -2,8 +2,10 @@
 
 Every ``import`` and ``from ... import`` counts, at module level or inside a function (a
 function-level import may defer a heavy dependency, never hide a cycle); only imports under
-``if TYPE_CHECKING:`` are left out, since they never run. A submodule depends on its parent
-package (importing it runs the package's ``__init__`` first) only where it imports it by name.
+``if TYPE_CHECKING:`` are left out, since they never run. Importing ``a.b.c`` first runs the
+``__init__`` of ``a`` and ``a.b``, so an import of a submodule is also an edge to each package
+above it, except the packages the importing module itself lives in (Python has already started
+those, and a package's ``__init__`` importing its own submodules is the usual re-export).
 """
 
 from __future__ import annotations
@@ -65,8 +67,13 @@ def import_graph() -> dict[str, dict[str, int]]:
                 continue
             for target in _targets(node, module, path.name == "__init__.py"):
                 found = resolve(target) if target.startswith("drllm") else None
-                if found and found != module:
-                    graph[module].setdefault(found, node.lineno)
+                if found is None:
+                    continue
+                parts = found.split(".")
+                for depth in range(1, len(parts) + 1):
+                    dep = ".".join(parts[:depth])
+                    if dep != module and dep in modules and not module.startswith(dep + "."):
+                        graph[module].setdefault(dep, node.lineno)
     return graph
 
 
@@ -101,10 +108,13 @@ def test_module_graph_is_acyclic() -> None:
     ) + f" -> {cycle[-1]}"
 
 
-def test_the_graph_sees_function_level_imports() -> None:
+def test_the_graph_sees_function_level_imports_and_parent_packages() -> None:
     graph = import_graph()
     assert "drllm.models.loading" in graph["drllm.distributed.executor_backend"]
     assert "drllm.search" in graph["drllm.distributed.priors"]
+    # drllm.search_job imports drllm.distributed.config, which runs drllm.distributed's __init__
+    assert "drllm.distributed" in graph["drllm.search_job"]
+    assert "drllm" not in graph["drllm.search_job"]
 
 
 def test_find_cycle_finds_one() -> None:
