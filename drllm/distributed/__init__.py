@@ -5,7 +5,8 @@
 * :class:`EvaluationPool` — batching, bounded in-flight calls, requeue and retries over a
   transport: :class:`RayTransport` (named async Ray actors) or :class:`LocalTransport`.
 * :class:`EvaluatorActor` — one frozen model behind an async request batcher.
-* Backends (:data:`EVALUATORS`): ``"executor"`` (model + executor + graders) and ``"dummy"``.
+* Backends: :class:`ExecutorEvaluator` (model + executor + graders), chosen with a picklable
+  :class:`EvaluatorSpec` (``drllm.testing.DummyEvaluator`` for tests).
 
 Importing this package imports neither torch nor ray; they load when a pool starts.
 """
@@ -21,18 +22,13 @@ from drllm.distributed.dispatch import (
 )
 from drllm.distributed.driver import ListSink, RecordSink, SearchDriver, tree_config, tree_seed
 from drllm.distributed.evaluator import (
-    EVALUATORS,
-    DummyEvaluator,
     EvalError,
     Evaluator,
     EvaluatorContext,
     EvaluatorInfo,
     EvaluatorSpec,
-    KeyedBlockReward,
     WorkerLostError,
-    hash_reward,
 )
-# Importing the package registers both backends: "dummy" (evaluator) and "executor".
 from drllm.distributed.executor_backend import ExecutorEvaluator
 from drllm.distributed.job import executor_spec, run_search_job
 from drllm.distributed.local import LocalTransport
@@ -41,11 +37,9 @@ from drllm.distributed.pool import ActorResources, RayTransport, create_pool, re
 from drllm.distributed.summary import RunSummary
 
 __all__ = [
-    "EVALUATORS",
     "ActorResources",
     "CallDone",
     "DriverConfig",
-    "DummyEvaluator",
     "EvalError",
     "EvaluationPool",
     "Evaluator",
@@ -54,7 +48,6 @@ __all__ = [
     "EvaluatorSpec",
     "ExecutorEvaluator",
     "GenerationConfig",
-    "KeyedBlockReward",
     "ListSink",
     "LocalTransport",
     "PoolConfig",
@@ -69,7 +62,6 @@ __all__ = [
     "WorkerLostError",
     "create_pool",
     "executor_spec",
-    "hash_reward",
     "is_error_result",
     "resolve_resources",
     "run_search_job",

@@ -1,13 +1,13 @@
 """The real evaluation backend: one frozen model, the edited-path executor and the graders.
 
-Registered as ``"executor"`` in :data:`drllm.distributed.evaluator.EVALUATORS`. Each evaluator
+Used as ``EvaluatorSpec(ExecutorEvaluator, {"model_spec": ..., ...})``. Each evaluator
 actor builds one :class:`ExecutorEvaluator` (loading the model once), then evaluates batches of
 (example, path) requests: the rows of a batch carry their own paths and run in one executor
 call; each response is graded with the example's grader. Tokenized prompts are cached per
 example, since a search evaluates the same prompt along many paths.
 
-torch and transformers are imported lazily so that importing this module (to register the
-backend) stays cheap in the driver process.
+torch and transformers are imported lazily so that importing this module stays cheap in the
+driver process.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
 from drllm.distributed.config import GenerationConfig
-from drllm.distributed.evaluator import EVALUATORS, Evaluator, EvaluatorContext, EvaluatorInfo
+from drllm.distributed.evaluator import Evaluator, EvaluatorContext, EvaluatorInfo
 from drllm.paths import DEFAULT_CONSTRAINTS, LayerPath, PathConstraints
 from drllm.types import EvalRequest, Evaluation
 
@@ -27,31 +27,6 @@ logger = logging.getLogger(__name__)
 
 ModelLoader = Callable[[], Any]
 """Zero-argument, picklable callable returning a ``drllm.models.loading.LoadedModel``."""
-
-
-@dataclass(frozen=True)
-class TinyModelLoader:
-    """Picklable loader of a tiny random model (:mod:`drllm.models.tiny`) for dry runs and tests.
-
-    Pass as ``EvaluatorSpec("executor", {"loader": TinyModelLoader(...)})``; every actor builds
-    the same seeded weights.
-    """
-
-    model_type: str = "llama"
-    num_layers: int = 4
-    hidden_size: int = 64
-    seed: int = 0
-
-    def __call__(self) -> Any:
-        from drllm.models.loading import LoadedModel
-        from drllm.models.tiny import tiny_model, tiny_tokenizer
-
-        model = tiny_model(self.model_type, self.num_layers, self.hidden_size, self.seed)
-        return LoadedModel(
-            model=model, tokenizer=tiny_tokenizer(),
-            model_id=f"tiny-{self.model_type}-L{self.num_layers}-d{self.hidden_size}-s{self.seed}",
-            num_layers=self.num_layers, hidden_size=self.hidden_size, model_type=self.model_type,
-        )
 
 
 def _model_device(model: Any) -> str:
@@ -77,7 +52,6 @@ def _combine(graded: list) -> Evaluation:
                       reason=f"{first.reason}; {right}/{len(graded)} choice orders correct")
 
 
-@EVALUATORS.register("executor")
 class ExecutorEvaluator(Evaluator):
     """Generate greedily along each request's path with :class:`PathExecutor` and grade it.
 

@@ -24,6 +24,7 @@ from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
 from drllm.distributed.dispatch import EvaluationPool
 from drllm.distributed.driver import PriorFn, RecordSink, RenderFn, SearchDriver
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
+from drllm.distributed.executor_backend import ExecutorEvaluator
 from drllm.distributed.local import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
 from drllm.distributed.pool import create_pool
@@ -42,7 +43,7 @@ def executor_spec(
     model_spec: Any, generation: GenerationConfig, mcts_config: MCTSConfig
 ) -> EvaluatorSpec:
     """The real backend: load ``model_spec``, generate with ``generation``, the search's rules."""
-    return EvaluatorSpec("executor", {
+    return EvaluatorSpec(ExecutorEvaluator, {
         "model_spec": model_spec,
         "generation": generation,
         "constraints": mcts_config.constraints,
@@ -115,7 +116,7 @@ def run_search_job(
         generation: max new tokens and stop strings of each evaluation.
         pool_config: evaluator actors (count, resources, batching, fault tolerance).
         driver_config: concurrent trees and paths in flight per tree.
-        evaluator: backend override (e.g. ``EvaluatorSpec("dummy", {...})`` for dry runs).
+        evaluator: backend override (e.g. ``EvaluatorSpec(DummyEvaluator, {...})`` for dry runs).
         rejected: rows the dataset adapter rejected, by reason (reported in the summary).
         progress: show a progress bar.
         in_process: run the backends in this process without Ray (``pool_config.num_actors``

@@ -27,15 +27,16 @@ from drllm.distributed import (
     PoolConfig,
     SearchDriver,
     create_pool,
-    hash_reward,
     run_search_job,
     tree_config,
 )
-from drllm.distributed.executor_backend import ExecutorEvaluator, TinyModelLoader
+from drllm.distributed.executor_backend import ExecutorEvaluator
+from drllm.testing.models import TinyModelLoader
 from drllm.paths import LayerPath
 from drllm.search import MCTSConfig, run
 from drllm.shards import ShardWriter, parse_shard_name, read_shards, shard_files
 from drllm.types import EvalRequest, Evaluation, Example
+from drllm.testing import DummyEvaluator, hash_reward
 
 REPO = Path(__file__).resolve().parents[2]
 L = 6
@@ -69,7 +70,7 @@ def ids_in(out_dir) -> list[str]:
 
 def test_end_to_end_two_actors_match_the_sequential_search(ray_local, tmp_path):
     examples = make_examples(12)
-    spec = EvaluatorSpec("dummy", {"num_layers": L, "delay_s": 0.005})
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.005})
     with ShardWriter(tmp_path, writer_id="w0", num_layers=L, model_id="dummy", config={},
                      rows_per_shard=5) as writer:
         summary = run_search_job(
@@ -94,7 +95,7 @@ def test_backend_errors_in_actors_become_counted_failures_not_rewards(ray_local)
     """q1 always fails in the actor: its default path is a failure, so it gets no row and is
     listed with its error; q2 fails once per path and recovers with the golden result."""
     examples = make_examples(4)
-    spec = EvaluatorSpec("dummy", {"num_layers": L, "fail_example_ids": ["q1"],
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "fail_example_ids": ["q1"],
                                    "flaky_example_ids": ["q2"]})
     sink = ListSink()
     summary = run_search_job(
@@ -118,7 +119,7 @@ def test_killed_actor_requests_are_requeued(ray_local):
     import ray
 
     examples = make_examples(10)
-    spec = EvaluatorSpec("dummy", {"num_layers": L, "delay_s": 0.05})
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.05})
     pool = create_pool(spec, PoolConfig(num_actors=2, max_batch_size=4, max_restarts=2,
                                         name_prefix="kill"))
     victim = pool.transport.actors[0]
@@ -154,7 +155,7 @@ def test_killed_actor_requests_are_requeued(ray_local):
 @pytest.mark.slow
 def test_actor_dead_for_good_leaves_the_survivor_to_finish(ray_local, tmp_path):
     examples = make_examples(8)
-    spec = EvaluatorSpec("dummy", {"num_layers": L, "die_after": 3, "die_on_workers": [0]})
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "die_after": 3, "die_on_workers": [0]})
     with ShardWriter(tmp_path, writer_id="w0", num_layers=L, model_id="dummy",
                      config={}) as writer:
         summary = run_search_job(
@@ -173,7 +174,7 @@ def test_tiny_model_through_the_real_executor_backend(ray_local):
     loader = TinyModelLoader("llama", num_layers=4, hidden_size=64, seed=1)
     gen = GenerationConfig(max_new_tokens=6)
     mcts = MCTSConfig(num_simulations=6, seed=0)
-    spec = EvaluatorSpec("executor", {"loader": loader, "generation": gen,
+    spec = EvaluatorSpec(ExecutorEvaluator, {"loader": loader, "generation": gen,
                                       "constraints": mcts.constraints})
     tok = tiny_tokenizer()
     examples = make_examples(4, prefix="t")
@@ -209,6 +210,7 @@ _DRIVER_SCRIPT = textwrap.dedent("""
     import ray
     from drllm.distributed import (DriverConfig, EvaluatorSpec, PoolConfig, run_search_job)
     from drllm.search import MCTSConfig
+    from drllm.testing import DummyEvaluator
     from drllm.shards import ShardWriter
     from drllm.types import Example
 
@@ -220,7 +222,7 @@ _DRIVER_SCRIPT = textwrap.dedent("""
     with ShardWriter(out_dir, writer_id="sub", num_layers=6, model_id="dummy", config={},
                      rows_per_shard=1) as writer:
         run_search_job(examples, sink=writer, render=lambda ex: ex.prompt,
-                       evaluator=EvaluatorSpec("dummy", {"num_layers": 6, "delay_s": 0.1}),
+                       evaluator=EvaluatorSpec(DummyEvaluator, {"num_layers": 6, "delay_s": 0.1}),
                        mcts_config=MCTSConfig(num_simulations=10, seed=5),
                        pool_config=PoolConfig(num_actors=1, max_batch_size=2,
                                               name_prefix="sub"),
@@ -272,7 +274,7 @@ def test_killed_driver_resumes_without_redoing_finished_examples(ray_local, tmp_
                      rows_per_shard=4) as writer:
         summary = run_search_job(
             examples, sink=writer, render=render, mcts_config=MCTS,
-            evaluator=EvaluatorSpec("dummy", {"num_layers": L}),
+            evaluator=EvaluatorSpec(DummyEvaluator, {"num_layers": L}),
             pool_config=PoolConfig(num_actors=1, name_prefix="rerun"), progress=False,
         )
     assert summary.skipped_done == len(before)

@@ -15,6 +15,7 @@ from drllm.distributed import (
 )
 from drllm.search import MCTSConfig
 from drllm.types import Example
+from drllm.testing import DummyEvaluator
 
 MODEL_TAG = "metrics-test-model"  # unique tag value: other tests in the session use "dummy"
 EXPORT_TIMEOUT_S = 60.0
@@ -43,7 +44,7 @@ def test_search_metrics_are_exported(ray_local):
     sink = ListSink()
     summary = run_search_job(
         examples, sink=sink, render=lambda ex: ex.prompt,
-        evaluator=EvaluatorSpec("dummy", {"num_layers": 5, "model_id": MODEL_TAG}),
+        evaluator=EvaluatorSpec(DummyEvaluator, {"num_layers": 5, "model_id": MODEL_TAG}),
         mcts_config=MCTSConfig(num_simulations=6, seed=0),
         pool_config=PoolConfig(num_actors=1, max_batch_size=4, name_prefix="metrics"),
         driver_config=DriverConfig(max_concurrent_trees=6), progress=False,

@@ -18,7 +18,8 @@ import torch
 from drllm.bench.train import random_path, synthetic_result
 from drllm.cluster import ClusterSettings
 from drllm.distributed import EvaluatorSpec, GenerationConfig, PoolConfig, run_search_job
-from drllm.distributed.executor_backend import TinyModelLoader
+from drllm.distributed.executor_backend import ExecutorEvaluator
+from drllm.testing.models import TinyModelLoader
 from drllm.inference import RoutedModel
 from drllm.models.loading import ModelSpec
 from drllm.models.tiny import tiny_model, tiny_tokenizer
@@ -81,7 +82,7 @@ def shards(ray_local, tmp_path_factory) -> Path:
     """Shards written by the real search job library (tiny model on one evaluator actor)."""
     out = tmp_path_factory.mktemp("run") / "shards"
     mcts = MCTSConfig(num_simulations=6, seed=0)
-    spec = EvaluatorSpec("executor", {"loader": LOADER, "generation": GenerationConfig(4),
+    spec = EvaluatorSpec(ExecutorEvaluator, {"loader": LOADER, "generation": GenerationConfig(4),
                                       "constraints": mcts.constraints})
     with ShardWriter(out, writer_id="w0", num_layers=L, model_id=MODEL_ID, config={"t": 1},
                      rows_per_shard=10) as writer:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from drllm.distributed.evaluator import ConstantReward
 from drllm.distributed import (
     DriverConfig,
     EvaluationPool,
     EvaluatorSpec,
-    KeyedBlockReward,
     ListSink,
     LocalTransport,
     PoolConfig,
     PoolExhaustedError,
     SearchDriver,
-    hash_reward,
     is_error_result,
     run_search_job,
     tree_config,
@@ -25,6 +22,7 @@ from drllm.paths import LayerPath
 from drllm.search import MCTSConfig, run
 from drllm.shards import ShardWriter, read_shards
 from drllm.types import EvalRequest, Evaluation, Example
+from drllm.testing import ConstantReward, DummyEvaluator, KeyedBlockReward, hash_reward
 
 L = 6
 MCTS = MCTSConfig(num_simulations=12, seed=3)
@@ -46,7 +44,7 @@ def render(ex: Example) -> str:
 
 def make_pool(workers: int = 2, batch: int = 4, in_flight: int = 2, retries: int = 2,
               restarts: int = 3, **dummy) -> EvaluationPool:
-    spec = EvaluatorSpec("dummy", {"num_layers": L, **dummy})
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, **dummy})
     pool = EvaluationPool(LocalTransport(spec, workers, restarts), max_batch_size=batch,
                           max_in_flight_per_worker=in_flight, max_request_retries=retries)
     pool.start()
@@ -223,7 +221,7 @@ def test_several_paths_per_tree_and_stale_results_after_early_stop():
 
 def test_run_search_job_in_process_writes_shards_and_resumes(tmp_path):
     examples = make_examples(7)
-    spec = EvaluatorSpec("dummy", {"num_layers": L})
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L})
     kwargs = dict(render=render, mcts_config=MCTS, evaluator=spec, progress=False,
                   in_process=True, pool_config=PoolConfig(num_actors=2, max_batch_size=4),
                   driver_config=DriverConfig(max_concurrent_trees=4))
@@ -247,7 +245,7 @@ def test_run_search_job_in_process_writes_shards_and_resumes(tmp_path):
 
 
 def test_writer_for_another_model_fails_before_searching(tmp_path):
-    spec = EvaluatorSpec("dummy", {"num_layers": L})
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L})
     with ShardWriter(tmp_path, writer_id="w0", num_layers=L + 1, model_id="dummy",
                      config={}) as w:
         with pytest.raises(ValueError, match="L=7"):
@@ -277,7 +275,7 @@ def test_failed_evaluations_are_not_rewards_and_the_search_goes_on():
 
 def test_an_example_whose_default_path_fails_is_not_written_and_is_retried_on_resume(tmp_path):
     examples = make_examples(4)
-    spec = EvaluatorSpec("dummy", {"num_layers": L, "fail_example_ids": ["q2"]})
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "fail_example_ids": ["q2"]})
     kwargs = dict(render=render, mcts_config=MCTS, progress=False, in_process=True,
                   pool_config=PoolConfig(num_actors=1, max_batch_size=4, max_request_retries=1))
 
@@ -290,7 +288,7 @@ def test_an_example_whose_default_path_fails_is_not_written_and_is_retried_on_re
     assert "InjectedFault" in first.default_failed["q2"]
     assert "q2" not in read_shards(tmp_path).column("example_id").to_pylist()
     assert first.improved <= first.searched  # q2 is never counted as improved
-    healed = EvaluatorSpec("dummy", {"num_layers": L})
+    healed = EvaluatorSpec(DummyEvaluator, {"num_layers": L})
     second = run_search_job(examples, make_sink=writer, evaluator=healed, **kwargs)
     assert second.searched == 1 and second.skipped_done == 3 and not second.default_failed
     assert sorted(read_shards(tmp_path).column("example_id").to_pylist()) == [

@@ -10,7 +10,6 @@ import pytest
 
 from drllm.distributed import (
     DriverConfig,
-    DummyEvaluator,
     EvalError,
     EvaluatorContext,
     EvaluatorSpec,
@@ -26,6 +25,7 @@ from drllm.distributed.executor_backend import ExecutorEvaluator
 from drllm.paths import LayerPath
 from drllm.rewards import get_grader
 from drllm.types import EvalRequest
+from drllm.testing import DummyEvaluator
 
 # ---------------------------------------------------------------------------- configs
 
@@ -189,7 +189,9 @@ def test_dummy_death_in_process_and_only_first_incarnation():
 
 
 def test_unknown_backend_is_actionable():
-    with pytest.raises(ValueError, match="known: dummy, executor"):
+    # The spec names the backend class itself (no registry of names): anything else fails
+    # where the spec is built, saying what to pass.
+    with pytest.raises(ValueError, match="must be an Evaluator subclass .*ExecutorEvaluator"):
         EvaluatorSpec("nope")
 
 
@@ -221,7 +223,7 @@ def test_executor_backend_batch_equals_rows_alone_and_caches_prompts():
 def test_actor_class_batches_concurrent_calls_without_ray():
     from drllm.distributed.actor import EvaluatorActor
 
-    spec = EvaluatorSpec("dummy", {"num_layers": 4, "batch_delay_s": 0.05,
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": 4, "batch_delay_s": 0.05,
                                    "fail_example_ids": ["bad"]})
     actor = EvaluatorActor(3, spec, max_batch_size=4, batch_wait_ms=20)
     assert repr(actor) == "EvaluatorActor(#3, model=dummy, device=cpu, batches=0)"
@@ -250,7 +252,8 @@ def test_actor_class_outside_ray_never_starts_ray():
         "import sys\n"
         "from drllm.distributed.actor import EvaluatorActor\n"
         "from drllm.distributed.evaluator import EvaluatorSpec\n"
-        "EvaluatorActor(0, EvaluatorSpec('dummy', {'num_layers': 2}))\n"
+        "from drllm.testing import DummyEvaluator\n"
+        "EvaluatorActor(0, EvaluatorSpec(DummyEvaluator, {'num_layers': 2}))\n"
         "ray = sys.modules.get('ray')\n"
         "print('RAY_UP' if ray is not None and ray.is_initialized() else 'RAY_DOWN')\n"
     )
