@@ -12,7 +12,7 @@ Importing this package imports neither torch nor ray; they load when a pool star
 """
 
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
-from drllm.distributed.dispatch import (
+from drllm.distributed.pool import (
     CallDone,
     EvaluationPool,
     PoolExhaustedError,
@@ -31,9 +31,9 @@ from drllm.distributed.evaluator import (
 )
 from drllm.distributed.executor_backend import ExecutorEvaluator
 from drllm.distributed.job import executor_spec, run_search_job
-from drllm.distributed.local import LocalTransport
+from drllm.distributed.local_transport import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
-from drllm.distributed.pool import ActorResources, RayTransport, create_pool, resolve_resources
+from drllm.distributed.ray_transport import ActorResources, RayTransport, create_pool, resolve_resources
 from drllm.distributed.summary import RunSummary
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The evaluator actor: one frozen model (a backend) behind an async request batcher.
 
-:class:`EvaluatorActor` is a plain class; :mod:`drllm.distributed.pool` turns it into a named
+:class:`EvaluatorActor` is a plain class; :mod:`drllm.distributed.ray_transport` turns it into a named
 Ray actor with the right resources (``ray.remote(EvaluatorActor).options(...)``). It is an
 *async* actor: :meth:`EvaluatorActor.evaluate` calls from the driver are accepted concurrently
 and merged by a :class:`~drllm.distributed.batcher.RequestBatcher` into batches of at most

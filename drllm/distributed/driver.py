@@ -2,7 +2,7 @@
 
 The driver keeps up to ``max_concurrent_trees`` :class:`~drllm.search.SearchTree` objects (one
 per example), asks them for paths while the pool can take more work, sends the (example, path)
-requests to the :class:`~drllm.distributed.dispatch.EvaluationPool` (which batches them onto
+requests to the :class:`~drllm.distributed.pool.EvaluationPool` (which batches them onto
 the evaluator actors with a bounded number in flight), tells each tree its rewards as they
 arrive, and hands every finished search to the record sink (the shard writer) as one
 :class:`~drllm.shards.SupervisionRecord` with its wall time.
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
 from drllm.distributed.config import DriverConfig
-from drllm.distributed.dispatch import EvaluationPool
+from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.metrics import SearchMetrics
 from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig, SearchTree

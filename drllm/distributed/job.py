@@ -21,13 +21,13 @@ import logging
 from typing import Any, Callable, Iterable, Mapping, Optional
 
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
-from drllm.distributed.dispatch import EvaluationPool
+from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.driver import PriorFn, RecordSink, RenderFn, SearchDriver
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
 from drllm.distributed.executor_backend import ExecutorEvaluator
-from drllm.distributed.local import LocalTransport
+from drllm.distributed.local_transport import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
-from drllm.distributed.pool import create_pool
+from drllm.distributed.ray_transport import create_pool
 from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig
 from drllm.shards import ShardMismatchError, completed_keys

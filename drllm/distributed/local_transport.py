@@ -1,4 +1,4 @@
-"""An in-process :class:`~drllm.distributed.dispatch.Transport`: backends in the driver process.
+"""An in-process :class:`~drllm.distributed.pool.Transport`: backends in the driver process.
 
 For unit tests (no Ray), debugging, and small single-process runs. Calls run synchronously,
 oldest first, one per :meth:`LocalTransport.wait`, so interleavings are deterministic.
@@ -12,7 +12,7 @@ import time
 from collections import deque
 from typing import Optional
 
-from drllm.distributed.dispatch import CallDone, Transport
+from drllm.distributed.pool import CallDone, Transport
 from drllm.distributed.evaluator import (
     Evaluator,
     EvaluatorContext,
