@@ -17,7 +17,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
-from drllm.paths import LayerPath
 from drllm.types import EvalRequest, Evaluation
 
 logger = logging.getLogger(__name__)

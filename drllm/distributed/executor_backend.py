@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Sequence
 
 from drllm.distributed.config import GenerationConfig
 from drllm.distributed.evaluator import Evaluator, EvaluatorContext, EvaluatorInfo
@@ -25,8 +25,6 @@ from drllm.types import EvalRequest, Evaluation
 
 logger = logging.getLogger(__name__)
 
-ModelLoader = Callable[[], Any]
-"""Zero-argument, picklable callable returning a ``drllm.models.loading.LoadedModel``."""
 
 
 def _model_device(model: Any) -> str:
@@ -100,8 +98,7 @@ class ExecutorEvaluator(Evaluator):
         cls,
         context: EvaluatorContext,
         *,
-        model_spec: Any = None,
-        loader: Optional[ModelLoader] = None,
+        model: Any,
         generation: GenerationConfig = GenerationConfig(),
         constraints: PathConstraints = DEFAULT_CONSTRAINTS,
         prompt_cache_size: int = 4096,
@@ -111,29 +108,19 @@ class ExecutorEvaluator(Evaluator):
         Args:
             context: the worker; ``context.device`` (``"cuda"`` on a GPU actor) overrides the
                 spec's device, ``context.num_threads`` sets torch's intra-op threads.
-            model_spec: a ``drllm.models.loading.ModelSpec`` (exactly one of ``model_spec``
-                and ``loader``).
-            loader: zero-argument callable returning a ``LoadedModel`` (tests: tiny models).
+            model: a ``drllm.models.loading.ModelSource``: a ``ModelSpec``, or a picklable
+                zero-argument loader (tests: ``drllm.testing.models.TinyModelLoader``).
             generation: max new tokens and stop strings.
             constraints: path rules (the search's).
             prompt_cache_size: tokenized prompts kept.
         """
         import torch
 
-        if (model_spec is None) == (loader is None):
-            raise ValueError("executor backend: give exactly one of model_spec and loader")
+        from drllm.models.loading import load_source
+
         if context.num_threads is not None:
             torch.set_num_threads(context.num_threads)
-        if model_spec is not None:
-            from drllm.models.loading import load_model
-
-            if context.device is not None and context.device != model_spec.device:
-                logger.info("worker %d: loading on %s (spec said %s)",
-                            context.worker_index, context.device, model_spec.device)
-                model_spec = dataclasses.replace(model_spec, device=context.device)
-            loaded = load_model(model_spec)
-        else:
-            loaded = loader()
+        loaded = load_source(model, context.device)
         logger.info("worker %d: loaded %s (L=%d) on %s", context.worker_index, loaded.model_id,
                     loaded.num_layers, _model_device(loaded.model))
         return cls(loaded.model, loaded.tokenizer, model_id=loaded.model_id,

@@ -44,7 +44,7 @@ def executor_spec(
 ) -> EvaluatorSpec:
     """The real backend: load ``model_spec``, generate with ``generation``, the search's rules."""
     return EvaluatorSpec(ExecutorEvaluator, {
-        "model_spec": model_spec,
+        "model": model_spec,
         "generation": generation,
         "constraints": mcts_config.constraints,
     })

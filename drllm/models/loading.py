@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import re
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Union
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -137,6 +138,25 @@ class LoadedModel:
     num_layers: int
     hidden_size: int
     model_type: str
+
+
+ModelSource = Union[ModelSpec, Callable[[], LoadedModel]]
+"""How every actor that holds a model gets it (evaluators, feature-pass actors, prior tasks):
+a :class:`ModelSpec`, or a picklable zero-argument callable returning a :class:`LoadedModel`
+(tests: :class:`drllm.testing.models.TinyModelLoader`)."""
+
+
+def load_source(source: ModelSource, device: str | None = None) -> LoadedModel:
+    """The model of ``source``, on ``device`` when given (else the spec's / the loader's)."""
+    if isinstance(source, ModelSpec):
+        if device is not None and device != source.device:
+            logger.info("loading %s on %s (spec said %s)", source.name, device, source.device)
+            source = dataclasses.replace(source, device=device)
+        return load_model(source)
+    loaded = source()
+    if device is not None:
+        loaded.model.to(device)
+    return loaded
 
 
 @dataclass(frozen=True)

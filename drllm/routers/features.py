@@ -26,13 +26,13 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from drllm.models.loading import LoadedModel, ModelSpec
+from drllm.models.loading import ModelSource, ModelSpec, load_source
 from drllm.paths import PathConstraints
 from drllm.routers.feature_store import (
     FEATURE_DTYPES,
@@ -56,8 +56,6 @@ from drllm.routers.rows import (
 
 logger = logging.getLogger(__name__)
 
-ModelSource = Union[ModelSpec, Callable[[], LoadedModel]]
-"""A :class:`ModelSpec`, or a picklable zero-argument callable returning a ``LoadedModel``."""
 
 
 @dataclass(frozen=True)
@@ -159,19 +157,6 @@ def label_array(best_paths: pa.ChunkedArray | pa.Array, num_layers: int) -> np.n
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, num_layers)
 
 
-def _load(model: ModelSource, device: str | None) -> LoadedModel:
-    if isinstance(model, ModelSpec):
-        from drllm.models.loading import load_model
-
-        if device is not None and device != model.device:
-            model = dataclasses.replace(model, device=device)
-        return load_model(model)
-    loaded = model()
-    if device is not None:
-        loaded.model.to(device)
-    return loaded
-
-
 class FeatureExtractor:
     """Ray Data callable class: one frozen model per actor, shard rows in, feature rows out.
 
@@ -199,7 +184,7 @@ class FeatureExtractor:
 
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        loaded = _load(model, device)
+        loaded = load_source(model, device)
         if expected_model_id is not None and loaded.model_id != expected_model_id:
             raise ValueError(
                 f"the shards were searched with model {expected_model_id!r} but the feature pass "

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from drllm.cluster import ClusterSettings, cluster_gpus, connect
-from drllm.models.loading import ModelSpec
 from drllm.routers.feature_store import load_features
-from drllm.routers.features import FeatureConfig, ModelSource, run_feature_pass
+from drllm.models.loading import ModelSource, ModelSpec
+from drllm.routers.features import FeatureConfig, run_feature_pass
 from drllm.routers.loss import class_counts
 from drllm.routers.dataset import split_by_id
 from drllm.routers.metrics import CLASS_NAMES

@@ -16,7 +16,7 @@ from drllm.models.tiny import tiny_model, tiny_tokenizer
 class TinyModelLoader:
     """Picklable loader of a tiny random model (:mod:`drllm.models.tiny`) for dry runs and tests.
 
-    Pass as ``EvaluatorSpec(ExecutorEvaluator, {"loader": TinyModelLoader(...)})``; every actor builds
+    Pass as ``EvaluatorSpec(ExecutorEvaluator, {"model": TinyModelLoader(...)})``; every actor builds
     the same seeded weights.
     """
 

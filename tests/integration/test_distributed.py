@@ -174,7 +174,7 @@ def test_tiny_model_through_the_real_executor_backend(ray_local):
     loader = TinyModelLoader("llama", num_layers=4, hidden_size=64, seed=1)
     gen = GenerationConfig(max_new_tokens=6)
     mcts = MCTSConfig(num_simulations=6, seed=0)
-    spec = EvaluatorSpec(ExecutorEvaluator, {"loader": loader, "generation": gen,
+    spec = EvaluatorSpec(ExecutorEvaluator, {"model": loader, "generation": gen,
                                       "constraints": mcts.constraints})
     tok = tiny_tokenizer()
     examples = make_examples(4, prefix="t")
@@ -190,7 +190,7 @@ def test_tiny_model_through_the_real_executor_backend(ray_local):
         progress=False,
     )
     assert summary.searched == 4 and summary.model_id == "tiny-llama-L4-d64-s1"
-    local = ExecutorEvaluator.from_options(EvaluatorContext(), loader=loader, generation=gen,
+    local = ExecutorEvaluator.from_options(EvaluatorContext(), model=loader, generation=gen,
                                            constraints=mcts.constraints)
     for rec in sink.records:
         ex = rec.example

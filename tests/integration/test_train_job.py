@@ -82,7 +82,7 @@ def shards(ray_local, tmp_path_factory) -> Path:
     """Shards written by the real search job library (tiny model on one evaluator actor)."""
     out = tmp_path_factory.mktemp("run") / "shards"
     mcts = MCTSConfig(num_simulations=6, seed=0)
-    spec = EvaluatorSpec(ExecutorEvaluator, {"loader": LOADER, "generation": GenerationConfig(4),
+    spec = EvaluatorSpec(ExecutorEvaluator, {"model": LOADER, "generation": GenerationConfig(4),
                                       "constraints": mcts.constraints})
     with ShardWriter(out, writer_id="w0", num_layers=L, model_id=MODEL_ID, config={"t": 1},
                      rows_per_shard=10) as writer:

@@ -417,3 +417,13 @@ def test_smollm2_converted_copy_matches_the_gguf(smollm2: LoadedModel, tmp_path:
                                                   dtype=torch.float32)
     assert torch.equal(_logits(direct, smollm2.tokenizer),
                        _logits(smollm2.model, smollm2.tokenizer))
+
+
+def test_load_source_takes_a_spec_or_a_loader() -> None:
+    """Every actor that holds a model gets it from one ModelSource: a spec or a loader."""
+    from drllm.models.loading import load_source
+    from drllm.testing.models import TinyModelLoader
+
+    loaded = load_source(TinyModelLoader(num_layers=2, hidden_size=32), device="cpu")
+    assert loaded.num_layers == 2 and loaded.model_id == "tiny-llama-L2-d32-s0"
+    assert str(next(loaded.model.parameters()).device) == "cpu"
