@@ -1,11 +1,10 @@
 """Golden equivalences of the edited-path executor against stock Hugging Face generation.
 
-Tiny random models of each family (Llama, Qwen2, Qwen3, Mistral); SmolLM2 in a slow test.
+Tiny random models of each family (Llama, Qwen2, Qwen3, Mistral); SmolLM2 in
+tests/integration/test_smollm2.py.
 """
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from drllm.models import kv
 from drllm.models.executor import PathExecutor
 from drllm.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
 from drllm.paths import LayerPath
+from drllm.testing.models import without_layers
 
 FAMILIES = list(TINY_FAMILIES)
 L = 6
@@ -60,20 +60,6 @@ def _hf_generate(model, tok, prompts, max_new_tokens):
     return rows
 
 
-def _without_layers(model, path: LayerPath):
-    """A deep copy of ``model`` with the skipped blocks removed from ``model.model.layers``."""
-    assert all(d in (0, 1) for d in path)
-    keep = [i for i, d in enumerate(path) if d == 1]
-    trimmed = copy.deepcopy(model)
-    trimmed.model.layers = torch.nn.ModuleList([trimmed.model.layers[i] for i in keep])
-    trimmed.config.num_hidden_layers = len(keep)
-    if getattr(trimmed.config, "layer_types", None) is not None:
-        trimmed.config.layer_types = [trimmed.config.layer_types[i] for i in keep]
-    for new_idx, layer in enumerate(trimmed.model.layers):
-        layer.self_attn.layer_idx = new_idx
-    return trimmed
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_all_execute_matches_hf_generate(family, tok):
     model = _model(family)
@@ -109,7 +95,7 @@ def test_skip_path_matches_model_with_layers_removed(family, tok):
     model = _model(family)
     ex = PathExecutor(model, tok)
     path = LayerPath.parse("ESSEES")
-    ref = _hf_generate(_without_layers(model, path), tok, PROMPTS, max_new_tokens=12)
+    ref = _hf_generate(without_layers(model, path), tok, PROMPTS, max_new_tokens=12)
     outs = ex.generate(PROMPTS, [path] * len(PROMPTS), max_new_tokens=12)
     assert [list(o.token_ids) for o in outs] == ref
     default = ex.generate(PROMPTS, max_new_tokens=12)
@@ -270,57 +256,6 @@ def test_eager_attention_matches_hf_generate(tok):
     cached = ex.logits(enc.input_ids, enc.attention_mask, MIXED_PATHS, use_cache=True)
     real = enc.attention_mask.bool()
     torch.testing.assert_close(cached[real], full[real], atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.slow
-def test_smollm2_all_execute_matches_hf_generate(smollm2, shared_data):
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(shared_data / "ai2_arc" / "ARC-Easy" / "train.parquet").slice(0, 3)
-    tokenizer = smollm2.tokenizer
-    prompts = []
-    for row in table.to_pylist():
-        choices = "\n".join(
-            f"{label}. {text}"
-            for label, text in zip(row["choices"]["label"], row["choices"]["text"])
-        )
-        content = f"{row['question']}\n{choices}\nAnswer with the letter only."
-        prompts.append(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
-        )
-    model = smollm2.model
-    ex = PathExecutor(model, tokenizer)
-    outs = ex.generate(prompts, max_new_tokens=10)
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = padding_side
-    ref = model.generate(**enc, max_new_tokens=10, do_sample=False)
-    eos = model.generation_config.eos_token_id
-    eos = {eos} if isinstance(eos, int) else set(eos)
-    for out, seq in zip(outs, ref[:, enc.input_ids.shape[1] :].tolist()):
-        expected = []
-        for t in seq:
-            expected.append(t)
-            if t in eos:
-                break
-        assert list(out.token_ids) == expected
-    # A skip path equals the stock model with those layers removed.
-    path = LayerPath([0 if i in (10, 20, 21) else 1 for i in range(ex.num_layers)])
-    skipped = ex.generate(prompts[:1], [path], max_new_tokens=10)[0]
-    trimmed = _without_layers(model, path)
-    ref = trimmed.generate(**{k: v[:1, -len(ex.encode(prompts[:1])[0]) :] for k, v in enc.items()},
-                           max_new_tokens=10, do_sample=False)
-    expected = []
-    for t in ref[0, len(ex.encode(prompts[:1])[0]) :].tolist():
-        expected.append(t)
-        if t in eos:
-            break
-    assert list(skipped.token_ids) == expected
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -17,7 +17,6 @@ import drllm.models.cache as cache_mod
 from drllm.models.cache import (
     atomic_directory,
     cache_root,
-    download_wheel_gguf,
     ensure_gguf_converted,
     file_lock,
     gguf_cache_key,
@@ -370,53 +369,6 @@ def test_file_lock_excludes_concurrent_holders(tmp_path: Path) -> None:
 
 
 # --- the embedded SmolLM2 (slow: real weights) ---------------------------------------------------
-
-
-@pytest.mark.slow
-def test_smollm2_shape_and_cache(smollm2: LoadedModel) -> None:
-    assert (smollm2.num_layers, smollm2.hidden_size, smollm2.model_type) == (30, 576, "llama")
-    assert smollm2.model_id == "smollm2-135m-instruct"
-    assert len(smollm2.model.model.layers) == 30
-    assert not any(p.requires_grad for p in smollm2.model.parameters())
-    tok = smollm2.tokenizer
-    assert tok.chat_template and "<|im_start|>" in tok.chat_template
-    assert (tok.padding_side, tok.pad_token, tok.eos_token) == ("left", "<|im_end|>", "<|im_end|>")
-    converted = cache_root() / "smollm2-135m-instruct"
-    assert is_converted_dir(converted)
-    assert "quantization_config" not in (converted / "config.json").read_text()
-
-
-@pytest.mark.slow
-def test_smollm2_reload_from_cache_is_fast_and_identical(smollm2: LoadedModel) -> None:
-    start = time.monotonic()
-    again = load_model(ModelSpec())
-    assert time.monotonic() - start < 10.0
-    assert torch.equal(_logits(again.model, again.tokenizer),
-                       _logits(smollm2.model, smollm2.tokenizer))
-    tok = load_tokenizer(ModelSpec())
-    assert tok(PROMPT).input_ids == smollm2.tokenizer(PROMPT).input_ids
-
-
-@pytest.mark.slow
-def test_smollm2_answers_a_known_question(smollm2: LoadedModel) -> None:
-    tok = smollm2.tokenizer
-    enc = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = smollm2.model.generate(**enc, max_new_tokens=16, do_sample=False)
-    answer = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert "4" in answer, answer
-
-
-@pytest.mark.slow
-def test_smollm2_converted_copy_matches_the_gguf(smollm2: LoadedModel, tmp_path: Path) -> None:
-    """Golden: the cached safetensors copy gives the logits of the GGUF loaded by transformers."""
-    from transformers import AutoModelForCausalLM
-
-    gguf = download_wheel_gguf(EMBEDDED_MODELS["smollm2-135m-instruct"], tmp_path, tmp_path / "x")
-    direct = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                  dtype=torch.float32)
-    assert torch.equal(_logits(direct, smollm2.tokenizer),
-                       _logits(smollm2.model, smollm2.tokenizer))
 
 
 def test_load_source_takes_a_spec_or_a_loader() -> None:
