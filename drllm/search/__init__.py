@@ -13,7 +13,7 @@ package knows nothing of models: it imports neither torch, transformers nor ray.
 """
 
 from drllm.search.config import EXPANSIONS, PRIORS, EvaluateFn, MCTSConfig, as_evaluation
-from drllm.search.node import EdgeStats, Node
+from drllm.search.node import EdgeStats, Node, reachable
 from drllm.search.policy import selection_order, should_stop_early, ucb_score, widening_limit
 from drllm.search.prior import BlockPrior, Prior, UniformPrior, prior_from_config
 from drllm.search.results import Retention
@@ -28,6 +28,7 @@ __all__ = [
     "EvaluateFn",
     "MCTSConfig",
     "Node",
+    "reachable",
     "Prior",
     "Retention",
     "SearchTree",

@@ -167,3 +167,21 @@ def backpropagate(trail: Sequence[Node], reward: float) -> None:
         i = parent.child_index(child)
         parent.edge_visits[i] += 1
         parent.edge_reward_sums[i] += reward
+
+
+def reachable(root: Node) -> list[Node]:
+    """Every node reachable from ``root`` through ``children``, once each (depth-first).
+
+    Under widening the tree is a DAG (a node can have several parents), so a plain recursive
+    walk would visit shared nodes more than once.
+    """
+    out: list[Node] = []
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        stack.extend(node.children)
+    return out

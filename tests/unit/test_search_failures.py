@@ -9,22 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drllm.paths import LayerPath
-from drllm.search import MCTSConfig, Node, SearchTree, run
+from drllm.search import MCTSConfig, Node, SearchTree, run, reachable
 from drllm.types import Evaluation
 
 MODES = ("full", "widening")
 FAILED = Evaluation(reward=0.0, reason="backend raised after 3 retries", failed=True)
 
 
-def _nodes(root: Node) -> list[Node]:
-    out, stack, seen = [], [root], set()
-    while stack:
-        node = stack.pop()
-        if id(node) not in seen:
-            seen.add(id(node))
-            out.append(node)
-            stack.extend(node.children)
-    return out
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -37,7 +28,7 @@ def test_a_failure_is_dropped_and_the_tree_goes_on(mode: str) -> None:
     assert tree.failed_evaluations == 1 and tree.simulations_started == 2
     # not backpropagated, not a node any more, not memoized (telling it again is refused)
     assert tree.root.visits == 1 and tree.root.reward_sum == 0.0
-    assert first not in {n.path for n in _nodes(tree.root)}
+    assert first not in {n.path for n in reachable(tree.root)}
     with pytest.raises(ValueError, match="already failed"):
         tree.tell(first, 1.0)
     # the search goes on with other edits
@@ -98,12 +89,12 @@ def test_full_mode_duplicates_waiting_on_a_failed_path_are_dropped_too() -> None
             if path.cost % 2 == 0:
                 tree.tell(path, Evaluation(path.cost / 6))
                 continue
-            copies = sum(n.path == path for n in _nodes(tree.root))
+            copies = sum(n.path == path for n in reachable(tree.root))
             tree.tell(path, FAILED)
-            assert all(n.path != path for n in _nodes(tree.root))
+            assert all(n.path != path for n in reachable(tree.root))
             most_dropped = max(most_dropped, copies)
     result = tree.result()
-    nodes = _nodes(tree.root)
+    nodes = reachable(tree.root)
     assert most_dropped > 1  # a failure took waiting duplicates with it
     assert all(n.path.cost % 2 == 0 for n in nodes if n is not tree.root)
     assert result.failed_evaluations > 0
@@ -146,7 +137,7 @@ def test_failure_properties(
                 tree.tell(path, rewards[path])
     assert tree.done
     result = tree.result()
-    nodes = _nodes(tree.root)
+    nodes = reachable(tree.root)
     assert result.failed_evaluations == len(failures) == tree.failed_evaluations
     assert result.evaluations == len(rewards) + 1
     assert result.simulations == result.evaluations + result.memo_hits == tree.root.visits

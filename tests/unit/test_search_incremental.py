@@ -15,23 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drllm.paths import LayerPath, check_path
-from drllm.search import MCTSConfig, Node, SearchTree, run
+from drllm.search import MCTSConfig, Node, SearchTree, run, reachable
 from drllm.types import Evaluation
 
 MODES = ("full", "widening")
 
 
-def _nodes(root: Node) -> list[Node]:
-    """Every node reachable from ``root``, once each (a DAG under widening)."""
-    out, stack, seen = [], [root], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        out.append(node)
-        stack.extend(node.children)
-    return out
 
 
 def _subtree(node: Node) -> list[Node]:
@@ -141,7 +130,7 @@ def test_pending_duplicate_paths_wait_instead_of_being_handed_out_twice() -> Non
     assert most_waiting > 0
     assert len(handed) == len(set(handed)) == result.evaluations
     assert result.memo_hits > 0
-    assert result.simulations == tree.simulations_started == len(_nodes(tree.root))
+    assert result.simulations == tree.simulations_started == len(reachable(tree.root))
     assert tree.root.exhausted  # every edit order of every L=3 path was expanded
 
 
@@ -158,7 +147,7 @@ def test_pending_paths_reached_again_are_linked_not_handed_out_twice() -> None:
         assert tree.simulations_started - tree.root.visits == len(tree.pending)  # no waiting
         pending = set(tree.pending)
         linked_pending += sum(
-            ch.path in pending and len(ch.parents) > 1 for ch in _nodes(tree.root)
+            ch.path in pending and len(ch.parents) > 1 for ch in reachable(tree.root)
         )
         order = list(tree.pending)
         rng.shuffle(order)
@@ -166,7 +155,7 @@ def test_pending_paths_reached_again_are_linked_not_handed_out_twice() -> None:
             tree.tell(path, path.cost / 6)
     result = tree.result()
     assert linked_pending > 0
-    assert len(handed) == len(set(handed)) == result.evaluations == len(_nodes(tree.root))
+    assert len(handed) == len(set(handed)) == result.evaluations == len(reachable(tree.root))
     assert result.memo_hits == 0 and result.transposition_hits > 0
     assert result.simulations == tree.simulations_started
     assert tree.root.exhausted
@@ -246,7 +235,7 @@ def test_search_properties(
         for path in tree.pending:
             tree.tell(path, reward(path))
     result = tree.result()
-    nodes = _nodes(tree.root)
+    nodes = reachable(tree.root)
 
     # accounting: every simulation started made one node; completed ones were evaluated or
     # answered from the memo; each distinct path was evaluated once

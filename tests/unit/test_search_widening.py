@@ -10,19 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from drllm.paths import Action, LayerPath, PathConstraints, edit_count, legal_actions
-from drllm.search import BlockPrior, MCTSConfig, Node, SearchTree, run
+from drllm.search import BlockPrior, MCTSConfig, Node, SearchTree, run, reachable
 from drllm.types import Evaluation
 
 
-def _nodes(root: Node) -> list[Node]:
-    out, stack, seen = [], [root], set()
-    while stack:
-        node = stack.pop()
-        if id(node) not in seen:
-            seen.add(id(node))
-            out.append(node)
-            stack.extend(node.children)
-    return out
 
 
 def _sync(tree: SearchTree, reward: Callable[[LayerPath], float]) -> list[LayerPath]:
@@ -105,7 +96,7 @@ def test_widening_limit_bounds_the_children_expanded_by_choice() -> None:
         config = MCTSConfig(seed=1, early_stop=False, widen_k=k, widen_alpha=alpha)
         tree = SearchTree(12, config)
         _sync(tree, lambda p: (sum(p) % 3) / 3)
-        for node in _nodes(tree.root):
+        for node in reachable(tree.root):
             grown = sum(not linked for linked in node.linked)
             assert grown <= max(1, math.ceil(k * node.visits**alpha)), (k, alpha, node)
 
@@ -126,7 +117,7 @@ def test_commuting_edits_share_one_node_evaluated_once() -> None:
     calls = _sync(tree, lambda p: 0.0)
     both = LayerPath.parse("ESEESE")
     assert calls.count(both) == 1
-    (node,) = [n for n in _nodes(tree.root) if n.path == both]
+    (node,) = [n for n in reachable(tree.root) if n.path == both]
     assert {p.path.to_str() for p in node.parents} == {"ESEEEE", "EEEESE"}
     assert node.parent is not None and node.parent.path == LayerPath.parse("ESEEEE")
     result = tree.result()
@@ -211,7 +202,7 @@ def test_actions_apply_to_the_creating_parent() -> None:
     # every node's action turns its creating parent's path into its own
     tree = SearchTree(7, MCTSConfig(seed=5, early_stop=False))
     _sync(tree, lambda p: (sum(p) % 4) / 4)
-    for node in _nodes(tree.root):
+    for node in reachable(tree.root):
         if node.parent is not None:
             assert isinstance(node.action, Action)
             assert node.action.apply(node.parent.path) == node.path
