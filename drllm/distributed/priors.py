@@ -22,13 +22,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from drllm.checks import check_int
 from drllm.search import MCTSConfig
-from drllm.search.prior import BlockPrior, Prior
+from drllm.search.prior import Prior, prior_from_config
 from drllm.types import Example
 
 logger = logging.getLogger(__name__)
-
-PRIORS = ("uniform", "layer_importance", "router")
-
 
 @dataclass(frozen=True)
 class PriorSource:
@@ -116,20 +113,19 @@ def build_prior_plan(
     """The :class:`PriorPlan` for ``mcts.prior`` over ``examples``.
 
     Raises:
-        ValueError: unknown prior name, ``router`` without ``routers_dir``, or no examples.
+        ValueError: ``router`` without ``routers_dir``, or no examples (the name itself is
+            validated by :class:`MCTSConfig`).
     """
     name = mcts.prior
-    if name not in PRIORS:
-        raise ValueError(f"unknown search prior {name!r}; known: {', '.join(PRIORS)}")
     if name == "uniform":
         return PriorPlan()
     if not examples:
         raise ValueError(f"the {name} prior needs examples to measure")
     if name == "layer_importance":
-        chosen = list(examples[:max(1, calibration_examples)])
+        chosen = list(examples[:calibration_examples])
         importance = _run(_measure, model_spec, [render(e) for e in chosen], None,
                           in_process=in_process)
-        prior = BlockPrior.from_layer_importance(importance, temperature=mcts.prior_temperature)
+        prior = prior_from_config(name, mcts.prior_temperature, importance=importance)
         return PriorPlan(name, shared=prior, importance=tuple(float(x) for x in importance),
                          calibration_examples=len(chosen))
     if not routers_dir:
@@ -137,6 +133,6 @@ def build_prior_plan(
                          "(a drllm.jobs.train checkpoint for this model)")
     probs = _run(_measure, model_spec, [render(e) for e in examples], routers_dir,
                  in_process=in_process)
-    per_example = {str(e.id): BlockPrior.from_router_probs(p, temperature=mcts.prior_temperature)
+    per_example = {str(e.id): prior_from_config(name, mcts.prior_temperature, router_probs=p)
                    for e, p in zip(examples, probs, strict=True)}
     return PriorPlan(name, per_example=per_example, calibration_examples=len(examples))
