@@ -57,14 +57,13 @@ def _regraded(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     """Accuracy of the default and best responses under each related grader."""
     from drllm.rewards import get_grader
 
+    rows_by: dict[str, list] = {}
+    for r in table.itertuples():
+        for name in related_graders(r.grader):
+            rows_by.setdefault(name, []).append((r.default_response, r.best_response, r.gold))
     out: dict[str, dict[str, float]] = {}
-    names = sorted({g for name in table["grader"].unique() for g in related_graders(name)})
-    for name in names:
-        grader = get_grader(name)
-        rows = [(r.default_response, r.best_response, r.gold) for r in table.itertuples()
-                if name in related_graders(r.grader)]
-        if not rows:
-            continue
+    for name in sorted(rows_by):
+        grader, rows = get_grader(name), rows_by[name]
         default = np.mean([grader.grade(d, g).reward >= 1.0 for d, _, g in rows])
         best = np.mean([grader.grade(b, g).reward >= 1.0 for _, b, g in rows])
         out[name] = {"default_accuracy": float(default), "best_accuracy": float(best),

@@ -251,10 +251,10 @@ class DatasetConfig:
         DATASETS.get(self.name).validate(self)
 
     def _normalize_generation(self) -> None:
-        for name, value in (("max_new_tokens", self.max_new_tokens),
-                            ("chance_shuffles", self.chance_shuffles)):
-            if value is None and name == "max_new_tokens":
-                continue
+        counts = {"chance_shuffles": self.chance_shuffles}
+        if self.max_new_tokens is not None:
+            counts["max_new_tokens"] = self.max_new_tokens
+        for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DatasetConfig.{name}: expected an int >= 1, got {value!r}")
         stops = _as_tuple(self.stop_strings)
