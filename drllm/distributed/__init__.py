@@ -29,7 +29,7 @@ from drllm.distributed.evaluator import (
     EvaluatorSpec,
     WorkerLostError,
 )
-from drllm.distributed.executor_backend import ExecutorEvaluator
+from drllm.distributed.evaluator import ExecutorEvaluator
 from drllm.distributed.job import executor_spec, run_search_job
 from drllm.distributed.local_transport import LocalTransport
 from drllm.distributed.metrics import SearchMetrics

@@ -24,7 +24,7 @@ from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
 from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.driver import PriorFn, RecordSink, RenderFn, SearchDriver
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
-from drllm.distributed.executor_backend import ExecutorEvaluator
+from drllm.distributed.evaluator import ExecutorEvaluator
 from drllm.distributed.local_transport import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
 from drllm.distributed.ray_transport import create_pool
