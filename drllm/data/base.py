@@ -14,6 +14,9 @@ An adapter turns the rows of one dataset layout into :class:`drllm.types.Example
 
 So the same config always yields the same examples in the same order, and a larger
 ``num_examples`` extends a smaller one (the first ``n`` of ``n + k`` are the ``n``).
+``skip = s`` drops the first ``s`` accepted examples of that order before taking
+``num_examples``, so ``num_examples=200`` and ``skip=200 num_examples=300`` are disjoint by
+construction (a search slice and an evaluation slice of one dataset).
 Grader-rejected golds are counted among the rows walked (all rows when ``num_examples`` is
 ``None``).
 """
@@ -172,6 +175,9 @@ class DatasetConfig:
         name: adapter name in :data:`DATASETS`.
         split: dataset split (``train``, ``test``, ...).
         num_examples: how many examples to return after the seeded shuffle (``None``: all).
+        skip: accepted examples of the seeded order to leave out before taking
+            ``num_examples`` (0: none). An evaluation slice ``skip=n`` is disjoint from a
+            search slice ``num_examples=n`` of the same config.
         seed: seed of the shuffle that picks the examples.
         path: local root mirroring the hub layout (overrides the hub name).
         data_files: explicit data files (parquet / jsonl / json / csv) instead of a root.
@@ -194,6 +200,7 @@ class DatasetConfig:
     split: str = "train"
     num_examples: int | None = 32
     seed: int = 0
+    skip: int = 0
     path: str | None = None
     data_files: str | tuple[str, ...] | None = None
     levels: tuple[int, ...] | None = None
@@ -226,6 +233,11 @@ class DatasetConfig:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"DatasetConfig.seed: expected an int, got {self.seed!r}")
+        if isinstance(self.skip, bool) or not isinstance(self.skip, int) or self.skip < 0:
+            raise ValueError(
+                f"DatasetConfig.skip: expected an int >= 0 (examples to leave out), "
+                f"got {self.skip!r}"
+            )
         self._normalize_sources()
         self._normalize_levels()
         if self.prompt_style not in PROMPT_STYLES:
@@ -380,6 +392,7 @@ def load_examples(config: DatasetConfig) -> LoadReport:
     order = list(range(len(scan.candidates)))
     random.Random(config.seed).shuffle(order)
     examples: list[Example] = []
+    skipped = 0
     for i in order:
         if config.num_examples is not None and len(examples) == config.num_examples:
             break
@@ -390,12 +403,15 @@ def load_examples(config: DatasetConfig) -> LoadReport:
             scan.rejected[REJECT_GRADER] += 1
             logger.debug("%s: gold of %s rejected: %s", config.name, example.id, err)
             continue
+        if skipped < config.skip:
+            skipped += 1
+            continue
         examples.append(example)
     rejected = dict(sorted(scan.rejected.items()))
     logger.info(
-        "%s/%s from %s: %d rows read, %d filtered by level, %d rejected %s, %d examples",
-        config.name, config.split, source, rows_read, scan.filtered,
-        sum(rejected.values()), rejected, len(examples),
+        "%s/%s from %s: %d rows read, %d filtered by level, %d rejected %s, %d skipped, "
+        "%d examples", config.name, config.split, source, rows_read, scan.filtered,
+        sum(rejected.values()), rejected, skipped, len(examples),
     )
     if config.num_examples is not None and len(examples) < config.num_examples:
         logger.warning(
