@@ -1,0 +1,206 @@
+"""The evaluation backend: one frozen model, optionally its routers, answering policy requests.
+
+:class:`PolicyEvaluator` is an :class:`~drllm.distributed.evaluator.Evaluator`, built inside an
+evaluator actor (or in process) from a picklable :class:`~drllm.distributed.evaluator.EvaluatorSpec`
+(:func:`policy_evaluator_spec`). A batch of :class:`~drllm.evaluation.types.PolicyRequest` is
+split into groups that share a generation budget and a policy kind:
+
+* fixed-path rows (default, oracle, static policies) run in one executor call, each row along
+  its own path;
+* routed rows run in one call per control knob ``alpha``: the routers choose each row's path
+  block by block during prefill (:meth:`~drllm.inference.routed.RoutedModel.block_hook`); the
+  chosen decisions are recorded from the hook, and the time spent in the routers is measured.
+
+Tokenized prompts are cached per (example, choice order): every policy evaluates the same
+prompts. Paths are not constrained (a static policy may skip any blocks, a router anything).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from drllm.distributed.evaluator import Evaluator, EvaluatorContext, EvaluatorInfo, EvaluatorSpec
+from drllm.evaluation.types import PolicyEvaluation, PolicyRequest
+from drllm.inference.routed import RoutedModel
+from drllm.models.executor import PathExecutor
+from drllm.models.loading import load_source
+from drllm.paths import LayerPath
+from drllm.rewards import get_grader
+from drllm.routers.features import permissive_constraints
+from drllm.routers.module import Routers
+from drllm.types import Generation
+
+logger = logging.getLogger(__name__)
+
+
+class _Recorder:
+    """Wraps a routed block hook: records each row's decisions and the time in the routers."""
+
+    def __init__(self, hook: Callable[..., list[int]], num_layers: int, device: torch.device):
+        self.hook, self.num_layers, self.device = hook, num_layers, device
+        self.chunks: list[list[list[int]]] = []
+        self.seconds = 0.0
+
+    def __call__(self, block: int, hidden: torch.Tensor, mask: torch.Tensor) -> list[int]:
+        if self.device.type == "cuda":  # time the routers, not the blocks queued before them
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        decisions = self.hook(block, hidden, mask)
+        self.seconds += time.perf_counter() - start
+        if block == 0:
+            self.chunks.append([])
+        self.chunks[-1].append(list(decisions))
+        return decisions
+
+    def paths(self) -> list[tuple[int, ...]]:
+        out = []
+        for chunk in self.chunks:
+            assert len(chunk) == self.num_layers, "the hook saw every block once per chunk"
+            out.extend(tuple(int(chunk[b][row]) for b in range(self.num_layers))
+                       for row in range(len(chunk[0])))
+        return out
+
+
+class PolicyEvaluator(Evaluator):
+    """Generate along fixed or routed paths and grade (see the module docstring).
+
+    Args:
+        model: a frozen HF causal LM the executor can drive.
+        tokenizer: its tokenizer.
+        model_id: id reported in :class:`EvaluatorInfo`.
+        routers: trained routers of this model, or ``None`` (fixed-path requests only).
+        prompt_cache_size: tokenized prompts kept (least recently used out).
+    """
+
+    name = "policy"
+
+    def __init__(self, model: Any, tokenizer: Any, *, model_id: str,
+                 routers: Optional[Routers] = None, prompt_cache_size: int = 8192) -> None:
+        num_layers = int(model.config.num_hidden_layers)
+        constraints = permissive_constraints(num_layers)
+        self.routed = (RoutedModel(model, tokenizer, routers, constraints=constraints)
+                       if routers is not None else None)
+        self.executor = (self.routed.executor if self.routed is not None
+                         else PathExecutor(model, tokenizer, constraints))
+        self.model_id = model_id
+        self._cache_size = int(prompt_cache_size)
+        self._ids: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
+
+    @classmethod
+    def from_options(cls, context: EvaluatorContext, *, model: Any,
+                     routers_dir: Optional[str] = None, check_model_id: bool = True,
+                     prompt_cache_size: int = 8192) -> "PolicyEvaluator":
+        """Load the model (and the routers, checked against it) inside the worker.
+
+        Raises:
+            drllm.routers.checkpoint.RouterCheckpointError: the routers were trained for
+                another model (``L``, ``d`` or, with ``check_model_id``, its id).
+        """
+        if context.num_threads is not None:
+            torch.set_num_threads(context.num_threads)
+        loaded = load_source(model, context.device)
+        routers = None
+        if routers_dir is not None:
+            routers = Routers.from_pretrained(
+                routers_dir, expected_num_layers=loaded.num_layers,
+                expected_hidden_size=loaded.hidden_size,
+                expected_model_id=loaded.model_id if check_model_id else None,
+            )
+        logger.info("worker %d: %s (L=%d)%s", context.worker_index, loaded.model_id,
+                    loaded.num_layers, f", routers from {routers_dir}" if routers_dir else "")
+        return cls(loaded.model, loaded.tokenizer, model_id=loaded.model_id, routers=routers,
+                   prompt_cache_size=prompt_cache_size)
+
+    @property
+    def info(self) -> EvaluatorInfo:
+        return EvaluatorInfo(self.name, self.model_id, self.executor.num_layers,
+                             str(self.executor.device))
+
+    def _token_ids(self, example_id: str, order: int, prompt: str) -> list[int]:
+        key = f"{example_id}\x1f{order}"
+        hit = self._ids.get(key)
+        if hit is not None and hit[0] == prompt:
+            self._ids.move_to_end(key)
+            return hit[1]
+        ids = self.executor.encode([prompt])[0]
+        self._ids[key] = (prompt, ids)
+        if len(self._ids) > self._cache_size:
+            self._ids.popitem(last=False)
+        return ids
+
+    def _generate(self, alpha: Optional[float], ids: list[list[int]], paths: list[LayerPath],
+                  budget: tuple[int, tuple[str, ...]]) -> tuple[list[Generation], list, float, float]:
+        """One executor call; ``(generations, paths followed, seconds, router seconds)``."""
+        max_new_tokens, stops = budget
+        start = time.perf_counter()
+        if alpha is None:
+            gens = self.executor.generate(ids, paths, max_new_tokens=max_new_tokens,
+                                          stop_strings=stops)
+            return gens, [tuple(p) for p in paths], time.perf_counter() - start, 0.0
+        if self.routed is None:
+            raise ValueError("a routed request reached an evaluator built without routers "
+                             "(policy_evaluator_spec(routers_dir=...))")
+        recorder = _Recorder(self.routed.block_hook(alpha), self.executor.num_layers,
+                             self.executor.device)
+        gens = self.executor.generate(ids, None, max_new_tokens=max_new_tokens,
+                                      stop_strings=stops, block_hook=recorder)
+        return gens, recorder.paths(), time.perf_counter() - start, recorder.seconds
+
+    def evaluate(self, requests: Sequence[PolicyRequest]) -> list[PolicyEvaluation]:
+        """Group the rows (one per request and choice order), generate, grade, combine."""
+        rows = [(i, j, prompt, gold) for i, r in enumerate(requests)
+                for j, (prompt, gold) in enumerate(((r.prompt, r.gold), *r.variants))]
+        groups: dict[tuple, list[int]] = {}
+        for n, (i, *_rest) in enumerate(rows):
+            r = requests[i]
+            key = (getattr(r, "alpha", None), int(getattr(r, "max_new_tokens", 64)),
+                   tuple(getattr(r, "stop_strings", ())))
+            groups.setdefault(key, []).append(n)
+        done: dict[int, tuple] = {}
+        for (alpha, *budget), members in groups.items():
+            ids = [self._token_ids(requests[rows[n][0]].example_id, rows[n][1], rows[n][2])
+                   for n in members]
+            paths = [LayerPath(requests[rows[n][0]].path) for n in members]
+            gens, followed, seconds, router_s = self._generate(alpha, ids, paths, tuple(budget))
+            work = [max(1, sum(p)) * (g.prompt_tokens + len(g.token_ids))
+                    for g, p in zip(gens, followed)]
+            total = float(sum(work)) or 1.0
+            for n, gen, path, w in zip(members, gens, followed, work, strict=True):
+                share = w / total
+                done[n] = (gen, path, seconds * share, router_s * share)
+        by_request: dict[int, list] = {}
+        for n, (i, _j, _prompt, gold) in enumerate(rows):
+            gen, path, seconds, router_s = done[n]
+            grade = get_grader(requests[i].grader).grade(gen.text, gold)
+            by_request.setdefault(i, []).append((grade, gen, path, seconds, router_s))
+        return [_combine(by_request[i]) for i in range(len(requests))]
+
+    def close(self) -> None:
+        self._ids.clear()
+
+
+def _combine(graded: list) -> PolicyEvaluation:
+    """Correct only if every choice order's answer is; the rest is the first order's."""
+    grade, gen, path, _, _ = graded[0]
+    right = sum(g.reward >= 1.0 for g, *_ in graded)
+    reason = grade.reason if len(graded) == 1 else (
+        f"{grade.reason}; {right}/{len(graded)} choice orders correct")
+    return PolicyEvaluation(
+        reward=min(float(g.reward) for g, *_ in graded), response=gen.text,
+        layers_executed=int(gen.layers_executed), reason=reason, path=tuple(path),
+        tokens=len(gen.token_ids), prompt_tokens=int(gen.prompt_tokens),
+        finish_reason=gen.finish_reason, seconds=sum(s for *_, s, _ in graded),
+        router_seconds=sum(r for *_, r in graded),
+    )
+
+
+def policy_evaluator_spec(model: Any, routers_dir: Optional[str] = None, *,
+                          check_model_id: bool = True) -> EvaluatorSpec:
+    """The picklable factory of :class:`PolicyEvaluator` (a ``ModelSource`` and a routers dir)."""
+    return EvaluatorSpec(PolicyEvaluator, {"model": model, "routers_dir": routers_dir,
+                                           "check_model_id": check_model_id})

@@ -1,0 +1,277 @@
+"""The evaluation as one library call: policies x examples on evaluator actors, resumable.
+
+:func:`run_evaluation` starts one pool of :class:`~drllm.evaluation.evaluator.PolicyEvaluator`
+workers (Ray actors, one per GPU on a cluster, CPU locally; or in process) and, per dataset,
+runs each policy over the same examples: ``default``, every ``routed`` alpha and ``oracle``
+first, then the ``static`` baselines, whose ``k`` is matched to the routed policies' measured
+cost. Requests of one policy are submitted together and batched by the pool. Rows already
+written by an identical policy (same key, see :class:`~drllm.evaluation.policies.Policy`) are
+skipped, so rerunning resumes; the summary is computed from every row of the sample.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from drllm.data import DatasetConfig
+from drllm.distributed.config import PoolConfig
+from drllm.distributed.evaluator import EvaluatorSpec
+from drllm.distributed.local_transport import LocalTransport
+from drllm.distributed.pool import EvaluationPool
+from drllm.distributed.ray_transport import create_pool
+from drllm.evaluation.config import EvaluationConfig
+from drllm.evaluation.evaluator import policy_evaluator_spec
+from drllm.evaluation.policies import (
+    Policy, checkpoint_id, context_of, default_policy, matched_k, oracle_policy, routed_policy,
+    static_policy,
+)
+from drllm.evaluation.results import ResultStore
+from drllm.evaluation.summary import policy_summary
+from drllm.evaluation.types import PolicyEvaluation
+from drllm.report import related_graders
+from drllm.rewards import get_grader
+from drllm.routers.checkpoint import RouterCheckpointError, read_config
+from drllm.types import EvalResult, Example
+
+logger = logging.getLogger(__name__)
+
+RenderFn = Callable[[Example], str]
+HEADLINE = "accuracy"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One dataset's evaluated sample.
+
+    Attributes:
+        config: the dataset config (its generation budget and grader are used).
+        examples: the examples, in sampling order.
+        calibration: prompts of the block-influence measurement (rendered), and how many of
+            their examples are also evaluated (should be 0).
+    """
+
+    config: DatasetConfig
+    examples: tuple[Example, ...]
+    calibration: tuple[str, ...] = ()
+    calibration_overlap: int = 0
+    importance: tuple[float, ...] = field(default=())
+
+
+def _start_pool(spec: EvaluatorSpec, pool_config: PoolConfig, in_process: bool) -> EvaluationPool:
+    if not in_process:
+        return create_pool(spec, pool_config, enable_metrics=False)
+    pool = EvaluationPool(LocalTransport(spec, pool_config.num_actors or 1,
+                                         pool_config.max_restarts),
+                          max_batch_size=pool_config.max_batch_size,
+                          max_in_flight_per_worker=pool_config.max_in_flight_per_actor,
+                          max_request_retries=pool_config.max_request_retries)
+    pool.start()
+    return pool
+
+
+def _check_routers(config: EvaluationConfig, num_layers: int) -> None:
+    """Cheap check of the checkpoint's L against the loaded model (``d`` is checked on load)."""
+    stored = int(read_config(config.routers)["num_layers"])
+    if stored != num_layers:
+        raise RouterCheckpointError(
+            f"routers in {config.routers} are for L={stored} blocks but the evaluated model has "
+            f"L={num_layers}; evaluate them with the model they were trained for")
+
+
+def _row(policy: Policy, key: str, example: Example, result: EvalResult) -> dict[str, Any]:
+    ev = result.evaluation
+    path = list(getattr(ev, "path", ()) or ([] if policy.kind == "routed" else result.path))
+    grades = {}
+    for name in related_graders(example.grader):
+        grades[name] = (ev.reward >= 1.0 if name == example.grader
+                        else get_grader(name).grade(ev.response, example.gold).reward >= 1.0)
+    return {
+        "policy_key": key, "policy": policy.name, "kind": policy.kind, "alpha": policy.alpha,
+        "k": policy.k, "dataset": example.dataset, "example_id": str(example.id),
+        "gold": example.gold, "grader": example.grader, "failed": bool(ev.failed),
+        "reason": ev.reason, "reward": float(ev.reward),
+        "correct": bool(not ev.failed and ev.reward >= 1.0),
+        "grades": json.dumps({k: bool(v) for k, v in grades.items()}),
+        "response": ev.response, "path": path, "cost": int(sum(path)),
+        "layers_executed": int(ev.layers_executed), "tokens": int(getattr(ev, "tokens", 0)),
+        "prompt_tokens": int(getattr(ev, "prompt_tokens", 0)),
+        "finish_reason": str(getattr(ev, "finish_reason", "")),
+        "seconds": float(getattr(ev, "seconds", 0.0)),
+        "router_seconds": float(getattr(ev, "router_seconds", 0.0)),
+    }
+
+
+def _done(table: pd.DataFrame, key: str, policy: Policy, by_id: Mapping[str, Example]) -> set[str]:
+    """Example ids already answered (not failed) by this policy; fixed paths must still match."""
+    rows = table[(table["policy_key"] == key) & ~table["failed"].astype(bool)]
+    done = set()
+    for r in rows[["example_id", "path"]].itertuples(index=False):
+        ex = by_id.get(str(r.example_id))
+        if ex is None:
+            continue
+        want = policy.path_for(ex)
+        if want is None or tuple(int(d) for d in r.path) == tuple(want):
+            done.add(str(r.example_id))
+    return done
+
+
+@dataclass
+class _Run:
+    """State shared by the policies of one run."""
+
+    pool: EvaluationPool
+    store: ResultStore
+    config: EvaluationConfig
+    model_id: str
+    num_layers: int
+    render: RenderFn
+    progress: bool
+    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    keys: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def run_policy(self, policy: Policy, es: EvalSet) -> None:
+        key = policy.key(context_of(self.model_id, es.config))
+        self.keys[(es.config.name, policy.name)] = key
+        by_id = {str(e.id): e for e in es.examples}
+        done = _done(self.store.load(), key, policy, by_id) if self.config.resume else set()
+        budget = es.config.generation_budget
+        requests = {}
+        for ex in es.examples:
+            if str(ex.id) in done:
+                continue
+            variants = tuple((self.render(v), v.gold) for v in ex.variants)
+            req = policy.request(ex, self.render(ex), variants, budget, self.num_layers)
+            if req is not None:
+                requests[req.example_id] = req
+        started = time.perf_counter()
+        self.pool.submit(list(requests.values()))
+        bar = tqdm(total=len(requests), desc=f"{es.config.name} {policy.name}",
+                   disable=not self.progress, leave=False)
+        with bar:
+            while not self.pool.idle:
+                for result in self.pool.wait(1.0):
+                    self.store.add(_row(policy, key, by_id[result.example_id], result))
+                    bar.update(1)
+        self.store.flush()
+        self.phases[f"{es.config.name}/{policy.name}"] = {
+            "evaluated": len(requests), "skipped_done": len(done),
+            "wall_seconds": time.perf_counter() - started}
+
+    def routed_cost(self, es: EvalSet, alpha: float) -> Optional[float]:
+        key = self.keys.get((es.config.name, routed_policy(alpha, "", "").name))
+        table = self.store.load()
+        ids = {str(e.id) for e in es.examples}
+        rows = table[(table["policy_key"] == key) & ~table["failed"].astype(bool)
+                     & table["example_id"].isin(ids)]
+        return float(rows["cost"].mean()) if len(rows) else None
+
+
+def _static_policies(run: _Run, es: EvalSet) -> tuple[list[Policy], dict[str, Any]]:
+    """Static baselines of one dataset: a ``k`` per matched alpha (deduplicated), plus ``static_k``."""
+    cfg, L = run.config, run.num_layers
+    matching, ks = {}, {k: () for k in cfg.static_k}
+    for alpha in cfg.matched_alphas:
+        cost = run.routed_cost(es, alpha)
+        if cost is None:
+            logger.warning("routed(a=%+g) answered nothing on %s; no static match", alpha,
+                           es.config.name)
+            continue
+        k = matched_k(cost, L)
+        matching[f"{alpha:+g}"] = {"routed_blocks_per_pass": cost, "k": k}
+        ks[k] = (*ks.get(k, ()), alpha)
+    policies = [static_policy(kind, k, L, importance=es.importance, seed=cfg.random_seed,
+                              matches=ks[k])
+                for k in sorted(ks) for kind in cfg.static]
+    return policies, matching
+
+
+def _dataset_summary(run: _Run, es: EvalSet, policies: Sequence[Policy],
+                     matching: Mapping[str, Any]) -> dict[str, Any]:
+    table = run.store.load()
+    ids = [str(e.id) for e in es.examples]
+    out: dict[str, Any] = {}
+    for p in policies:
+        key = run.keys[(es.config.name, p.name)]
+        rows = table[(table["policy_key"] == key) & table["example_id"].isin(set(ids))]
+        out[p.name] = {**policy_summary(rows, es.config.grader_name, run.num_layers, len(ids)),
+                       "policy": p.name, "kind": p.kind, "key": key,
+                       "matches_alphas": list(p.matches),
+                       "skipped_blocks": [i for i, d in enumerate(p.path or ()) if d == 0]}
+    cfg = es.config
+    return {"examples": len(ids), "example_ids": ids,
+            "ids_note": f"skip={cfg.skip}, num_examples={cfg.num_examples}, seed={cfg.seed}",
+            "grader": cfg.grader_name, "split": cfg.split, "skip": cfg.skip,
+            "max_new_tokens": cfg.generation_budget[0],
+            "calibration": {"prompts": len(es.calibration), "overlap": es.calibration_overlap,
+                            "importance": list(es.importance)},
+            "static_matching": dict(matching), "policies": out}
+
+
+def run_evaluation(
+    sets: Sequence[EvalSet], config: EvaluationConfig, *, render: RenderFn, model: Any,
+    out_dir: str | Path, pool_config: PoolConfig = PoolConfig(),
+    evaluator: Optional[EvaluatorSpec] = None, in_process: bool = False, progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every policy of ``config`` on every set; returns the summary (not written).
+
+    Ray must be connected unless ``in_process``. Static ``importance`` policies need each
+    set's ``importance`` (see :func:`drllm.evaluation.importance.measure_importance`).
+
+    Raises:
+        RouterCheckpointError: the routers do not fit the model (before any request).
+        ValueError: the oracle shards were searched with another L (before any request).
+    """
+    started = time.perf_counter()
+    routers_id = checkpoint_id(config.routers) if "routed" in config.policies else ""
+    spec = evaluator or policy_evaluator_spec(
+        model, config.routers if "routed" in config.policies else None,
+        check_model_id=config.check_model_id)
+    store = ResultStore(Path(out_dir), config.flush_rows)
+    pool = _start_pool(spec, pool_config, in_process)
+    try:
+        info = pool.info
+        L = info.num_layers
+        if "routed" in config.policies:
+            _check_routers(config, L)
+        fixed = [default_policy(L)] if "default" in config.policies else []
+        fixed += [routed_policy(a, config.routers, routers_id) for a in config.alphas
+                  if "routed" in config.policies]
+        if "oracle" in config.policies:
+            fixed.append(oracle_policy(config.shards_dir, L))
+        run = _Run(pool, store, config, info.model_id, L, render, progress)
+        datasets = {}
+        for es in sets:
+            for policy in fixed:
+                run.run_policy(policy, es)
+            static, matching = ([], {})
+            if "static" in config.policies:
+                static, matching = _static_policies(run, es)
+                for policy in static:
+                    run.run_policy(policy, es)
+            datasets[es.config.name] = _dataset_summary(run, es, [*fixed, *static], matching)
+    finally:
+        store.flush()
+        pool.close()
+    return {"model": info.model_id, "num_layers": L, "routers": config.routers,
+            "shards_dir": config.shards_dir, "policies": list(config.policies),
+            "alphas": list(config.alphas), "datasets": datasets,
+            "headline": headline(datasets), "results_dir": str(Path(out_dir).resolve()),
+            "this_run": {"phases": run.phases, "wall_seconds": time.perf_counter() - started}}
+
+
+def headline(datasets: Mapping[str, Any]) -> dict[str, Any]:
+    """The first routed policy's accuracy on the first dataset (else the first policy's)."""
+    for name, ds in datasets.items():
+        pols = list(ds["policies"].values())
+        chosen = next((p for p in pols if p["kind"] == "routed"), pols[0] if pols else None)
+        if chosen is not None:
+            return {"dataset": name, "policy": chosen["policy"], HEADLINE: chosen["accuracy"]}
+    return {"dataset": None, "policy": None, HEADLINE: None}
