@@ -25,9 +25,11 @@ from drllm.shards.layout import (
     shard_files,
 )
 from drllm.shards.resume import ResumeConflictError, check_resume, config_differences
+from drllm.shards.lock import LockHolder, OutputLock, OutputLockedError, read_holder
 from drllm.shards.reader import (
     completed_example_ids,
     completed_keys,
+    duplicates_dropped,
     read_shard_metadata,
     read_shards,
 )
@@ -56,6 +58,11 @@ __all__ = [
     "SupervisionRecord",
     "completed_example_ids",
     "completed_keys",
+    "duplicates_dropped",
+    "LockHolder",
+    "OutputLock",
+    "OutputLockedError",
+    "read_holder",
     "config_hash",
     "config_to_json",
     "decode_path",

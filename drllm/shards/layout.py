@@ -118,7 +118,8 @@ def read_manifest(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Entries of ``out_dir/_manifest.jsonl`` in append order, one per completed shard.
 
     A torn (unparsable) last line is dropped with a warning; a duplicate entry for the same file
-    keeps the first. Returns ``[]`` if there is no manifest.
+    keeps the first; entries of shards that a merged shard ``replaces`` are dropped. Returns
+    ``[]`` if there is no manifest.
     """
     path = Path(out_dir) / MANIFEST_NAME
     try:
@@ -126,8 +127,10 @@ def read_manifest(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     entries, seen = [], set()
-    for entry in _parse_manifest_lines(data.split(b"\n"), path):
-        if entry["file"] not in seen:
+    parsed = _parse_manifest_lines(data.split(b"\n"), path)
+    replaced = {str(name) for e in parsed for name in (e.get("replaces") or ())}
+    for entry in parsed:
+        if entry["file"] not in seen and entry["file"] not in replaced:
             seen.add(entry["file"])
             entries.append(entry)
     return entries

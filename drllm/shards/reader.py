@@ -1,7 +1,10 @@
 """Reading complete supervision shards: tables, example ids for resume, file metadata.
 
 Readers only ever look at ``shard-*.parquet`` (see :mod:`drllm.shards.layout`), so a shard that
-is still being written, or was left behind by a crash, is never read.
+is still being written, or was left behind by a crash, is never read. :func:`read_shards` sees
+every example once: it drops rows whose ``(dataset, example_id)`` an earlier file already holds
+(two drivers on one directory, or a merge caught between its rename and its deletes; counted
+in :data:`META_DUPLICATES`), and lists again when a file vanishes under it (a merge finished).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from drllm.shards.compact import drop_duplicate_rows
 from drllm.shards.layout import inprogress_files, shard_files
 from drllm.shards.schema import (
     META_CONFIG,
@@ -28,6 +32,10 @@ from drllm.shards.schema import (
 )
 
 logger = logging.getLogger(__name__)
+
+META_DUPLICATES = b"drllm.duplicates_dropped"
+"""Schema metadata of :func:`read_shards`' table: rows dropped as duplicates (decimal text)."""
+LIST_RETRIES = 5
 
 _META_KEYS = {
     META_SCHEMA_VERSION: "schema_version",
@@ -103,27 +111,53 @@ def read_shards(
         columns: column names to read (all when ``None``).
 
     Returns:
-        One table; its schema metadata keeps the file metadata every shard agrees on
+        One table, one row per ``(dataset, example_id)`` (duplicates dropped, keeping the
+        first in file-name order; :func:`duplicates_dropped` tells how many -- only when both
+        columns are read); its schema metadata keeps the file metadata every shard agrees on
         (schema version, model id, num_layers, and the config when all runs used the same).
 
     Raises:
         FileNotFoundError: no complete shard in ``out_dir``.
         ValueError: shards disagree on model or L, or have an unsupported schema version.
     """
-    files = shard_files(out_dir)
-    if not files:
-        pending = len(inprogress_files(out_dir))
-        raise FileNotFoundError(
-            f"no complete shards (shard-*.parquet) in {os.fspath(out_dir)}"
-            + (f"; {pending} in-progress file(s) are not readable yet" if pending else "")
-        )
-    tables = [pq.read_table(f, columns=list(columns) if columns is not None else None)
-              for f in files]
+    for attempt in range(LIST_RETRIES):
+        files = shard_files(out_dir)
+        if not files:
+            pending = len(inprogress_files(out_dir))
+            raise FileNotFoundError(
+                f"no complete shards (shard-*.parquet) in {os.fspath(out_dir)}"
+                + (f"; {pending} in-progress file(s) are not readable yet" if pending else "")
+            )
+        try:
+            tables = [pq.read_table(f, columns=list(columns) if columns is not None else None)
+                      for f in files]
+            break
+        except FileNotFoundError:  # a merge replaced some files meanwhile: list again
+            if attempt == LIST_RETRIES - 1:
+                raise
     metas = [_decode_metadata(t.schema.metadata, f) for t, f in zip(tables, files)]
     _check_consistent(metas, files)
     common = _common_metadata(tables)
     tables = [t.replace_schema_metadata(None) for t in tables]
-    return pa.concat_tables(tables).replace_schema_metadata(common)
+    table, dropped = _drop_duplicates(pa.concat_tables(tables), out_dir)
+    common[META_DUPLICATES] = str(dropped).encode()
+    return table.replace_schema_metadata(common)
+
+
+def _drop_duplicates(table: pa.Table, out_dir: str | os.PathLike) -> tuple[pa.Table, int]:
+    """Keep the first row of each ``(dataset, example_id)``; needs those two columns."""
+    if "dataset" not in table.column_names or "example_id" not in table.column_names:
+        return table, 0
+    table, dropped = drop_duplicate_rows(table)
+    if dropped:
+        logger.warning("%s: dropped %d duplicate (dataset, example_id) rows (kept the first)",
+                       os.fspath(out_dir), dropped)
+    return table, dropped
+
+
+def duplicates_dropped(table: pa.Table) -> int:
+    """Rows :func:`read_shards` dropped as duplicates while reading ``table``."""
+    return int((table.schema.metadata or {}).get(META_DUPLICATES, b"0"))
 
 
 def completed_keys(out_dir: str | os.PathLike) -> set[tuple[str, str]]:

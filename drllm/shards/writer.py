@@ -12,6 +12,13 @@ live writer sharing the directory is not disturbed); refuses a directory whose s
 another model or L (:class:`ShardMismatchError`); continues ``seq`` after this writer id's
 existing shards; and loads the ``(dataset, example_id)`` keys already written.
 
+Shard size is governed by rows: a shard is written once ``rows_per_shard`` rows are buffered.
+A time-based flush (``flush_seconds``) writes a *partial* shard so that finished searches
+survive a crash; this writer's partial shards are merged (:mod:`drllm.shards.compact`) as soon
+as they add up to a full shard, and on :meth:`ShardWriter.close`. A writer opened with
+``merge_on_open=True`` (the caller holds the directory's :class:`~drllm.shards.lock.OutputLock`,
+so no other writer is live) also merges the partial shards an earlier, killed run left.
+
 Duplicates: a record whose ``(dataset, example_id)`` is already in a complete shard of the
 directory or was already added to this writer is **ignored** with a warning and counted in
 ``duplicates_skipped``; an example is never written twice.
@@ -27,12 +34,16 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Callable, Mapping
 
-import pyarrow.parquet as pq
-
+from drllm.shards.compact import (
+    delete_replaced,
+    finish_merges,
+    footer_replaces,
+    merge_shards,
+    write_atomic,
+)
 from drllm.shards.layout import (
     append_manifest,
     check_writer_id,
-    fsync_dir,
     inprogress_files,
     inprogress_name,
     parse_shard_name,
@@ -62,7 +73,6 @@ from drllm.shards.schema import (
 
 logger = logging.getLogger(__name__)
 
-COMPRESSION = "zstd"
 
 
 def _utc_now() -> str:
@@ -85,6 +95,8 @@ class ShardWriter:
         stale_inprogress_seconds: other writers' ``.inprogress`` files older than this
             (seconds since last modification) are deleted on open.
         clock: monotonic clock in seconds (injectable for tests).
+        merge_on_open: merge the directory's partial shards (fewer than ``rows_per_shard``
+            rows, this config) left by earlier writers; only while holding the directory lock.
 
     There is no timer thread: ``flush_seconds`` is checked on :meth:`add`, so a caller that may
     sit idle with rows buffered calls :meth:`flush_if_due` from its wait loop. Not thread-safe:
@@ -103,6 +115,7 @@ class ShardWriter:
         flush_seconds: float = 60.0,
         stale_inprogress_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        merge_on_open: bool = False,
     ) -> None:
         self.writer_id = check_writer_id(writer_id)
         self.num_layers = check_num_layers(num_layers)
@@ -122,13 +135,19 @@ class ShardWriter:
         self.rows_written = 0
         self.shards_written = 0
         self.duplicates_skipped = 0
+        self.shards_merged = 0
+        self._partials: list[tuple[Path, int]] = []  # this writer's time-flushed shards
         self._rows: list[dict[str, Any]] = []
+        self._rows_before_flush = 0
         self._first_buffered_at: float | None = None
         self._closed = False
         self.out_dir.mkdir(parents=True, exist_ok=True)
         repair_manifest_tail(self.out_dir)
         self._clean_inprogress(stale_inprogress_seconds)
         self._next_seq = self._check_directory()
+        finish_merges(self.out_dir, shard_files(self.out_dir))
+        if merge_on_open:
+            self._merge_leftovers()
         self._seen = completed_keys(self.out_dir)
         logger.info(
             "shard writer %s on %s: L=%d, model %s, %d examples already written, next seq %d",
@@ -178,7 +197,7 @@ class ShardWriter:
                 logger.warning("%s: adding %s, missing from the manifest", self.out_dir, path.name)
                 missing.append(self._manifest_entry(path.name, meta["rows"], meta["rows"],
                                                     meta["config_hash"], meta["created"],
-                                                    meta["writer_id"]))
+                                                    meta["writer_id"], footer_replaces(path)))
         append_manifest(self.out_dir, missing)
         present = {p.name for p in files}
         for name in entries.keys() - present:
@@ -188,9 +207,11 @@ class ShardWriter:
         return max(own) + 1 if own else 0
 
     def _manifest_entry(
-        self, file: str, rows: int, ids: int, chash: str, created: str, writer_id: str
+        self, file: str, rows: int, ids: int, chash: str, created: str, writer_id: str,
+        replaces: list[str] | None = None,
     ) -> dict[str, Any]:
-        return {
+        extra = {"replaces": replaces} if replaces else {}
+        return {**extra,
             "file": file,
             "rows": int(rows),
             "example_ids": int(ids),
@@ -243,9 +264,18 @@ class ShardWriter:
             self.flush_if_due()
 
     def flush_if_due(self) -> Path | None:
-        """Write the buffer if its oldest row has waited ``flush_seconds``; the shard or None."""
+        """Write the buffer if its oldest row has waited ``flush_seconds``; the shard or None.
+
+        The shard is partial: once this writer's partial shards add up to ``rows_per_shard``
+        rows they are merged into one (the returned file may then be gone already).
+        """
         if self._rows and self._clock() - self._first_buffered_at >= self.flush_seconds:
-            return self.flush()
+            path = self.flush()
+            if path is not None:
+                self._partials.append((path, self.rows_written - self._rows_before_flush))
+                if sum(n for _, n in self._partials) >= self.rows_per_shard:
+                    self._merge_partials()
+            return path
         return None
 
     def _metadata(self, created: str) -> dict[str, str]:
@@ -278,18 +308,10 @@ class ShardWriter:
         created = _utc_now()
         table = table_from_rows(self._rows, self.num_layers)
         table = table.replace_schema_metadata(self._metadata(created))
-        try:
-            with open(tmp, "wb") as f:
-                pq.write_table(table, f, compression=COMPRESSION)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except Exception:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.out_dir)
+        write_atomic(table, tmp, final)
         self._next_seq = seq + 1
         rows = len(self._rows)
+        self._rows_before_flush = self.rows_written
         self._rows, self._first_buffered_at = [], None
         self.rows_written += rows
         self.shards_written += 1
@@ -299,11 +321,57 @@ class ShardWriter:
                     final, rows, self.rows_written, self.shards_written)
         return final
 
+    # ------------------------------------------------------------------ merging
+
+    def merge(self, sources: list[Path]) -> Path | None:
+        """Merge ``sources`` (complete shards of this directory and this config) into one new
+        shard of this writer; the sources are deleted once it is in place. Returns it."""
+        if len(sources) < 2:
+            return None
+        seq = self._next_seq
+        final = self.out_dir / shard_name(self.writer_id, seq)
+        tmp = self.out_dir / inprogress_name(self.writer_id, seq)
+        created = _utc_now()
+        rows = merge_shards(sources, tmp, final, self._metadata(created))
+        self._next_seq = seq + 1
+        names = [p.name for p in sources]
+        append_manifest(self.out_dir, [self._manifest_entry(
+            final.name, rows, rows, self.config_hash, created, self.writer_id, names)])
+        delete_replaced(self.out_dir, names)
+        self.shards_merged += len(sources)
+        logger.info("merged %d partial shards (%d rows) into %s", len(sources), rows, final.name)
+        return final
+
+    def _merge_partials(self) -> None:
+        paths = [p for p, _ in self._partials if p.exists()]
+        self._partials = []
+        self.merge(paths)
+
+    def _merge_leftovers(self) -> None:
+        """Merge the directory's partial shards of this config, a full shard at a time."""
+        small = [e for e in read_manifest(self.out_dir)
+                 if int(e["rows"]) < self.rows_per_shard and e.get("config_hash") == self.config_hash
+                 and (self.out_dir / e["file"]).is_file()]
+        group: list[Path] = []
+        rows = 0
+        for entry in small:
+            group.append(self.out_dir / entry["file"])
+            rows += int(entry["rows"])
+            if rows >= self.rows_per_shard:
+                self.merge(group)
+                group, rows = [], 0
+        self.merge(group)
+
     def close(self) -> None:
-        """Flush the buffer and refuse further rows (idempotent)."""
+        """Flush the buffer, merge this writer's partial shards, refuse further rows
+        (idempotent)."""
         if self._closed:
             return
-        self.flush()
+        last = self.flush()
+        if self._partials:
+            if last is not None:
+                self._partials.append((last, self.rows_written - self._rows_before_flush))
+            self._merge_partials()
         self._closed = True
 
     def __enter__(self) -> "ShardWriter":

@@ -15,6 +15,10 @@ import pytest
 import drllm.shards.writer as writer_mod
 from drllm.paths import LayerPath, legal_actions
 from drllm.shards import (
+    OutputLock,
+    OutputLockedError,
+    duplicates_dropped,
+    read_holder,
     MANIFEST_NAME,
     SCHEMA_VERSION,
     ShardMismatchError,
@@ -419,3 +423,145 @@ def test_context_manager_flushes_on_error(tmp_path):
             w.add(make_record(0))
             raise KeyError("driver failed")
     assert completed_example_ids(tmp_path) == {"ex-0"}
+
+
+# ---------------------------------------------------------------------------- partial shards merge
+
+
+def test_time_flushes_merge_into_full_shards_and_on_close(tmp_path):
+    now = [0.0]
+    w = open_writer(tmp_path, rows_per_shard=4, flush_seconds=1.0, clock=lambda: now[0])
+    for i in range(9):  # a slow search: every row waits past flush_seconds
+        w.add(make_record(i))
+        now[0] += 2.0
+        w.flush_if_due()
+    # 9 one-row flushes: each time 4 partial rows add up, they became one shard
+    sizes = sorted(pq.read_metadata(p).num_rows for p in shard_files(tmp_path))
+    assert sizes == [1, 4, 4]
+    w.close()
+    assert sorted(pq.read_metadata(p).num_rows for p in shard_files(tmp_path)) == [1, 4, 4]
+    assert completed_example_ids(tmp_path) == {f"ex-{i}" for i in range(9)}
+    assert sorted(e["file"] for e in read_manifest(tmp_path)) == [
+        p.name for p in shard_files(tmp_path)]
+    assert sum(e["rows"] for e in read_manifest(tmp_path)) == 9
+    table = read_shards(tmp_path)
+    assert table.num_rows == 9 and duplicates_dropped(table) == 0
+
+
+def test_close_merges_the_partials_with_the_last_rows(tmp_path):
+    now = [0.0]
+    w = open_writer(tmp_path, rows_per_shard=10, flush_seconds=1.0, clock=lambda: now[0])
+    for i in range(3):
+        w.add(make_record(i))
+        now[0] += 2.0
+        w.flush_if_due()
+    w.add(make_record(3))
+    assert len(shard_files(tmp_path)) == 3
+    w.close()
+    assert [pq.read_metadata(p).num_rows for p in shard_files(tmp_path)] == [4]
+    assert w.shards_merged == 4 and read_shards(tmp_path).num_rows == 4
+
+
+def test_resume_merges_a_killed_runs_partials(tmp_path):
+    for k in range(5):  # five killed runs, each left one 1-row shard
+        w = open_writer(tmp_path, writer_id=f"run{k}", rows_per_shard=3)
+        w.add(make_record(k))
+        w.flush()
+    resumed = open_writer(tmp_path, writer_id="run5", rows_per_shard=3, merge_on_open=True)
+    sizes = sorted(pq.read_metadata(p).num_rows for p in shard_files(tmp_path))
+    assert sizes == [2, 3]
+    assert completed_example_ids(tmp_path) == {f"ex-{k}" for k in range(5)}
+    resumed.add(make_record(1))  # already written: still refused after the merge
+    assert resumed.duplicates_skipped == 1
+
+
+def test_a_merge_interrupted_before_its_deletes_is_read_once_and_finished(tmp_path, monkeypatch):
+    now = [0.0]
+    w = open_writer(tmp_path, rows_per_shard=3, flush_seconds=1.0, clock=lambda: now[0])
+    monkeypatch.setattr(writer_mod, "delete_replaced", lambda *a, **k: 0)  # crash before deletes
+    for i in range(3):
+        w.add(make_record(i))
+        now[0] += 2.0
+        w.flush_if_due()
+    assert len(shard_files(tmp_path)) == 4  # 3 sources + the merged shard
+    table = read_shards(tmp_path)  # every row once, the copies dropped and counted
+    assert sorted(table.column("example_id").to_pylist()) == ["ex-0", "ex-1", "ex-2"]
+    assert duplicates_dropped(table) == 3
+    assert [e["rows"] for e in read_manifest(tmp_path)] == [3]
+    monkeypatch.undo()
+    open_writer(tmp_path, writer_id="w1", rows_per_shard=3)  # the next open finishes the merge
+    assert [pq.read_metadata(p).num_rows for p in shard_files(tmp_path)] == [3]
+
+
+def test_reader_drops_duplicate_rows_of_two_drivers_keeping_the_first(tmp_path):
+    a = open_writer(tmp_path, writer_id="a")
+    b = open_writer(tmp_path, writer_id="b")  # opened before a wrote: both search ex-1
+    a.add(make_record(1))
+    a.add(make_record(2))
+    b.add(make_record(1, dataset="arc_easy"))
+    b.add(make_record(3))
+    a.close()
+    b.close()
+    table = read_shards(tmp_path)
+    assert sorted(table.column("example_id").to_pylist()) == ["ex-1", "ex-2", "ex-3"]
+    assert duplicates_dropped(table) == 1
+    first = pq.read_table(shard_files(tmp_path)[0]).to_pylist()[0]
+    kept = [r for r in table.to_pylist() if r["example_id"] == "ex-1"][0]
+    assert kept == first  # the first file's row (writer "a") is the one kept
+
+
+# ---------------------------------------------------------------------------- directory lock
+
+
+def test_second_driver_is_refused_naming_the_holder(tmp_path):
+    import socket
+
+    with OutputLock(tmp_path, heartbeat_s=0) as first:
+        with pytest.raises(OutputLockedError, match=rf"host {socket.gethostname()}, pid "
+                                                    rf"{os.getpid()}, since .*T.*"):
+            OutputLock(tmp_path, heartbeat_s=0).acquire()
+        assert read_holder(tmp_path) == first.holder
+    assert read_holder(tmp_path) is None  # released
+    OutputLock(tmp_path, heartbeat_s=0).acquire().release()
+
+
+def test_stale_locks_are_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    import socket
+
+    def plant(host: str, pid: int, heartbeat: float) -> None:
+        (tmp_path / ".drllm-lock.json").write_text(json.dumps(
+            {"host": host, "pid": pid, "started": "2020", "heartbeat": heartbeat,
+             "token": "old"}))
+
+    plant(socket.gethostname(), pid, time.time())  # dead pid on this host: stale at once
+    lock = OutputLock(tmp_path, heartbeat_s=0).acquire()
+    assert lock.holder.pid == os.getpid() and lock.holder.token != "old"
+    lock.release()
+    plant("other-node", 1, time.time() - 1000)  # another host, silent for 1000 s
+    lock = OutputLock(tmp_path, heartbeat_s=0, stale_after_s=300).acquire()
+    lock.release()
+    plant("other-node", 1, time.time() - 10)  # another host, alive 10 s ago: refused
+    with pytest.raises(OutputLockedError, match="host other-node, pid 1"):
+        OutputLock(tmp_path, heartbeat_s=0, stale_after_s=300).acquire()
+
+
+def test_heartbeat_refreshes_and_detects_a_take_over(tmp_path):
+    now = [1000.0]
+    lock = OutputLock(tmp_path, heartbeat_s=0, clock=lambda: now[0]).acquire()
+    now[0] = 1100.0
+    lock.heartbeat()
+    assert read_holder(tmp_path).heartbeat == 1100.0 and not lock.lost
+    now[0] = 2000.0  # silent for 900 s: another driver takes over
+    other = OutputLock(tmp_path, heartbeat_s=0, clock=lambda: now[0]).acquire()
+    lock.heartbeat()
+    assert lock.lost and read_holder(tmp_path) == other.holder
+    lock.release()  # not ours any more: left alone
+    assert read_holder(tmp_path) == other.holder
+    with pytest.raises(ValueError, match="twice heartbeat_s"):
+        OutputLock(tmp_path, heartbeat_s=60, stale_after_s=100)
