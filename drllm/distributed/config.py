@@ -18,16 +18,45 @@ from drllm.checks import check_bool, check_int, check_real
 class GenerationConfig:
     """How each evaluation generates along its path (greedy decoding).
 
+    The work-avoidance levers (all exact: the same tokens and rewards as a plain greedy
+    generation along the same path; see :mod:`drllm.models.prefix` and
+    :mod:`drllm.models.resume`) are on by default, so a search uses them without wiring.
+
     Attributes:
         max_new_tokens: generated tokens per evaluation at most.
         stop_strings: generation of a row stops once its text contains one of these.
+        reuse_prefix: per question, keep the default path's states entering every block and
+            its KV over prompt + default response; an edited path starts at its first edited
+            block and reuses the blocks before it.
+        draft: verify the default response as a draft, teacher-forced in one pass along the
+            edited path; decoding only continues after the first disagreement (needs
+            ``reuse_prefix``).
+        draft_tokens: draft tokens verified at most (``None``: the whole default response).
+        grader_stop: a row stops once its grader declares that no continuation can change the
+            verdict (:meth:`drllm.rewards.Grader.verdict_final`); the stored response is then
+            the shorter text, graded the same.
+        prefix_cache_mb: memory of the per-evaluator prefix cache (MiB; least recently used
+            question out).
+        dense_steps: run every row through every block a step needs and select per row
+            (``torch.where``) instead of gathering sub-batches: static shapes, for GPUs.
     """
 
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()
+    reuse_prefix: bool = True
+    draft: bool = True
+    draft_tokens: Optional[int] = None
+    grader_stop: bool = True
+    prefix_cache_mb: float = 512.0
+    dense_steps: bool = False
 
     def __post_init__(self) -> None:
         check_int("GenerationConfig", "max_new_tokens", self.max_new_tokens, 1)
+        for name in ("reuse_prefix", "draft", "grader_stop", "dense_steps"):
+            check_bool("GenerationConfig", name, getattr(self, name))
+        if self.draft_tokens is not None:
+            check_int("GenerationConfig", "draft_tokens", self.draft_tokens, 1)
+        check_real("GenerationConfig", "prefix_cache_mb", self.prefix_cache_mb, 0.0)
         if isinstance(self.stop_strings, str):
             raise ValueError(
                 "GenerationConfig.stop_strings must be a list of strings, not one string "
@@ -63,6 +92,21 @@ class PoolConfig:
             recorded as reward 0 with the error as reason.
         namespace: Ray namespace of the named actors.
         name_prefix: actors are named ``{name_prefix}-{index}``.
+        min_actors: actors that must be up before the search starts (``None``: 1); the
+            others join as they are placed and load the model.
+        max_actors: actors requested at most. ``None``: ``num_actors`` when set, otherwise as
+            many as the cluster's resources hold, re-checked every ``scale_check_s`` so the
+            pool grows while the autoscaler (or KubeRay) adds nodes. Set it on an autoscaling
+            cluster: the pending actors are the demand that makes the autoscaler add nodes.
+        scale_check_s: how often the pool looks for new nodes and placed actors (seconds).
+        gpu_wait_s: a GPU pool that has no actor placed and loaded after this long fails
+            with an error naming the missing GPUs (seconds); GPUs are never replaced by CPUs.
+        call_timeout_s: a call unanswered after this long counts as a hung actor: the actor
+            is killed (Ray restarts it) and its requests go to another (seconds).
+        sticky: send a question's requests to the actor that last served it (its per-question
+            caches stay warm) while that actor is alive and free enough.
+        sticky_wait_s: how long a request waits for its question's actor before any free
+            actor takes it (seconds).
     """
 
     num_actors: Optional[int] = None
@@ -76,9 +120,17 @@ class PoolConfig:
     max_request_retries: int = 2
     namespace: str = "drllm"
     name_prefix: str = "drllm-evaluator"
+    min_actors: Optional[int] = None
+    max_actors: Optional[int] = None
+    scale_check_s: float = 10.0
+    gpu_wait_s: float = 600.0
+    call_timeout_s: float = 600.0
+    sticky: bool = True
+    sticky_wait_s: float = 1.0
 
     def __post_init__(self) -> None:
         owner = "PoolConfig"
+        self._check_elastic(owner)
         if self.num_actors is not None:
             check_int(owner, "num_actors", self.num_actors, 1)
         check_real(owner, "num_cpus_per_actor", self.num_cpus_per_actor, 0.0)
@@ -93,6 +145,25 @@ class PoolConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{owner}.{name} must be a non-empty string, got {value!r}")
+
+    def _check_elastic(self, owner: str) -> None:
+        for name in ("min_actors", "max_actors"):
+            if getattr(self, name) is not None:
+                check_int(owner, name, getattr(self, name), 1)
+        for name in ("scale_check_s", "gpu_wait_s", "call_timeout_s"):
+            check_real(owner, name, getattr(self, name), 0.0, open_low=True)
+        check_real(owner, "sticky_wait_s", self.sticky_wait_s, 0.0)
+        check_bool(owner, "sticky", self.sticky)
+        low, high = self.actor_bounds
+        if high is not None and low > high:
+            raise ValueError(f"{owner}: min_actors ({low}) exceeds the actors asked at most "
+                             f"({high}); raise max_actors / num_actors or lower min_actors")
+
+    @property
+    def actor_bounds(self) -> tuple[int, Optional[int]]:
+        """``(actors needed to start, actors at most or None: what the cluster holds)``."""
+        high = self.max_actors if self.max_actors is not None else self.num_actors
+        return (self.min_actors or 1), high
 
     @property
     def threads_per_actor(self) -> int:

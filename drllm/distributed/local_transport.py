@@ -12,7 +12,7 @@ import time
 from collections import deque
 from typing import Optional
 
-from drllm.distributed.pool import CallDone, Transport
+from drllm.distributed.transport import CallDone, Transport
 from drllm.distributed.evaluator import (
     Evaluator,
     EvaluatorContext,
@@ -49,6 +49,7 @@ class LocalTransport(Transport):
         self._calls: deque[tuple[int, int, tuple[EvalRequest, ...], float]] = deque()
         self.call_log: list[tuple[int, int]] = []  # (worker, requests) per call, in send order
         self.max_outstanding = [0] * self._num_workers
+        self._pending_losses: list[CallDone] = []
 
     @property
     def num_workers(self) -> int:
@@ -73,6 +74,9 @@ class LocalTransport(Transport):
         self.max_outstanding[worker] = max(self.max_outstanding[worker], outstanding)
 
     def wait(self, timeout_s: float) -> list[CallDone]:
+        if self._pending_losses:
+            lost, self._pending_losses = self._pending_losses, []
+            return lost
         if not self._calls:
             return []
         worker, call_id, requests, sent = self._calls.popleft()
@@ -84,10 +88,13 @@ class LocalTransport(Transport):
             return self._lose(worker, call_id, err)
         return [CallDone(call_id, worker, tuple(outcomes), seconds=time.perf_counter() - sent)]
 
-    def _lose(self, worker: int, call_id: int, err: WorkerLostError) -> list[CallDone]:
+    def _lose(
+        self, worker: int, call_id: Optional[int], err: WorkerLostError
+    ) -> list[CallDone]:
         """Like a dead actor: every outstanding call of the worker fails; restart or give up."""
         logger.warning("in-process worker %d lost: %s", worker, err)
-        lost = [call_id] + [c[1] for c in self._calls if c[0] == worker]
+        lost = ([] if call_id is None else [call_id]) + [c[1] for c in self._calls
+                                                          if c[0] == worker]
         self._calls = deque(c for c in self._calls if c[0] != worker)
         gone = self.restarts[worker] >= self.max_restarts
         if gone:
@@ -98,6 +105,13 @@ class LocalTransport(Transport):
                 EvaluatorContext(worker_index=worker, restarted=True, in_process=True)
             )
         return [CallDone(c, worker, worker_lost=True, worker_gone=gone) for c in lost]
+
+    def ready_workers(self) -> list[int]:
+        return [w for w, b in enumerate(self.backends) if b is not None]
+
+    def kill(self, worker: int) -> None:
+        """Like killing a hung actor: its outstanding calls are lost, the worker restarts."""
+        self._pending_losses.extend(self._lose(worker, None, WorkerLostError("killed (hung)")))
 
     def shutdown(self) -> None:
         for backend in self.backends:

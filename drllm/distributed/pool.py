@@ -12,7 +12,15 @@ that arrive meanwhile). Faults:
 * a request whose evaluation raised inside the backend is retried up to
   ``max_request_retries`` times, then answered with a **failed** evaluation (``failed=True``,
   the error as reason; counted) -- a failure, not a reward of 0;
-* when every worker is gone for good, :class:`PoolExhaustedError` stops the run.
+* a call unanswered after ``call_timeout_s`` is a hung worker: the worker is killed
+  (:meth:`Transport.kill`; Ray restarts it) and the call's requests are requeued;
+* when every worker is gone for good (and none is still being placed),
+  :class:`PoolExhaustedError` stops the run.
+
+The pool is **elastic**: workers are used as soon as the transport reports them ready
+(:meth:`Transport.ready_workers`), and the transport may add workers while the run goes on
+(:meth:`Transport.maintain`: an autoscaler adding nodes). Routing is **sticky** (see
+:mod:`drllm.distributed.routing`): a question's requests go to the worker that last served it.
 
 Workers sit behind a :class:`Transport`: :class:`~drllm.distributed.local_transport.LocalTransport` runs
 backends in this process (unit tests, debugging); :class:`~drllm.distributed.ray_transport.RayTransport`
@@ -21,17 +29,18 @@ runs them in Ray actors. Imports neither torch nor ray.
 
 from __future__ import annotations
 
-import abc
 import itertools
 import logging
-import math
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Hashable, Optional, Sequence
 
 from drllm.distributed.config import PoolConfig
 from drllm.distributed.evaluator import EvalError, EvaluatorInfo, Outcome
 from drllm.distributed.metrics import SearchMetrics
+from drllm.distributed.routing import Queued, plan_dispatch
+from drllm.distributed.transport import CallDone, Transport
 from drllm.types import EvalRequest, EvalResult, Evaluation
 
 logger = logging.getLogger(__name__)
@@ -41,55 +50,6 @@ ERROR_REASON_PREFIX = "evaluation error: "
 
 class PoolExhaustedError(RuntimeError):
     """Every worker of the pool died and none can be restarted."""
-
-
-@dataclass(frozen=True)
-class CallDone:
-    """A finished worker call, as reported by a :class:`Transport`.
-
-    Attributes:
-        call_id: the id given to :meth:`Transport.call`.
-        worker: worker index.
-        outcomes: one :class:`Evaluation` / :class:`EvalError` per request, or ``None`` when
-            the call failed as a whole.
-        error: why the call failed as a whole (``outcomes is None``).
-        worker_lost: the worker died during the call; its requests were not answered.
-        worker_gone: the worker will not come back (restarts exhausted).
-        seconds: wall time from sending the call to its answer.
-    """
-
-    call_id: int
-    worker: int
-    outcomes: Optional[tuple[Outcome, ...]] = None
-    error: str = ""
-    worker_lost: bool = False
-    worker_gone: bool = False
-    seconds: float = 0.0
-
-
-class Transport(abc.ABC):
-    """Runs calls (batches of requests) on a fixed set of workers."""
-
-    @property
-    @abc.abstractmethod
-    def num_workers(self) -> int:
-        """Workers, alive or not (indices ``0 .. num_workers - 1``)."""
-
-    @abc.abstractmethod
-    def start(self) -> EvaluatorInfo:
-        """Create the workers, wait until they are ready; the model they all evaluate with."""
-
-    @abc.abstractmethod
-    def call(self, worker: int, call_id: int, requests: tuple[EvalRequest, ...]) -> None:
-        """Send ``requests`` to ``worker`` without waiting; reported later by :meth:`wait`."""
-
-    @abc.abstractmethod
-    def wait(self, timeout_s: float) -> list[CallDone]:
-        """Block until at least one call finished or ``timeout_s`` passed; the finished calls."""
-
-    @abc.abstractmethod
-    def shutdown(self) -> None:
-        """Stop every worker (idempotent)."""
 
 
 @dataclass
@@ -104,6 +64,8 @@ class PoolStats:
         requeued: request re-sends after their worker died.
         lost_calls: calls whose worker died before answering (their requests were requeued).
         workers_gone: workers given up for good.
+        timeouts: calls given up after ``call_timeout_s`` (their worker was killed).
+        sticky_hits: requests sent to the worker that last served their question.
         batch_sizes: histogram of requests per call, ``{size: calls}``.
         max_in_flight_calls: most calls outstanding on one worker at any time.
     """
@@ -115,6 +77,8 @@ class PoolStats:
     requeued: int = 0
     lost_calls: int = 0
     workers_gone: int = 0
+    timeouts: int = 0
+    sticky_hits: int = 0
     batch_sizes: Counter = field(default_factory=Counter)
     max_in_flight_calls: int = 0
 
@@ -127,9 +91,17 @@ class PoolStats:
 @dataclass
 class _Pending:
     request: EvalRequest
+    queued_at: float = 0.0
     errors: int = 0
     deaths: int = 0
     last_error: str = ""
+
+
+@dataclass
+class _Call:
+    worker: int
+    batch: list[_Pending]
+    sent_at: float
 
 
 class EvaluationPool:
@@ -142,6 +114,11 @@ class EvaluationPool:
         max_request_retries: re-sends of a request after backend errors (and after worker
             deaths while evaluating it) before it is answered with reward 0.
         metrics: optional metrics sink (in-flight gauge, call latency, errors, requeues).
+        call_timeout_s: a call unanswered this long is given up and its worker killed
+            (``None``: never).
+        sticky_wait_s: how long a request waits for the worker that last served its question
+            (``None``: no sticky routing).
+        clock: monotonic clock in seconds (injectable for tests).
     """
 
     def __init__(
@@ -152,6 +129,9 @@ class EvaluationPool:
         max_in_flight_per_worker: int = PoolConfig.max_in_flight_per_actor,
         max_request_retries: int = PoolConfig.max_request_retries,
         metrics: Optional[SearchMetrics] = None,
+        call_timeout_s: Optional[float] = None,
+        sticky_wait_s: Optional[float] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_batch_size < 1 or max_in_flight_per_worker < 1 or max_request_retries < 0:
             raise ValueError(
@@ -164,12 +144,16 @@ class EvaluationPool:
         self.max_in_flight_per_worker = int(max_in_flight_per_worker)
         self.max_request_retries = int(max_request_retries)
         self.metrics = metrics
+        self.call_timeout_s = call_timeout_s
+        self.sticky_wait_s = sticky_wait_s
+        self._clock = clock
         self.stats = PoolStats()
         self.info: Optional[EvaluatorInfo] = None
         self._queue: deque[_Pending] = deque()
-        self._calls: dict[int, tuple[int, list[_Pending]]] = {}
-        self._worker_calls: list[int] = []
-        self._alive: list[bool] = []
+        self._calls: dict[int, _Call] = {}
+        self._worker_calls: dict[int, int] = {}
+        self._gone: set[int] = set()
+        self._home: dict[Hashable, int] = {}
         self._ids = itertools.count()
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,10 +161,8 @@ class EvaluationPool:
     def start(self) -> EvaluatorInfo:
         """Start the workers; returns what they evaluate with (model id, L, device)."""
         self.info = self.transport.start()
-        n = self.transport.num_workers
-        self._worker_calls = [0] * n
-        self._alive = [True] * n
-        logger.info("evaluation pool: %d workers, %s (L=%d) on %s", n, self.info.model_id,
+        logger.info("evaluation pool: %d workers ready (%d pending), %s (L=%d) on %s",
+                    len(self._ready()), self.transport.pending_workers, self.info.model_id,
                     self.info.num_layers, self.info.device)
         return self.info
 
@@ -197,9 +179,13 @@ class EvaluationPool:
 
     # ------------------------------------------------------------------ state
 
+    def _ready(self) -> list[int]:
+        return [w for w in self.transport.ready_workers() if w not in self._gone]
+
     @property
     def workers_alive(self) -> int:
-        return sum(self._alive)
+        """Workers that can take calls now."""
+        return len(self._ready())
 
     @property
     def queued(self) -> int:
@@ -209,12 +195,12 @@ class EvaluationPool:
     @property
     def in_flight(self) -> int:
         """Requests sent and not yet answered."""
-        return sum(len(batch) for _, batch in self._calls.values())
+        return sum(len(call.batch) for call in self._calls.values())
 
     @property
     def capacity(self) -> int:
         """Requests the live workers can hold in flight: workers x calls x batch size."""
-        return self.workers_alive * self.max_in_flight_per_worker * self.max_batch_size
+        return max(1, self.workers_alive) * self.max_in_flight_per_worker * self.max_batch_size
 
     @property
     def wants_more(self) -> bool:
@@ -228,53 +214,57 @@ class EvaluationPool:
     @property
     def calls_per_worker(self) -> tuple[int, ...]:
         """Calls outstanding on each worker."""
-        return tuple(self._worker_calls)
+        return tuple(self._worker_calls.get(w, 0) for w in range(self.transport.num_workers))
 
     # ------------------------------------------------------------------ submitting
 
     def submit(self, requests: Sequence[EvalRequest]) -> None:
         """Queue requests (sent by :meth:`dispatch` / :meth:`wait`)."""
-        self._queue.extend(_Pending(r) for r in requests)
+        now = self._clock()
+        self._queue.extend(_Pending(r, queued_at=now) for r in requests)
 
     def cancel(self, example_id: str) -> int:
         """Drop queued (not yet sent) requests of ``example_id``; how many were dropped."""
         before = len(self._queue)
         self._queue = deque(p for p in self._queue if p.request.example_id != example_id)
+        self._home.pop(example_id, None)
         return before - len(self._queue)
-
-    def _free_workers(self) -> list[int]:
-        free = [w for w in range(len(self._alive))
-                if self._alive[w] and self._worker_calls[w] < self.max_in_flight_per_worker]
-        return sorted(free, key=lambda w: (self._worker_calls[w], w))
 
     def dispatch(self) -> int:
         """Send queued requests to free workers; the number of calls made."""
         if self.info is None:
             raise RuntimeError("EvaluationPool.start() must be called before dispatching")
-        calls = 0
-        while self._queue:
-            free = self._free_workers()
-            if not free:
-                break
-            idle = [w for w in free if self._worker_calls[w] == 0]
-            if idle:  # spread what is queued evenly over the idle workers
-                worker = idle[0]
-                size = min(self.max_batch_size, math.ceil(len(self._queue) / len(idle)))
-            elif len(self._queue) >= self.max_batch_size:  # a busy worker gets full batches
-                worker, size = free[0], self.max_batch_size
-            else:  # hold partial batches until a worker is idle: they merge with later work
-                break
-            batch = [self._queue.popleft() for _ in range(size)]
-            call_id = next(self._ids)
-            self._calls[call_id] = (worker, batch)
-            self._worker_calls[worker] += 1
-            self.stats.max_in_flight_calls = max(self.stats.max_in_flight_calls,
-                                                 self._worker_calls[worker])
-            self.transport.call(worker, call_id, tuple(p.request for p in batch))
-            calls += 1
-        if calls and self.metrics is not None:
+        if not self._queue:
+            return 0
+        ready = self._ready()
+        free = {w: self._worker_calls.get(w, 0) for w in ready
+                if self._worker_calls.get(w, 0) < self.max_in_flight_per_worker}
+        if not free:
+            return 0
+        now = self._clock()
+        queue = [Queued(p, p.request.example_id, now - p.queued_at) for p in self._queue]
+        plan, rest = plan_dispatch(queue, free, self._home, frozenset(ready),
+                                   max_batch_size=self.max_batch_size,
+                                   sticky_wait_s=self.sticky_wait_s)
+        self._queue = deque(rest)
+        for worker, batch in plan:
+            self._send(worker, batch, now)
+        if plan and self.metrics is not None:
             self.metrics.in_flight(self.in_flight)
-        return calls
+        return len(plan)
+
+    def _send(self, worker: int, batch: list[_Pending], now: float) -> None:
+        call_id = next(self._ids)
+        self._calls[call_id] = _Call(worker, batch, now)
+        self._worker_calls[worker] = self._worker_calls.get(worker, 0) + 1
+        self.stats.max_in_flight_calls = max(self.stats.max_in_flight_calls,
+                                             self._worker_calls[worker])
+        for pending in batch:
+            key = pending.request.example_id
+            if self._home.get(key) == worker:
+                self.stats.sticky_hits += 1
+            self._home[key] = worker
+        self.transport.call(worker, call_id, tuple(p.request for p in batch))
 
     # ------------------------------------------------------------------ collecting
 
@@ -287,29 +277,72 @@ class EvaluationPool:
         Raises:
             PoolExhaustedError: every worker is gone and requests remain.
         """
+        self.transport.maintain()
         self.dispatch()
         self._check_alive()
-        if not self._calls:
+        if not self._calls and not self._queue:
             return []
         results: list[EvalResult] = []
-        for done in self.transport.wait(timeout_s):
+        for done in self.transport.wait(self._wait_budget(timeout_s)):
             results.extend(self._handle(done))
+        results.extend(self._expire_hung())
+        self.transport.maintain()
         self._check_alive()
         self.dispatch()
         if self.metrics is not None:
             self.metrics.in_flight(self.in_flight)
         return results
 
+    def _wait_budget(self, timeout_s: float) -> float:
+        """``timeout_s``, shortened so that a hung call is noticed on time."""
+        if self.call_timeout_s is None or not self._calls:
+            return timeout_s
+        oldest = min(call.sent_at for call in self._calls.values())
+        due = oldest + self.call_timeout_s - self._clock()
+        return max(0.0, min(timeout_s, due))
+
+    def _expire_hung(self) -> list[EvalResult]:
+        """Give up calls older than ``call_timeout_s``: kill their worker, requeue them."""
+        if self.call_timeout_s is None:
+            return []
+        now = self._clock()
+        hung = [cid for cid, call in self._calls.items()
+                if now - call.sent_at >= self.call_timeout_s]
+        results: list[EvalResult] = []
+        for call_id in hung:
+            call = self._calls.pop(call_id, None)
+            if call is None:
+                continue
+            self._worker_calls[call.worker] -= 1
+            self.stats.timeouts += 1
+            logger.error("evaluator worker %d did not answer a call of %d requests within "
+                         "%.0f s (pool.call_timeout_s): killing it, requeueing the requests",
+                         call.worker, len(call.batch), self.call_timeout_s)
+            for pending in call.batch:
+                pending.last_error = f"call timed out after {self.call_timeout_s:g} s"
+                if self._home.get(pending.request.example_id) == call.worker:
+                    del self._home[pending.request.example_id]
+            results.extend(self._requeue_lost(call.worker, call.batch, gone=False))
+            try:
+                self.transport.kill(call.worker)
+            except Exception:  # noqa: BLE001 - the worker may be dead already
+                logger.warning("killing hung worker %d failed", call.worker, exc_info=True)
+        return results
+
     def _check_alive(self) -> None:
-        if self.workers_alive == 0 and (self._queue or self._calls):
-            raise PoolExhaustedError(
-                f"all {len(self._alive)} evaluator workers died and cannot be restarted "
-                f"({len(self._queue) + self.in_flight} requests unanswered); check the actor "
-                "logs (out of memory? a crashing model?) or raise max_restarts"
-            )
+        if self.workers_alive or self.transport.pending_workers or not (self._queue or self._calls):
+            return
+        raise PoolExhaustedError(
+            f"all {self.transport.num_workers} evaluator workers died and cannot be restarted "
+            f"({len(self._queue) + self.in_flight} requests unanswered); check the actor "
+            "logs (out of memory? a crashing model?) or raise max_restarts"
+        )
 
     def _handle(self, done: CallDone) -> list[EvalResult]:
-        worker, batch = self._calls.pop(done.call_id)
+        call = self._calls.pop(done.call_id, None)
+        if call is None:  # given up already (timed out); its requests were requeued
+            return []
+        worker, batch = call.worker, call.batch
         assert worker == done.worker, (worker, done.worker)
         self._worker_calls[worker] -= 1
         if done.worker_lost or done.worker_gone:
@@ -342,18 +375,20 @@ class EvaluationPool:
 
     def _requeue_lost(self, worker: int, batch: list[_Pending], gone: bool) -> list[EvalResult]:
         self.stats.lost_calls += 1
-        if gone and self._alive[worker]:
-            self._alive[worker] = False
+        if gone and worker not in self._gone:
+            self._gone.add(worker)
             self.stats.workers_gone += 1
-            logger.error("evaluator worker %d is gone for good (%d left)", worker,
-                         self.workers_alive)
+            logger.error("evaluator worker %d is gone for good (%d left, %d pending)", worker,
+                         self.workers_alive, self.transport.pending_workers)
         else:
-            logger.warning("evaluator worker %d died; requeueing %d requests", worker, len(batch))
+            logger.warning("evaluator worker %d lost a call; requeueing %d requests", worker,
+                           len(batch))
         results, requeue = [], []
         for pending in batch:
             pending.deaths += 1
             if pending.deaths > self.max_request_retries + 1:
-                pending.last_error = f"worker died {pending.deaths} times while evaluating it"
+                pending.last_error = (f"worker died {pending.deaths} times while evaluating it"
+                                      + (f" ({pending.last_error})" if pending.last_error else ""))
                 results.append(self._give_up(pending))
             else:
                 requeue.append(pending)

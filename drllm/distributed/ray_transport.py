@@ -1,30 +1,40 @@
-"""Evaluator actors on Ray: resources, creation, calls, and actor-death detection.
+"""Evaluator actors on Ray: an elastic pool, calls, actor-death and hang handling.
 
-:class:`RayTransport` is the :class:`~drllm.distributed.pool.Transport` the search job uses:
-it starts named async :class:`~drllm.distributed.actor.EvaluatorActor` actors
-(``{name_prefix}-{i}`` in the pool's namespace) and turns Ray's answers into
-:class:`~drllm.distributed.pool.CallDone` reports. Placement follows the cluster:
+:class:`RayTransport` is the :class:`~drllm.distributed.transport.Transport` the search job
+uses: it requests named async :class:`~drllm.distributed.actor.EvaluatorActor` actors
+(``{name_prefix}-{i}`` in the pool's namespace) as :func:`~drllm.distributed.placement.plan_actors`
+says, and turns Ray's answers into :class:`~drllm.distributed.transport.CallDone` reports.
 
-* GPUs in the cluster (or ``use_gpu=True``): one actor per GPU (``num_gpus_per_actor``), the
-  model on ``cuda``. ``use_gpu=True`` on a CPU-only cluster fails at once (an actor asking for
-  a GPU there would pend forever).
-* CPU only: ``num_actors`` actors (default: as many as the CPUs allow), each reserving
-  ``num_cpus_per_actor`` CPUs and running that many torch threads.
-
-Actors restart up to ``max_restarts`` times; calls in flight on a dying actor fail and the
-:class:`~drllm.distributed.pool.EvaluationPool` requeues their requests.
+* **Elastic**: an actor is usable as soon as it answers its ``info`` probe (placed, model
+  loaded); the search starts once ``min_actors`` are. With ``max_actors`` every actor is
+  requested up front (pending actors are what makes an autoscaler add nodes); without it the
+  pool follows the cluster's resources, adding actors every ``scale_check_s`` as nodes join.
+* **GPUs are never swapped for CPUs**: a GPU pool with no actor up after ``gpu_wait_s`` fails
+  with an error naming the missing GPUs.
+* **Faults**: actors restart up to ``max_restarts`` times (a removed node's actors are placed
+  elsewhere and probed again); calls in flight on a dying actor fail and the pool requeues
+  them; :meth:`RayTransport.kill` kills a hung actor (the pool's ``call_timeout_s``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from drllm.distributed.actor import EvaluatorActor
 from drllm.distributed.config import PoolConfig
-from drllm.distributed.pool import CallDone, EvaluationPool, Transport
+from drllm.distributed.placement import (
+    ActorPlan,
+    ActorResources,
+    fitting_actors,
+    plan_actors,
+    resolve_resources,
+)
+from drllm.distributed.pool import EvaluationPool
+from drllm.distributed.transport import CallDone, Transport
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
 from drllm.distributed.metrics import SearchMetrics
 from drllm.types import EvalRequest
@@ -32,65 +42,8 @@ from drllm.types import EvalRequest
 logger = logging.getLogger(__name__)
 
 NAME_RELEASE_TIMEOUT_S = 15.0
+REPROBE_S = 1.0  # wait before asking a restarting actor again
 SHUTDOWN_GRACE_S = 5.0
-
-
-@dataclass(frozen=True)
-class ActorResources:
-    """Resolved placement of the evaluator actors.
-
-    Attributes:
-        num_actors: actors to start.
-        num_cpus: CPUs reserved per actor.
-        num_gpus: GPUs reserved per actor (0 on CPU).
-        num_threads: torch threads per actor.
-        device: device handed to the backend (``"cuda"`` with GPUs, else ``None``: keep the
-            model spec's).
-    """
-
-    num_actors: int
-    num_cpus: float
-    num_gpus: float
-    num_threads: int
-    device: Optional[str]
-
-
-def resolve_resources(config: PoolConfig, cluster: Mapping[str, float]) -> ActorResources:
-    """Decide actor count and resources from the config and ``ray.cluster_resources()``.
-
-    Raises:
-        ValueError: GPUs requested on a cluster without any, or more resources asked than the
-            cluster has (the actors would pend forever).
-    """
-    gpus = float(cluster.get("GPU", 0.0))
-    cpus = float(cluster.get("CPU", 0.0))
-    if config.use_gpu is True and gpus <= 0:
-        raise ValueError(
-            "use_gpu=true but the Ray cluster has no GPU (ray.cluster_resources() lists none); "
-            "set pool.use_gpu=null to use GPUs only when present, or start Ray on a GPU node"
-        )
-    use_gpu = gpus > 0 if config.use_gpu is None else config.use_gpu
-    if use_gpu:
-        per = config.num_gpus_per_actor
-        count = config.num_actors or max(1, int(gpus // per))
-        if count * per > gpus + 1e-9:
-            raise ValueError(
-                f"{count} evaluator actors x {per:g} GPU need {count * per:g} GPUs but the "
-                f"cluster has {gpus:g}; lower pool.num_actors"
-            )
-        return ActorResources(count, float(config.num_cpus_per_actor), per,
-                              config.threads_per_actor, "cuda")
-    per_cpu = float(config.num_cpus_per_actor)
-    if config.num_actors is not None:
-        count = config.num_actors
-    else:
-        count = max(1, int(cpus // per_cpu)) if per_cpu > 0 else 1
-    if count * per_cpu > cpus + 1e-9:
-        raise ValueError(
-            f"{count} evaluator actors x {per_cpu:g} CPUs need {count * per_cpu:g} CPUs but the "
-            f"cluster has {cpus:g}; lower pool.num_actors or pool.num_cpus_per_actor"
-        )
-    return ActorResources(count, per_cpu, 0.0, config.threads_per_actor, None)
 
 
 def _actor_state(actor: Any) -> Optional[str]:
@@ -105,13 +58,15 @@ def _actor_state(actor: Any) -> Optional[str]:
 
 
 class RayTransport(Transport):
-    """Evaluator actors on the connected Ray cluster.
+    """Elastic pool of evaluator actors on the connected Ray cluster (module docstring).
 
     Args:
         spec: the backend every actor builds.
-        config: actor count, resources, batching, restarts, names.
-        ready_timeout_s: how long to wait for all actors to load their model (seconds).
+        config: actor bounds, resources, batching, restarts, names, deadlines.
+        ready_timeout_s: how long the pool may have no ready actor (model loading, CPU
+            actors being placed) before it fails (seconds).
         metrics_model: ``model`` tag of the actors' metrics (None: each backend's model id).
+        clock: monotonic clock in seconds.
     """
 
     def __init__(
@@ -121,14 +76,24 @@ class RayTransport(Transport):
         *,
         ready_timeout_s: float = 1800.0,
         metrics_model: Optional[str] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
         self.config = config
         self.ready_timeout_s = float(ready_timeout_s)
         self.metrics_model = metrics_model
+        self.plan: Optional[ActorPlan] = None
         self.resources: Optional[ActorResources] = None
         self.actors: list[Any] = []
+        self.info: Optional[EvaluatorInfo] = None
+        self._clock = clock
         self._refs: dict[Any, tuple[int, int, float]] = {}
+        self._probes: dict[Any, int] = {}
+        self._reprobe_at: dict[int, float] = {}
+        self._ready: set[int] = set()
+        self._gone: set[int] = set()
+        self._last_scale = 0.0
+        self._unready_since: Optional[float] = None
 
     @property
     def num_workers(self) -> int:
@@ -137,7 +102,14 @@ class RayTransport(Transport):
     def actor_name(self, index: int) -> str:
         return f"{self.config.name_prefix}-{index}"
 
-    # ------------------------------------------------------------------ start / stop
+    def ready_workers(self) -> list[int]:
+        return sorted(self._ready)
+
+    @property
+    def pending_workers(self) -> int:
+        return len(self.actors) - len(self._ready) - len(self._gone - self._ready)
+
+    # ------------------------------------------------------------------ start / grow / stop
 
     def start(self) -> EvaluatorInfo:
         import ray
@@ -146,37 +118,160 @@ class RayTransport(Transport):
             raise RuntimeError(
                 "Ray is not initialized; call drllm.cluster.connect() (or ray.init) first"
             )
-        self.resources = res = resolve_resources(self.config, ray.cluster_resources())
-        logger.info("starting %d evaluator actors (%g CPU, %g GPU, %d threads each) in "
-                    "namespace %r", res.num_actors, res.num_cpus, res.num_gpus, res.num_threads,
-                    self.config.namespace)
-        remote_cls = ray.remote(EvaluatorActor)
-        for i in range(res.num_actors):
-            self._wait_name_free(self.actor_name(i))
-            self.actors.append(remote_cls.options(
-                name=self.actor_name(i),
-                namespace=self.config.namespace,
-                num_cpus=res.num_cpus,
-                num_gpus=res.num_gpus,
-                max_restarts=self.config.max_restarts,
-                max_task_retries=0,
-            ).remote(
-                i, self.spec, num_threads=res.num_threads, device=res.device,
-                max_batch_size=self.config.max_batch_size,
-                batch_wait_ms=self.config.batch_wait_ms,
-                metrics_model=self.metrics_model,
-            ))
+        self.plan = plan = plan_actors(self.config, ray.cluster_resources())
+        self.resources = dataclasses.replace(plan.resources, num_actors=plan.initial)
+        res = plan.resources
+        logger.info("requesting %d evaluator actors (%g CPU, %g GPU, %d threads each; at "
+                    "most %s, %d to start) in namespace %r", plan.initial, res.num_cpus,
+                    res.num_gpus, res.num_threads, plan.max_actors or "as the cluster grows",
+                    plan.min_actors, self.config.namespace)
         try:
-            infos = self._wait_ready()
+            for _ in range(plan.initial):
+                self._add_actor()
+            self._last_scale = self._clock()
+            self._wait_started()
         except BaseException:
             self.shutdown()
             raise
-        if len(set(infos)) != 1:
-            self.shutdown()
-            raise RuntimeError(
-                f"evaluator actors disagree on the model: {sorted(set(map(str, infos)))}"
+        assert self.info is not None
+        return self.info
+
+    def _add_actor(self) -> None:
+        import ray
+
+        index = len(self.actors)
+        res = self.plan.resources
+        self._wait_name_free(self.actor_name(index))
+        actor = ray.remote(EvaluatorActor).options(
+            name=self.actor_name(index),
+            namespace=self.config.namespace,
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            max_restarts=self.config.max_restarts,
+            max_task_retries=0,
+        ).remote(
+            index, self.spec, num_threads=res.num_threads, device=res.device,
+            max_batch_size=self.config.max_batch_size,
+            batch_wait_ms=self.config.batch_wait_ms,
+            metrics_model=self.metrics_model,
+        )
+        self.actors.append(actor)
+        self._probe(index)
+
+    def _probe(self, worker: int) -> None:
+        """Ask ``worker`` for its info; it is ready when that answers (placed, model loaded)."""
+        self._ready.discard(worker)
+        self._probes[self.actors[worker].info.remote()] = worker
+
+    def _deadline(self) -> float:
+        return self.config.gpu_wait_s if self.plan.use_gpu else self.ready_timeout_s
+
+    def _wait_started(self) -> None:
+        start = self._clock()
+        last_note = start
+        while len(self._ready) < self.plan.min_actors:
+            self._check_deadline(start)
+            self._poll_probes(timeout_s=min(5.0, self.config.scale_check_s))
+            self.maintain_probes()
+            if self._clock() - last_note >= 30.0:
+                last_note = self._clock()
+                logger.info("waiting for evaluator actors: %d ready of %d needed, %d pending "
+                            "(%.0f s)", len(self._ready), self.plan.min_actors,
+                            self.pending_workers, last_note - start)
+            if not self._probes and not self._reprobe_at and len(self._ready) < self.plan.min_actors:
+                raise RuntimeError(
+                    f"evaluator actors failed to start: {len(self._gone)} of "
+                    f"{len(self.actors)} died (see the actor logs above); "
+                    f"{len(self._ready)} ready, {self.plan.min_actors} needed"
+                )
+
+    def _check_deadline(self, since: float) -> None:
+        import ray
+
+        waited = self._clock() - since
+        if waited <= self._deadline():
+            return
+        if self.plan.use_gpu:
+            raise TimeoutError(
+                f"no GPU evaluator actor ({self.plan.resources.num_gpus:g} GPU each) was placed "
+                f"and loaded within {self._deadline():.0f} s (pool.gpu_wait_s): the cluster "
+                f"has {ray.cluster_resources().get('GPU', 0):g} GPUs, "
+                f"{ray.available_resources().get('GPU', 0):g} free. The autoscaler did not "
+                "add GPU nodes (check `ray status`, the GPU node type's max_workers / KubeRay "
+                "maxReplicas) or the model does not load; GPUs are never replaced by CPUs: "
+                "set pool.use_gpu=false to evaluate on CPU"
             )
-        return infos[0]
+        raise TimeoutError(
+            f"{self.pending_workers} of {len(self.actors)} evaluator actors not ready after "
+            f"{waited:.0f} s and none is (cluster free resources: {ray.available_resources()}); "
+            "are the requested CPUs/GPUs available, and does the model load?"
+        )
+
+    def _poll_probes(self, timeout_s: float) -> None:
+        import ray
+
+        if not self._probes:
+            return
+        done, _ = ray.wait(list(self._probes), num_returns=len(self._probes), timeout=timeout_s)
+        for ref in done:
+            self._settle_probe(ref, self._probes.pop(ref))
+
+    def _settle_probe(self, ref: Any, worker: int) -> None:
+        import ray
+
+        try:
+            info = ray.get(ref)
+        except ray.exceptions.RayError as err:
+            if _actor_state(self.actors[worker]) == "DEAD":
+                logger.error("evaluator actor %s failed to start: %s", self.actor_name(worker),
+                             err)
+                self._gone.add(worker)
+            else:  # restarting (its node went away, or killed): ask again in a moment
+                self._reprobe_at[worker] = self._clock() + REPROBE_S
+            return
+        if self.info is None:
+            self.info = info
+        elif info != self.info:
+            logger.error("evaluator actor %s loaded %s, but the pool evaluates %s; dropping it",
+                         self.actor_name(worker), info, self.info)
+            self._gone.add(worker)
+            ray.kill(self.actors[worker], no_restart=True)
+            return
+        if worker not in self._ready:
+            self._ready.add(worker)
+            logger.info("evaluator actor %s is up (%d ready, %d pending)",
+                        self.actor_name(worker), len(self._ready), self.pending_workers)
+
+    def maintain_probes(self) -> None:
+        """Settle answered probes; probe again the actors whose restart was awaited."""
+        self._poll_probes(timeout_s=0)
+        now = self._clock()
+        for worker in [w for w, at in self._reprobe_at.items() if at <= now]:
+            del self._reprobe_at[worker]
+            self._probe(worker)
+
+    def maintain(self) -> None:
+        """Notice placed actors, add actors for joined nodes, fail on a missed deadline."""
+        import ray
+
+        self.maintain_probes()
+        if self._ready:
+            self._unready_since = None
+        elif self._unready_since is None:
+            self._unready_since = self._clock()
+        else:
+            self._check_deadline(self._unready_since)
+        if self._clock() - self._last_scale < self.config.scale_check_s:
+            return
+        self._last_scale = self._clock()
+        target = self.plan.max_actors
+        if target is None:
+            target = fitting_actors(self.plan.resources, ray.cluster_resources())
+        if target > len(self.actors):
+            logger.info("the cluster grew: adding %d evaluator actors (%d -> %d)",
+                        target - len(self.actors), len(self.actors), target)
+            while len(self.actors) < target:
+                self._add_actor()
 
     def _wait_name_free(self, name: str) -> None:
         """A previous driver's actor of that name may still be shutting down; wait a little."""
@@ -196,35 +291,20 @@ class RayTransport(Transport):
                 )
             time.sleep(0.5)
 
-    def _wait_ready(self) -> list[EvaluatorInfo]:
+    def kill(self, worker: int) -> None:
+        """Kill a hung actor; Ray restarts it (within ``max_restarts``), then it is probed."""
         import ray
 
-        refs = [a.info.remote() for a in self.actors]
-        start = time.monotonic()
-        pending = list(refs)
-        while pending:
-            waited = time.monotonic() - start
-            if waited > self.ready_timeout_s:
-                raise TimeoutError(
-                    f"{len(pending)} of {len(refs)} evaluator actors not ready after "
-                    f"{waited:.0f} s (cluster free resources: {ray.available_resources()}); "
-                    "are the requested CPUs/GPUs available, and does the model load?"
-                )
-            _, pending = ray.wait(pending, num_returns=len(pending), timeout=30.0)
-            if pending:
-                logger.info("waiting for %d evaluator actors to load the model (%.0f s)",
-                            len(pending), time.monotonic() - start)
-        try:
-            return list(ray.get(refs))
-        except ray.exceptions.RayActorError as err:
-            raise RuntimeError(f"an evaluator actor failed to start: {err}") from err
+        ray.kill(self.actors[worker], no_restart=False)
+        self._probe(worker)
 
     def shutdown(self) -> None:
         import ray
 
-        if self.actors:  # let each actor stop its batcher cleanly, then kill it
+        live = [a for i, a in enumerate(self.actors) if i not in self._gone]
+        if live:  # let each actor stop its batcher cleanly, then kill it
             try:
-                ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors),
+                ray.wait([a.close.remote() for a in live], num_returns=len(live),
                          timeout=SHUTDOWN_GRACE_S)
             except Exception:  # noqa: BLE001 - dead actors cannot close; kill them anyway
                 logger.debug("closing evaluator actors failed", exc_info=True)
@@ -234,6 +314,9 @@ class RayTransport(Transport):
             except Exception:  # noqa: BLE001 - already dead
                 pass
         self._refs.clear()
+        self._probes.clear()
+        self._reprobe_at.clear()
+        self._ready.clear()
 
     # ------------------------------------------------------------------ calls
 
@@ -244,13 +327,16 @@ class RayTransport(Transport):
     def wait(self, timeout_s: float) -> list[CallDone]:
         import ray
 
-        if not self._refs:
+        refs = list(self._refs) + list(self._probes)
+        if self._reprobe_at:  # wake up for the next probe of a restarting actor
+            timeout_s = min(timeout_s, max(0.0, min(self._reprobe_at.values()) - self._clock()))
+        if not refs:
+            time.sleep(min(timeout_s, 0.05))
             return []
-        refs = list(self._refs)
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
         if not ready:
             return []
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        ready, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
         return [self._collect(ref) for ref in ready]
 
     def _collect(self, ref: Any) -> CallDone:
@@ -265,6 +351,11 @@ class RayTransport(Transport):
             gone = state == "DEAD"
             logger.warning("evaluator actor %s lost a call (%s; state %s)",
                            self.actor_name(worker), type(err).__name__, state)
+            if gone:
+                self._gone.add(worker)
+                self._ready.discard(worker)
+            elif worker in self._ready:
+                self._probe(worker)  # usable again once restarted and placed
             return CallDone(call_id, worker, worker_lost=True, worker_gone=gone)
         except RayTaskError as err:
             cause = err.cause if getattr(err, "cause", None) is not None else err
@@ -301,6 +392,8 @@ def create_pool(
         max_batch_size=config.max_batch_size,
         max_in_flight_per_worker=config.max_in_flight_per_actor,
         max_request_retries=config.max_request_retries,
+        call_timeout_s=config.call_timeout_s,
+        sticky_wait_s=config.sticky_wait_s if config.sticky else None,
     )
     info = pool.start()
     if enable_metrics:

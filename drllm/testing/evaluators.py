@@ -67,6 +67,13 @@ class ConstantReward:
 RewardFn = Callable[[str, LayerPath], float]
 
 
+def _armed(after: Optional[int], workers: Optional[Sequence[int]], after_restart: bool,
+           context: EvaluatorContext) -> bool:
+    """Whether a fault injected after ``after`` requests applies to this worker incarnation."""
+    targeted = workers is None or context.worker_index in set(workers)
+    return after is not None and targeted and (after_restart or not context.restarted)
+
+
 class DummyEvaluator(Evaluator):
     """A model-free backend for tests and dry runs, with delays and fault injection.
 
@@ -89,6 +96,14 @@ class DummyEvaluator(Evaluator):
             :class:`InjectedFault`, whatever the example.
         flaky_example_ids: requests of these examples raise on their first attempt in each
             worker, then succeed.
+        hang_after: the worker hangs (sleeps ``hang_s`` inside the batch, answering nothing)
+            when it starts a batch after having evaluated this many requests -- a stuck
+            generation; the pool's ``call_timeout_s`` must kill it. In-process it raises
+            :class:`WorkerLostError` (a synchronous call cannot be timed out).
+        hang_on_workers: worker indices that hang (``None``: all of them).
+        hang_after_restart: also hang in restarted workers (default: only the first
+            incarnation, so the killed worker recovers).
+        hang_s: how long a hang lasts (seconds).
         model_id: reported model id.
         context: set by :meth:`from_options`.
     """
@@ -109,6 +124,10 @@ class DummyEvaluator(Evaluator):
         fail_example_ids: Sequence[str] = (),
         fail_paths: Sequence[str] = (),
         flaky_example_ids: Sequence[str] = (),
+        hang_after: Optional[int] = None,
+        hang_on_workers: Optional[Sequence[int]] = None,
+        hang_after_restart: bool = False,
+        hang_s: float = 3600.0,
         model_id: str = "dummy",
         context: EvaluatorContext = EvaluatorContext(),
     ) -> None:
@@ -133,6 +152,9 @@ class DummyEvaluator(Evaluator):
         targeted = die_on_workers is None or context.worker_index in set(die_on_workers)
         armed = die_after is not None and targeted and (die_after_restart or not context.restarted)
         self.die_after = die_after if armed else None
+        self.hang_after = hang_after if _armed(hang_after, hang_on_workers, hang_after_restart,
+                                               context) else None
+        self.hang_s = float(hang_s)
         self.requests_done = 0
         self._flaky_seen: set[str] = set()
 
@@ -155,6 +177,16 @@ class DummyEvaluator(Evaluator):
             self.die_after = None  # fire once per object; the transport builds a successor
             raise WorkerLostError(f"injected death of worker {self.context.worker_index}")
         os._exit(1)
+
+    def _maybe_hang(self) -> None:
+        if self.hang_after is None or self.requests_done < self.hang_after:
+            return
+        logger.warning("dummy evaluator %d: injected hang after %d requests (%.0f s)",
+                       self.context.worker_index, self.requests_done, self.hang_s)
+        self.hang_after = None
+        if self.context.in_process:
+            raise WorkerLostError(f"injected hang of worker {self.context.worker_index}")
+        time.sleep(self.hang_s)
 
     def _one(self, request: EvalRequest) -> Evaluation:
         path = LayerPath(request.path)
@@ -180,6 +212,7 @@ class DummyEvaluator(Evaluator):
     def evaluate(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
         """Evaluate in order; sleeps ``batch_delay_s + delay_s * len(requests)`` first."""
         self._maybe_die()
+        self._maybe_hang()
         pause = self.batch_delay_s + self.delay_s * len(requests)
         if pause:
             time.sleep(pause)

@@ -114,6 +114,20 @@ def test_backend_errors_in_actors_become_counted_failures_not_rewards(ray_local)
             assert records[ex.id] == dummy_golden(ex)
 
 
+def _stats_once_back(actor, timeout_s: float = 60.0) -> dict:
+    """``actor.stats()`` once the (restarting) actor answers; the pool does not wait for it."""
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get(actor.stats.remote(), timeout=10)
+        except ray.exceptions.RayActorError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.mark.slow
 def test_killed_actor_requests_are_requeued(ray_local):
     import ray
@@ -141,7 +155,7 @@ def test_killed_actor_requests_are_requeued(ray_local):
         driver = SearchDriver(pool, MCTS, DriverConfig(max_concurrent_trees=10), sink=sink,
                               render=render)
         summary = driver.run(examples)
-        stats = ray.get(victim.stats.remote())
+        stats = _stats_once_back(victim)
     finally:
         pool.close()
     assert sink.killed and summary.lost_calls >= 1 and summary.requeued >= 1
