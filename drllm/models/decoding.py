@@ -8,7 +8,8 @@ fixed from then on.
 
 Decode feeds each active row's last token, one forward pass per step, reusing the prefill
 decisions through a precomputed step plan. Rows that finish leave the batch: their rows are
-dropped from the inputs, the masks and every cache slot, so they stop costing compute.
+dropped from the inputs, the masks and every cache slot (lazily: once they are a share of the
+batch, see :data:`COMPACT_FRACTION`), so they stop costing compute.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from drllm.models.forward import BlockHook, BlockRunner, plan_steps
 from drllm.models.kv import SlotKVCache
-from drllm.models.stopping import StopRule
+from drllm.models.stopping import FinalFn, StopRule
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class DecodeState:
 def prefill(
     ex: Stepper, ids: Sequence[Sequence[int]], decisions: list[list[int]],
     max_new_tokens: int, hook: BlockHook | None, groups: Sequence[tuple[int, int]],
+    dense: bool = False,
 ) -> DecodeState:
     """Prefill prompts ``ids`` along ``decisions`` (``hook`` may fill them in), bucket by bucket.
 
@@ -97,7 +99,7 @@ def prefill(
         hidden = ex.runner.run(
             ex.embed(input_ids), (mask.cumsum(1) - 1).clamp_(min=0), mask.bool(),
             decisions[start:end], all_valid=min(lengths[start:end]) == group_width, cache=cache,
-            hook=hook, hook_mask=mask,
+            hook=hook, hook_mask=mask, dense=dense,
         )
         parts.append((cache, end - start))
         last_hidden.append(hidden[:, -1:])
@@ -128,25 +130,51 @@ def _drop_finished(ex: Stepper, state: DecodeState, keep: list[bool]) -> None:
     state.all_valid = state.all_valid or bool(state.valid[:, : state.length].all())
 
 
+#: Finished rows stay in the batch (computed, their tokens ignored) until they are at least
+#: this share of it; then they are dropped from the inputs and every cache slot at once.
+#: Compaction copies the whole cache, so doing it for every finished row costs more than
+#: carrying a few finished rows for some steps.
+COMPACT_FRACTION = 0.25
+
+
 def decode(
-    ex: Stepper, state: DecodeState, rule: StopRule
+    ex: Stepper, state: DecodeState, rule: StopRule, *,
+    finals: Sequence[FinalFn | None] | None = None,
+    initial: Sequence[Sequence[int]] | None = None,
+    compact_fraction: float = COMPACT_FRACTION,
+    dense: bool = False,
 ) -> tuple[list[list[int]], list[str]]:
-    """Greedy decoding until every row stops; ``(token ids, finish reason)`` per batch row."""
+    """Greedy decoding until every row stops; ``(token ids, finish reason)`` per batch row.
+
+    Args:
+        finals: per batch row, its grader predicate (see :data:`~drllm.models.stopping.GRADER`).
+        initial: per batch row, tokens it already generated before ``state.next_tokens``
+            (draft verification); they were checked against ``rule`` by the caller.
+        compact_fraction: finished rows are dropped once they are at least this share of the
+            batch rows (0: at once, as each row finishes).
+        dense: steps run the whole batch and select rows (see :func:`plan_steps`).
+    """
     batch = len(state.rows)
-    tokens: list[list[int]] = [[] for _ in range(batch)]
+    tokens: list[list[int]] = [list(t) for t in initial] if initial else [[] for _ in range(batch)]
     reasons: list[str | None] = [None] * batch
-    plan = plan_steps(state.decisions, ex.num_layers, ex.device)
+    finals = finals or [None] * batch
+    plan = plan_steps(state.decisions, ex.num_layers, ex.device, dense=dense)
+    done = [False] * len(state.rows)
     while True:
-        keep = []
-        for row, token in zip(state.rows, state.next_tokens.tolist()):
+        for pos, (row, token) in enumerate(zip(state.rows, state.next_tokens.tolist())):
+            if done[pos]:
+                continue
             tokens[row].append(token)
-            reasons[row] = rule.check(tokens[row])
-            keep.append(reasons[row] is None)
-        if not any(keep):
+            reasons[row] = rule.check(tokens[row], finals[row])
+            done[pos] = reasons[row] is not None
+        finished = sum(done)
+        if finished == len(done):
             return tokens, reasons  # type: ignore[return-value]
-        if not all(keep):
+        if finished and finished >= compact_fraction * len(done):
+            keep = [not d for d in done]
             _drop_finished(ex, state, keep)
-            plan = plan_steps(state.decisions, ex.num_layers, ex.device)
+            done = [False] * len(state.rows)
+            plan = plan_steps(state.decisions, ex.num_layers, ex.device, dense=dense)
         state.valid[:, state.length] = True
         state.length += 1
         hidden = ex.runner.run(

@@ -33,7 +33,9 @@ from drllm.models.decoding import decode, prefill
 from drllm.models.families import get_family
 from drllm.models.forward import BlockHook, BlockRunner
 from drllm.models.kv import SlotKVCache
-from drllm.models.stopping import StopRule
+from drllm.models.prefix import PrefixEntry, record_prefixes
+from drllm.models.resume import ResumeRow, generate_resumed
+from drllm.models.stopping import FinalFn, StopRule
 from drllm.paths import DEFAULT_CONSTRAINTS, InvalidPathError, LayerPath, PathConstraints, check_path
 from drllm.types import Generation
 
@@ -74,6 +76,9 @@ class PathExecutor:
         bucket_overhead_tokens: modelled cost of one extra prefill length bucket, in token
             positions (:mod:`drllm.models.buckets`); None picks a default for the device
             (CPU 128, else 4096). A very large value disables bucketing.
+        dense_steps: a step only some rows run still runs the whole batch and selects rows
+            with ``torch.where`` (static shapes, for CUDA graphs on GPUs) instead of gathering
+            a sub-batch. Same tokens either way.
 
     Attributes:
         num_layers: ``L`` decoder blocks.
@@ -90,6 +95,7 @@ class PathExecutor:
         *,
         add_special_tokens: bool = False,
         bucket_overhead_tokens: int | None = None,
+        dense_steps: bool = False,
     ) -> None:
         family = get_family(model)
         if model.training:
@@ -99,6 +105,7 @@ class PathExecutor:
         self.tokenizer = tokenizer
         self.constraints = constraints
         self.add_special_tokens = add_special_tokens
+        self.dense_steps = bool(dense_steps)
         self.family = family
         layers = family.layers(model)
         self.num_layers = len(layers)
@@ -339,6 +346,7 @@ class PathExecutor:
         stop_strings: Sequence[str] = (),
         block_hook: BlockHook | None = None,
         batch_size: int | None = None,
+        finals: Sequence[FinalFn | None] | None = None,
     ) -> list[Generation]:
         """Greedy generation, each row along its own path.
 
@@ -352,6 +360,8 @@ class PathExecutor:
             batch_size: rows per forward batch (None = all at once). Without a hook, chunks
                 group prompts of similar length, and each batch is prefilled in length buckets,
                 to limit padding. Outputs keep the input order.
+            finals: per prompt, a grader predicate ending the row once no continuation can
+                change its grade (finish reason ``"grader"``), or None.
 
         Returns:
             One :class:`~drllm.types.Generation` per prompt, in order. ``layers_executed`` is
@@ -365,6 +375,9 @@ class PathExecutor:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
         if not ids:
             return []
+        if finals is not None and len(finals) != len(ids):
+            raise ValueError(f"got {len(finals)} finals for {len(ids)} prompts")
+        finals = list(finals) if finals is not None else [None] * len(ids)
         order = list(range(len(ids)))
         if batch_size is None or batch_size >= len(ids):
             chunks = [order]
@@ -375,7 +388,8 @@ class PathExecutor:
         results: list[Generation | None] = [None] * len(ids)
         for chunk in chunks:
             outs = self._generate_batch(
-                [ids[i] for i in chunk], [decisions[i] for i in chunk], rule, block_hook, chunk
+                [ids[i] for i in chunk], [decisions[i] for i in chunk], rule, block_hook, chunk,
+                [finals[i] for i in chunk],
             )
             for i, out in zip(chunk, outs):
                 results[i] = out
@@ -383,7 +397,7 @@ class PathExecutor:
 
     def _generate_batch(
         self, ids: list[list[int]], decisions: list[list[int]], rule: StopRule,
-        hook: BlockHook | None, row_ids: Sequence[int],
+        hook: BlockHook | None, row_ids: Sequence[int], finals: Sequence[FinalFn | None],
     ) -> list[Generation]:
         """Generate for one batch; ``row_ids`` name its rows in error messages.
 
@@ -397,11 +411,12 @@ class PathExecutor:
             order, groups = list(range(len(ids))), [(0, len(ids))]
         state = prefill(
             self, [ids[i] for i in order], [decisions[i] for i in order], rule.max_new_tokens,
-            hook, groups,
+            hook, groups, dense=self.dense_steps,
         )
         checked = self._final_paths(decisions, row_ids)
         paths = [checked[i] for i in order]
-        tokens, reasons = decode(self, state, rule)
+        tokens, reasons = decode(self, state, rule, finals=[finals[i] for i in order],
+                                 dense=self.dense_steps)
         out: list[Generation | None] = [None] * len(ids)
         for pos, row in enumerate(order):
             out[row] = Generation(
@@ -412,6 +427,57 @@ class PathExecutor:
                 finish_reason=reasons[pos],
             )
         return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ work avoidance
+
+    def record_prefixes(
+        self, prompts: Sequence[Sequence[int]], generations: Sequence[Generation]
+    ) -> list[PrefixEntry]:
+        """Prefix entries of default-path generations (see :mod:`drllm.models.prefix`)."""
+        return record_prefixes(
+            self, prompts, [g.token_ids for g in generations],
+            [g.finish_reason for g in generations], [g.text for g in generations],
+        )
+
+    @torch.inference_mode()
+    def generate_resumed(
+        self,
+        entries: Sequence[PrefixEntry],
+        paths: Sequence[LayerPath | Sequence[int]],
+        *,
+        max_new_tokens: int = 64,
+        stop_strings: Sequence[str] = (),
+        draft_tokens: int | None = None,
+        finals: Sequence[FinalFn | None] | None = None,
+    ) -> list[Generation]:
+        """Greedy generation along edited paths from the default path's stored prefixes.
+
+        The same tokens as :meth:`generate` on ``entry.prompt`` along each path (see
+        :mod:`drllm.models.resume`): blocks before a path's first edit are reused, and up to
+        ``draft_tokens`` tokens of the default response (None: all; 0: none) are verified in
+        one teacher-forced pass. Each entry must come from a generation with the same
+        ``max_new_tokens`` and ``stop_strings`` (and grader predicate).
+        """
+        rule = StopRule(self.tokenizer, self.eos_token_ids, max_new_tokens, stop_strings)
+        decisions = self._paths(paths, len(entries))
+        finals = list(finals) if finals is not None else [None] * len(entries)
+        rows = []
+        for entry, path, final in zip(entries, decisions, finals, strict=True):
+            if all(d == 1 for d in path):
+                raise ValueError("generate_resumed takes edited paths; the default path's "
+                                 "output is the entry itself")
+            self._check_row(len(rows), entry.prompt, max_new_tokens)
+            draft = len(entry.tokens) - 1
+            if draft_tokens is not None:
+                draft = min(draft, draft_tokens)
+            rows.append(ResumeRow(tuple(path), entry, draft, final))
+        tokens, reasons = generate_resumed(self, rows, rule, dense=self.dense_steps)
+        return [
+            Generation(text=rule.final_text(t, why), token_ids=tuple(t),
+                       layers_executed=LayerPath(row.path).cost * len(t),
+                       prompt_tokens=len(row.entry.prompt), finish_reason=why)
+            for row, t, why in zip(rows, tokens, reasons)
+        ]
 
 
 def _eos_ids(model: nn.Module, tokenizer: object) -> frozenset[int]:

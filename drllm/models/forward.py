@@ -41,19 +41,26 @@ class Step:
         pass_index: 0 for the first run of the block, 1 for a repeat's second run.
         rows: ascending batch rows of the micro-batch, or None for the whole batch.
         index: ``rows`` as a long tensor on the model's device (None for the whole batch).
+        select: dense steps only: ``[B, 1, 1]`` bool, the rows whose output is kept (the
+            whole batch runs the block, the others keep their input), else None.
     """
 
     block: int
     pass_index: int
     rows: tuple[int, ...] | None
     index: torch.Tensor | None
+    select: torch.Tensor | None = None
 
 
 def block_steps(
     block: int, decisions: Sequence[Sequence[int]], device: torch.device,
-    index_cache: dict[tuple[int, ...], torch.Tensor],
+    index_cache: dict[tuple[int, ...], torch.Tensor], dense: bool = False,
 ) -> list[Step]:
-    """The steps of ``block`` for rows with the given decisions (``[B][L]``), pass 0 then pass 1."""
+    """The steps of ``block`` for rows with the given decisions (``[B][L]``), pass 0 then pass 1.
+
+    ``dense``: a step that not every row runs still runs the whole batch and keeps the output
+    of its rows only (:attr:`Step.select`): static shapes (CUDA graphs), slots hold every row.
+    """
     batch = len(decisions)
     steps = []
     for pass_index in (0, 1):
@@ -63,6 +70,11 @@ def block_steps(
         if len(rows) == batch:
             steps.append(Step(block, pass_index, None, None))
             continue
+        if dense:
+            select = torch.zeros((batch, 1, 1), dtype=torch.bool, device=device)
+            select[list(rows)] = True
+            steps.append(Step(block, pass_index, None, None, select))
+            continue
         index = index_cache.get(rows)
         if index is None:
             index = index_cache[rows] = torch.tensor(rows, dtype=torch.long, device=device)
@@ -71,14 +83,20 @@ def block_steps(
 
 
 def plan_steps(
-    decisions: Sequence[Sequence[int]], num_layers: int, device: torch.device
+    decisions: Sequence[Sequence[int]], num_layers: int, device: torch.device,
+    dense: bool = False,
 ) -> list[Step]:
     """Every step of a forward call for fixed decisions ``[B][L]``, in execution order."""
     index_cache: dict[tuple[int, ...], torch.Tensor] = {}
     steps: list[Step] = []
     for block in range(num_layers):
-        steps.extend(block_steps(block, decisions, device, index_cache))
+        steps.extend(block_steps(block, decisions, device, index_cache, dense))
     return steps
+
+
+#: ``inject(block, hidden [B, q, d]) -> hidden``: called before ``block`` runs; may return new
+#: states entering it (rows resuming from a stored prefix start there).
+Inject = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 def hook_decisions(values: object, block: int, batch: int) -> list[int]:
@@ -181,6 +199,8 @@ class BlockRunner:
         plan: Sequence[Step] | None = None,
         hook: BlockHook | None = None,
         hook_mask: torch.Tensor | None = None,
+        inject: Inject | None = None,
+        dense: bool = False,
     ) -> torch.Tensor:
         """Run every block on ``hidden`` along ``decisions``.
 
@@ -194,11 +214,14 @@ class BlockRunner:
             plan: precomputed steps for fixed decisions (decode); built block by block if None.
             hook: per-block prefill hook (see :data:`BlockHook`); needs ``plan is None``.
             hook_mask: ``[B, q]`` attention mask handed to the hook.
+            inject: replaces the states entering a block (see :data:`Inject`); needs
+                ``plan is None``.
+            dense: whole-batch steps with per-row selection (see :func:`block_steps`).
 
         Returns:
             ``[B, q, d]`` hidden states after the last block (before the final norm).
         """
-        assert hook is None or plan is None, "a hook decides blocks during the call; no plan"
+        assert (hook is None and inject is None) or plan is None, "per-block callbacks; no plan"
         inputs = _CallInputs(self, hidden, positions, valid, all_valid)
         if plan is not None:
             for step in plan:
@@ -207,12 +230,14 @@ class BlockRunner:
         batch = hidden.shape[0]
         index_cache: dict[tuple[int, ...], torch.Tensor] = {}
         for block in range(len(self.layers)):
+            if inject is not None:
+                hidden = inject(block, hidden)
             if hook is not None:
                 chosen = hook(block, hidden, hook_mask)
                 if chosen is not None:
                     for row, d in enumerate(hook_decisions(chosen, block, batch)):
                         decisions[row][block] = d
-            for step in block_steps(block, decisions, hidden.device, index_cache):
+            for step in block_steps(block, decisions, hidden.device, index_cache, dense):
                 hidden = self._run_step(step, hidden, inputs, cache)
         return hidden
 
@@ -234,6 +259,8 @@ class BlockRunner:
         )
         if isinstance(out, tuple):  # layers of older transformers releases return a tuple
             out = out[0]
+        if step.select is not None:
+            return torch.where(step.select, out, hidden)
         if step.index is None:
             return out
         return hidden.index_copy(0, step.index, out)

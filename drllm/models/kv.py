@@ -190,6 +190,31 @@ class SlotKVCache:
             slot.length = width
         return merged
 
+    def slot_tensors(
+        self, block: int, pass_index: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rows, keys, values)`` of slot ``(block, pass_index)``, the filled positions only
+        (``[n, kv_heads, length, head_dim]``); KeyError if the slot does not exist."""
+        slot = self._slots[(block, pass_index)]
+        assert slot.keys is not None, f"slot {(block, pass_index)} was never written"
+        return slot.rows, slot.keys[:, :, : slot.length], slot.values[:, :, : slot.length]
+
+    @classmethod
+    def from_slots(
+        cls, slots: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        length: int, grow: int = 32,
+    ) -> "SlotKVCache":
+        """A cache holding the given slots: ``(block, pass) -> (rows, keys, values)``, keys and
+        values ``[n, kv_heads, capacity, head_dim]`` with ``length`` positions filled (taken
+        as they are, not copied)."""
+        capacity = max((k.shape[2] for _, k, _ in slots.values()), default=max(length, 1))
+        cache = cls(capacity=max(capacity, 1), grow=grow)
+        for key, (rows, keys, values) in slots.items():
+            assert keys.shape[2] >= length and keys.shape[0] == rows.numel(), key
+            slot = cache._slots[key] = _Slot(rows)
+            slot.keys, slot.values, slot.length = keys, values, length
+        return cache
+
     def slot_rows(self, block: int, pass_index: int) -> torch.Tensor | None:
         """Batch rows stored in slot ``(block, pass_index)``, or None if the slot does not exist."""
         slot = self._slots.get((block, pass_index))

@@ -1,0 +1,207 @@
+"""Generation along edited paths that starts from the default path's stored states.
+
+For each row: a prompt, its path, and the :class:`~drllm.models.prefix.PrefixEntry` of the
+default path on that prompt. Let ``f`` be the row's first edited block (the first decision
+that is not 1). Blocks ``0..f-1`` see exactly the default path's states, so:
+
+1. **Shared prefix.** The row's verification pass starts at block ``f``: the states entering
+   ``f`` are injected from the entry, and the keys / values of blocks ``< f`` are the entry's.
+2. **Draft verification** (self-speculative, as LayerSkip). The pass is teacher-forced over
+   the prompt plus the first ``m`` tokens of the default response (the draft) in one chunk.
+   Its greedy tokens ``g_1..g_{m+1}`` are accepted up to the first disagreement with the
+   draft (``g_j = d_j`` for ``j <= a``) plus the first token after it: those are exactly the
+   tokens plain greedy decoding would emit, since each ``g_j`` is the greedy token after a
+   prefix the row itself produced. The stop rule is applied to them token by token.
+3. Rows that have not stopped continue with ordinary decoding (:func:`decode`) from
+   ``g_{a+1}``; the cache keeps the positions of the prompt and the accepted draft
+   (``P + a``), the rest of the draft is masked out (never attended to).
+
+Everything is batched: rows differ in prompt, draft length, first edit and path.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from drllm.models.decoding import CACHE_CHUNK, DecodeState, Stepper, decode
+from drllm.models.kv import SlotKVCache
+from drllm.models.prefix import PrefixEntry
+from drllm.models.stopping import FinalFn, StopRule
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResumeRow:
+    """One row to generate from a stored default prefix.
+
+    Attributes:
+        path: its ``L`` decisions (not all 1).
+        entry: the default path's entry for the row's prompt (and stop rule).
+        draft: draft tokens verified (``0 <= draft <= R - 1``; 0: prefix reuse only).
+        final: the row's grader predicate, or None.
+    """
+
+    path: tuple[int, ...]
+    entry: PrefixEntry
+    draft: int
+    final: FinalFn | None = None
+
+    @property
+    def first_edit(self) -> int:
+        return next(i for i, d in enumerate(self.path) if d != 1)
+
+    @property
+    def fed(self) -> list[int]:
+        return list(self.entry.prompt) + list(self.entry.tokens[: self.draft])
+
+
+def _injector(rows: Sequence[ResumeRow], width: int, device: torch.device):
+    """Replace the states entering each row's first edited block by the entry's."""
+    by_block: dict[int, list[int]] = {}
+    for r, row in enumerate(rows):
+        if row.first_edit > 0:
+            by_block.setdefault(row.first_edit, []).append(r)
+
+    def inject(block: int, hidden: torch.Tensor) -> torch.Tensor:
+        members = by_block.get(block)
+        if not members:
+            return hidden
+        hidden = hidden.clone()
+        for r in members:
+            n = len(rows[r].fed)
+            hidden[r, width - n:] = rows[r].entry.hidden[block, :n].to(hidden.dtype)
+        return hidden
+
+    return inject
+
+
+def _verify(
+    ex: Stepper, rows: Sequence[ResumeRow], dense: bool
+) -> tuple[SlotKVCache, list[list[int]], int]:
+    """The verification pass: ``(chunk cache, greedy tokens g_1..g_{m+1} per row, width)``."""
+    fed = [row.fed for row in rows]
+    input_ids, mask = ex.left_pad(fed)
+    width = input_ids.shape[1]
+    decisions = [[0] * row.first_edit + list(row.path[row.first_edit:]) for row in rows]
+    cache = SlotKVCache(capacity=width)
+    hidden = ex.runner.run(
+        ex.embed(input_ids), (mask.cumsum(1) - 1).clamp_(min=0), mask.bool(), decisions,
+        all_valid=min(map(len, fed)) == width, cache=cache,
+        inject=_injector(rows, width, ex.device), dense=dense,
+    )
+    picked = torch.cat([hidden[r, width - row.draft - 1:] for r, row in enumerate(rows)])
+    greedy = ex.head(picked[None])[0].float().argmax(-1).tolist()
+    out, start = [], 0
+    for row in rows:
+        out.append(greedy[start: start + row.draft + 1])
+        start += row.draft + 1
+    return cache, out, width
+
+
+def _accepted(greedy: list[int], row: ResumeRow) -> list[int]:
+    """``g_1..g_{a+1}``: the greedy tokens up to and including the first disagreement."""
+    draft = row.entry.tokens[: row.draft]
+    a = 0
+    while a < len(draft) and greedy[a] == draft[a]:
+        a += 1
+    return greedy[: a + 1]
+
+
+def _merged_cache(
+    rows: Sequence[ResumeRow], keep: Sequence[int], chunk: SlotKVCache, width: int,
+    capacity: int, num_layers: int, dense: bool,
+) -> SlotKVCache:
+    """The decode cache of the continuing rows ``keep``: blocks before each row's first edit
+    from its entry, the others from the verification chunk, right-aligned to ``width``."""
+    slots = {}
+    chunk_pos: dict[tuple[int, int], dict[int, int]] = {}
+    for block in range(num_layers):
+        for pass_index in (0, 1):
+            members = [j for j, r in enumerate(keep) if dense or rows[r].path[block] > pass_index]
+            if not members or not any(rows[keep[j]].path[block] > pass_index for j in members):
+                continue
+            key = (block, pass_index)
+            if key not in chunk_pos and chunk.slot_rows(*key) is not None:
+                chunk_pos[key] = {int(b): i for i, b in enumerate(chunk.slot_rows(*key).tolist())}
+            keys = values = None
+            for n, j in enumerate(members):
+                r = keep[j]
+                row = rows[r]
+                if block < row.first_edit and pass_index == 0:
+                    fed = len(row.fed)
+                    k = row.entry.keys[block][:, :fed]
+                    v = row.entry.values[block][:, :fed]
+                    cols = slice(width - fed, width)
+                elif r in chunk_pos.get(key, {}):
+                    _, ck, cv = chunk.slot_tensors(*key)
+                    i = chunk_pos[key][r]
+                    k, v, cols = ck[i], cv[i], slice(0, width)
+                else:  # dense: a row that does not run this step keeps zeros here
+                    assert dense, (key, r)
+                    continue
+                if keys is None:
+                    heads, dim = k.shape[0], k.shape[-1]
+                    keys = k.new_zeros((len(members), heads, capacity, dim))
+                    values = v.new_zeros((len(members), heads, capacity, v.shape[-1]))
+                keys[n, :, cols] = k
+                values[n, :, cols] = v
+            index = torch.tensor(members, dtype=torch.long, device=keys.device)
+            slots[key] = (index, keys, values)
+    return SlotKVCache.from_slots(slots, length=width, grow=CACHE_CHUNK)
+
+
+@torch.inference_mode()
+def generate_resumed(
+    ex: Stepper, rows: Sequence[ResumeRow], rule: StopRule, *, dense: bool = False,
+    compact_fraction: float | None = None,
+) -> tuple[list[list[int]], list[str]]:
+    """Greedy generation of every row from its stored prefix; ``(tokens, reason)`` per row."""
+    if not rows:
+        return [], []
+    chunk, greedy, width = _verify(ex, rows, dense)
+    tokens: list[list[int] | None] = [None] * len(rows)
+    reasons: list[str | None] = [None] * len(rows)
+    keep = []
+    for r, row in enumerate(rows):
+        emitted = _accepted(greedy[r], row)
+        stop, reason = rule.first_stop(emitted, final=row.final)
+        tokens[r], reasons[r] = emitted[:stop], reason
+        if reason is None:
+            keep.append(r)
+    if keep:
+        _continue(ex, rows, keep, tokens, reasons, rule, chunk, width, dense, compact_fraction)
+    return tokens, reasons  # type: ignore[return-value]
+
+
+def _continue(
+    ex: Stepper, rows: Sequence[ResumeRow], keep: list[int], tokens: list, reasons: list,
+    rule: StopRule, chunk: SlotKVCache, width: int, dense: bool,
+    compact_fraction: float | None,
+) -> None:
+    """Ordinary decoding of the rows ``keep`` after their verified tokens (in place)."""
+    room = max(rule.max_new_tokens - len(tokens[r]) for r in keep) + 1
+    capacity = width + min(room, CACHE_CHUNK)
+    cache = _merged_cache(rows, keep, chunk, width, capacity, ex.num_layers, dense)
+    valid = torch.zeros((len(keep), width + room), dtype=torch.bool, device=ex.device)
+    positions = []
+    for j, r in enumerate(keep):
+        start = width - len(rows[r].fed)
+        filled = len(rows[r].entry.prompt) + len(tokens[r]) - 1  # prompt + accepted draft
+        valid[j, start: start + filled] = True
+        positions.append(filled)
+    state = DecodeState(
+        cache=cache, valid=valid, length=width, all_valid=False,
+        next_tokens=torch.tensor([tokens[r][-1] for r in keep], device=ex.device),
+        next_positions=torch.tensor(positions, device=ex.device),
+        decisions=[list(rows[r].path) for r in keep], rows=list(range(len(keep))),
+    )
+    extra = {} if compact_fraction is None else {"compact_fraction": compact_fraction}
+    out, why = decode(ex, state, rule, finals=[rows[r].final for r in keep],
+                      initial=[tokens[r][:-1] for r in keep], dense=dense, **extra)
+    for j, r in enumerate(keep):
+        tokens[r], reasons[r] = out[j], why[j]

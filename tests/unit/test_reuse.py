@@ -1,0 +1,138 @@
+"""Work avoidance is exact: generation from a stored default prefix, with or without draft
+verification, gives the same tokens as plain greedy generation along the same path.
+
+Tiny random models of each family (fp32); SmolLM2 in tests/integration/test_smollm2_reuse.py.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from drllm.models.executor import PathExecutor
+from drllm.models.prefix import PrefixCache
+from drllm.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
+from drllm.paths import LayerPath, legal_actions
+
+L = 6
+PROMPTS = [
+    "The quick brown fox jumps over",
+    "2+2=",
+    "Once upon a time, in a land far away, there lived",
+    "Q: What is the capital of France?\nA:",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _executor(family: str, tok, **kwargs) -> PathExecutor:
+    return PathExecutor(tiny_model(family, num_layers=L), tok, **kwargs)
+
+
+def _edited_paths(count: int, seed: int) -> list[LayerPath]:
+    """Random paths 1-3 legal edits from the default (skips and repeats)."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < count:
+        path = LayerPath.default(L)
+        for _ in range(rng.randint(1, 3)):
+            path = rng.choice(list(legal_actions(path))).apply(path)
+        if any(d != 1 for d in path):
+            out.append(path)
+    return out
+
+
+def _tokens(gens) -> list[tuple[int, ...]]:
+    return [g.token_ids for g in gens]
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("draft_tokens", [None, 0, 3])
+def test_resumed_matches_plain(family, tok, draft_tokens) -> None:
+    ex = _executor(family, tok)
+    ids = ex.encode(PROMPTS)
+    default = ex.generate(ids, max_new_tokens=12)
+    entries = ex.record_prefixes(ids, default)
+    paths = _edited_paths(8, seed=len(family))
+    rows = [i % len(ids) for i in range(len(paths))]
+    plain = ex.generate([ids[r] for r in rows], paths, max_new_tokens=12)
+    resumed = ex.generate_resumed([entries[r] for r in rows], paths, max_new_tokens=12,
+                                  draft_tokens=draft_tokens)
+    assert _tokens(resumed) == _tokens(plain)
+    assert [g.text for g in resumed] == [g.text for g in plain]
+    assert [g.finish_reason for g in resumed] == [g.finish_reason for g in plain]
+    assert [g.layers_executed for g in resumed] == [g.layers_executed for g in plain]
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_accepted_draft_and_later_disagreement(family, tok) -> None:
+    """A draft the edited path agrees with for k tokens, then not: accept k, decode the rest.
+
+    The draft is the edited path's own output with one token changed at position k; the
+    entry's states are the default path's over that draft (any token sequence works).
+    """
+    ex = _executor(family, tok)
+    ids = ex.encode(PROMPTS)
+    paths = _edited_paths(len(ids), seed=7)
+    plain = ex.generate(ids, paths, max_new_tokens=10)
+    for k, (prompt, gen) in enumerate(zip(ids, plain)):
+        drafts = list(gen.token_ids)
+        cut = min(k + 1, len(drafts) - 1)
+        if 0 <= cut < len(drafts) - 1:
+            drafts[cut] = (drafts[cut] + 1) % ex.vocab_size
+        fake = ex.generate([prompt], max_new_tokens=10)[0]
+        fake = type(fake)(text=fake.text, token_ids=tuple(drafts), layers_executed=0,
+                          prompt_tokens=len(prompt), finish_reason=fake.finish_reason)
+        entry = ex.record_prefixes([prompt], [fake])[0]
+        out = ex.generate_resumed([entry], [paths[k]], max_new_tokens=10)[0]
+        assert out.token_ids == gen.token_ids, (k, out.token_ids, gen.token_ids)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_dense_steps_match_gathered(family, tok) -> None:
+    sparse = _executor(family, tok)
+    dense = _executor(family, tok, dense_steps=True)
+    ids = sparse.encode(PROMPTS * 2)
+    paths = _edited_paths(len(ids), seed=3)
+    want = sparse.generate(ids, paths, max_new_tokens=10)
+    assert _tokens(dense.generate(ids, paths, max_new_tokens=10)) == _tokens(want)
+    entries = dense.record_prefixes(ids, dense.generate(ids, max_new_tokens=10))
+    assert _tokens(dense.generate_resumed(entries, paths, max_new_tokens=10)) == _tokens(want)
+
+
+def test_prefix_cache_lru_and_budget(tok) -> None:
+    ex = _executor("llama", tok)
+    ids = ex.encode(PROMPTS[:1] * 3)  # three entries of one size
+    entries = ex.record_prefixes(ids, ex.generate(ids, max_new_tokens=4))
+    size = entries[0].nbytes
+    cache = PrefixCache(max_bytes=2 * size)
+    assert cache.get("a") is None
+    cache.put("a", entries[0])
+    cache.put("b", entries[1])
+    assert cache.get("a") is entries[0]  # a is now the most recent
+    cache.put("c", entries[2])  # evicts b
+    assert cache.get("b") is None and cache.get("c") is entries[2]
+    stats = cache.stats()
+    assert stats["hits"] == 2 and stats["misses"] == 2 and stats["evictions"] == 1
+    assert stats["bytes"] == entries[0].nbytes + entries[2].nbytes <= 2 * size
+    assert not PrefixCache(max_bytes=size // 2).put("x", entries[0])
+
+
+def test_entry_states_are_the_default_paths(tok) -> None:
+    """The stored states entering block i equal a cacheless forward's (hook) over the same text."""
+    ex = _executor("qwen2", tok)
+    ids = ex.encode(PROMPTS[:1])
+    gen = ex.generate(ids, max_new_tokens=6)
+    entry = ex.record_prefixes(ids, gen)[0]
+    fed = list(ids[0]) + list(gen[0].token_ids[:-1])
+    seen = {}
+    ex.prefill_states(torch.tensor([fed]), None, None,
+                      block_hook=lambda b, h, m: seen.__setitem__(b, h[0].clone()))
+    for block in range(L):
+        torch.testing.assert_close(entry.hidden[block], seen[block])
+    assert entry.fed == len(fed) and entry.tokens == gen[0].token_ids
