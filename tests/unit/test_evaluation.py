@@ -1,0 +1,203 @@
+"""The evaluation job's library, in process on tiny random models: known answers.
+
+Default rows equal a direct ``PathExecutor.generate``; routed rows follow ``RoutedModel.route``;
+oracle rows reproduce a tiny search's stored best paths; static k follows the arithmetic;
+Wilson intervals; resume equals one uninterrupted run; routers of another model fail first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from drllm.data import DatasetConfig, load_examples
+from drllm.data.prompts import render_prompt
+from drllm.distributed.config import GenerationConfig, PoolConfig
+from drllm.distributed.evaluator import EvaluatorSpec, ExecutorEvaluator
+from drllm.distributed.job import run_search_job
+from drllm.evaluation.config import EvaluationConfig
+from drllm.evaluation.policies import matched_k, random_blocks, shortgpt_blocks
+from drllm.evaluation.results import load_results
+from drllm.evaluation.runner import EvalSet, run_evaluation
+from drllm.evaluation.summary import wilson_interval
+from drllm.inference.routed import RoutedModel
+from drllm.models.executor import PathExecutor
+from drllm.models.tiny import tiny_tokenizer
+from drllm.routers.checkpoint import RouterCheckpointError
+from drllm.routers.features import permissive_constraints
+from drllm.routers.module import Routers
+from drllm.search import MCTSConfig
+from drllm.shards import ShardWriter, read_shards
+from drllm.testing.models import TinyModelLoader
+
+L, D = 4, 64
+LOADER = TinyModelLoader("llama", L, D, 0)
+POOL = PoolConfig(max_batch_size=4)
+DATA = DatasetConfig(num_examples=6, levels=(1,), max_new_tokens=4)
+
+
+def render(example):
+    return render_prompt(example, tiny_tokenizer(), style="chat")
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return load_examples(DATA).examples
+
+
+@pytest.fixture(scope="module")
+def routers_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("routers")
+    Routers(L, D, bottleneck=8, windows=4).save_pretrained(out, base_model_id=LOADER().model_id)
+    return out
+
+
+def _run(examples, out, **cfg):
+    importance = cfg.pop("importance", (0.3, 0.1, 0.4, 0.2))
+    es = EvalSet(DATA, tuple(examples), importance=tuple(importance))
+    return run_evaluation([es], EvaluationConfig(**cfg), render=render, model=LOADER,
+                          out_dir=out, pool_config=POOL, in_process=True, progress=False)
+
+
+def test_wilson_interval_known_counts():
+    lo, hi = wilson_interval(8, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.4902, 0.9433)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and round(hi, 4) == 0.2775
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+
+
+def test_matched_k_arithmetic_and_static_blocks():
+    assert matched_k(27.6, 30) == 2          # 30 - 27.6 = 2.4
+    assert matched_k(27.5, 30) == 3          # halves round up
+    assert matched_k(31.0, 30) == 0          # more repeats than skips: skip nothing
+    assert matched_k(0.0, 30) == 29          # never all blocks
+    assert shortgpt_blocks([0.3, 0.1, 0.4, 0.1], 2) == [1, 3]
+    assert random_blocks(30, 5, 0) == random_blocks(30, 5, 0) != random_blocks(30, 5, 1)
+    assert len(set(random_blocks(30, 5, 0))) == 5
+
+
+def test_default_rows_equal_direct_generation(examples, tmp_path):
+    _run(examples, tmp_path, policies=("default",))
+    rows = load_results(tmp_path).set_index("example_id")
+    loaded = LOADER()
+    ex = PathExecutor(loaded.model, loaded.tokenizer)
+    gens = ex.generate([render(e) for e in examples], [[1] * L] * len(examples),
+                       max_new_tokens=4)
+    for e, g in zip(examples, gens):
+        row = rows.loc[str(e.id)]
+        assert row["response"] == g.text and row["layers_executed"] == g.layers_executed
+        assert row["tokens"] == len(g.token_ids) and list(row["path"]) == [1] * L
+        assert row["cost"] == L
+
+
+def test_routed_rows_follow_the_routers_and_static_k_matches(examples, tmp_path, routers_dir):
+    summary = _run(examples, tmp_path, policies=("default", "routed", "static"),
+                   routers=str(routers_dir), alphas=(-1.0, 0.0))
+    table = load_results(tmp_path)
+    loaded = LOADER()
+    rm = RoutedModel(loaded.model, loaded.tokenizer, Routers.from_pretrained(routers_dir),
+                     constraints=permissive_constraints(L))
+    routed = table[table["policy"] == "routed(a=+0)"].set_index("example_id")
+    expected = rm.route([render(e) for e in examples], alpha=0.0)
+    for e, path in zip(examples, expected):
+        assert tuple(routed.loc[str(e.id), "path"]) == tuple(path)
+    assert (table[table["policy"] == "routed(a=-1)"]["cost"] == 0).all()  # alpha=-1 skips all
+    ds = summary["datasets"]["synthetic_arith"]
+    cost0 = ds["policies"]["routed(a=+0)"]["blocks_per_pass"]
+    k0 = matched_k(cost0, L)
+    assert ds["static_matching"]["+0"]["k"] == k0 and ds["static_matching"]["-1"]["k"] == L - 1
+    static = ds["policies"][f"shortgpt(k={k0})"]
+    assert static["blocks_per_pass"] == L - k0
+    assert static["skipped_blocks"] == shortgpt_blocks((0.3, 0.1, 0.4, 0.2), k0)
+    assert ds["policies"]["default"]["router_share"] == 0.0
+    assert ds["example_ids"] == [str(e.id) for e in examples]
+
+
+def test_oracle_reproduces_a_tiny_search(examples, tmp_path):
+    shards = tmp_path / "shards"
+    held = examples[:4]
+    spec = EvaluatorSpec(ExecutorEvaluator, {"model": LOADER,
+                                              "generation": GenerationConfig(max_new_tokens=4)})
+    with ShardWriter(shards, writer_id="t", num_layers=L, model_id=LOADER().model_id,
+                     config={}) as sink:
+        run_search_job(held, render=render, sink=sink, evaluator=spec, in_process=True,
+                       mcts_config=MCTSConfig(num_simulations=6), progress=False)
+    stored = {r["example_id"]: r for r in read_shards(shards).to_pylist()}
+    summary = _run(examples, tmp_path / "eval", policies=("oracle",), shards_dir=str(shards))
+    rows = load_results(tmp_path / "eval").set_index("example_id")
+    assert set(rows.index) == set(stored)
+    for eid, r in stored.items():
+        assert rows.loc[eid, "cost"] == r["best_cost"]
+        assert list(rows.loc[eid, "path"]) == list(r["best_path"])
+        assert rows.loc[eid, "reward"] == r["best_reward"]
+    oracle = summary["datasets"]["synthetic_arith"]["policies"]["oracle"]
+    assert oracle["examples"] == 4 and oracle["missing"] == len(examples) - 4
+
+
+def _comparable(frame):
+    cols = ["policy", "example_id", "response", "reward", "cost", "layers_executed", "tokens"]
+    out = frame[cols].copy()
+    out["path"] = frame["path"].map(tuple)
+    return out.sort_values(["policy", "example_id"]).reset_index(drop=True)
+
+
+def test_resume_skips_done_rows_and_matches_one_run(examples, tmp_path, routers_dir):
+    cfg = dict(policies=("default", "routed", "static"), routers=str(routers_dir),
+               alphas=(0.0,), static=("random",), flush_rows=2)
+    first = _run(examples, tmp_path / "once", **cfg)
+    shutil.copytree(tmp_path / "once", tmp_path / "twice")
+    parts = sorted((tmp_path / "twice").glob("part-*.parquet"))
+    lost = parts[1::2]  # an interrupted run: every other part never made it to disk
+    lost_rows = sum(pq.read_metadata(p).num_rows for p in lost)
+    for p in lost:
+        p.unlink()
+    second = _run(examples, tmp_path / "twice", **cfg)
+    evaluated = sum(p["evaluated"] for p in second["this_run"]["phases"].values())
+    skipped = sum(p["skipped_done"] for p in second["this_run"]["phases"].values())
+    assert lost_rows > 0 and evaluated == lost_rows
+    assert skipped == sum(p["evaluated"] for p in first["this_run"]["phases"].values()) - lost_rows
+    assert _comparable(load_results(tmp_path / "once")).equals(
+        _comparable(load_results(tmp_path / "twice")))
+    third = _run(examples, tmp_path / "twice", **cfg)
+    assert all(p["evaluated"] == 0 for p in third["this_run"]["phases"].values())
+
+
+@pytest.mark.parametrize("shape", [(L + 1, D), (L, D * 2)])
+def test_routers_of_another_model_fail_before_work(examples, tmp_path, shape):
+    bad = tmp_path / "bad"
+    Routers(*shape, bottleneck=8).save_pretrained(bad, base_model_id=LOADER().model_id)
+    with pytest.raises(RouterCheckpointError, match=r"blocks \(L\) 5 but the model has blocks \(L\) 4|\(d\) 128 but the model has"):
+        _run(examples, tmp_path / "out", policies=("routed",), routers=str(bad))
+    assert not list((tmp_path / "out").glob("part-*"))
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"alphas": (1.5,)}, "alphas"),
+    ({"policies": ("routed",)}, "routers"),
+    ({"policies": ("oracle",)}, "shards_dir"),
+    ({"policies": ("static",)}, "static_k"),
+    ({"policies": ("default", "bogus")}, "policies"),
+    ({"static": ("shortgpt",)}, "static"),
+    ({"policies": ("routed",), "routers": "/x", "static_alphas": (0.5,)}, "static_alphas"),
+    ({"calibration_examples": 0}, "calibration_examples"),
+])
+def test_bad_config_values_are_named(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        EvaluationConfig(**kwargs)
+
+
+def test_dataset_skip_gives_disjoint_slices():
+    base = DatasetConfig(num_examples=20, levels=(1,))
+    first = [e.id for e in load_examples(base).examples]
+    rest = [e.id for e in load_examples(dataclasses.replace(base, skip=20, num_examples=30)).examples]
+    both = [e.id for e in load_examples(dataclasses.replace(base, num_examples=50)).examples]
+    assert not set(first) & set(rest) and first + rest == both
+    with pytest.raises(ValueError, match="skip"):
+        DatasetConfig(skip=-1)
