@@ -5,20 +5,28 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from drllm.checks import check_choice, check_int, check_real
-from drllm.cluster import ClusterSettings
-from drllm.data import DatasetConfig
+from drllm.cluster import ClusterSettings, connect
+from drllm.data import DatasetConfig, LoadReport, load_examples
+from drllm.data.prompts import render_prompt
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
-from drllm.distributed.priors import PriorSource
-from drllm.models.loading import ModelSpec
+from drllm.distributed.evaluator import EvaluatorInfo
+from drllm.distributed.job import run_search_job
+from drllm.distributed.priors import PriorSource, build_prior_plan
+from drllm.distributed.summary import RunSummary
+from drllm.files import atomic_write_json
+from drllm.interrupt import sigterm_raises
+from drllm.models.loading import ModelSpec, load_tokenizer
+from drllm.report import format_report, load_report_table, science_report
 from drllm.search import MCTSConfig
+from drllm.shards import ShardWriter, check_resume, default_writer_id
+from drllm.types import Example
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +122,7 @@ def search_affecting(resolved: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _summary(report: Mapping[str, Any], run_summary: Any, settings: SearchJobSettings,
+def _summary(report: Mapping[str, Any], run_summary: RunSummary, settings: SearchJobSettings,
              rejected: Mapping[str, int], prior: Any, wall: float, shards_dir: Path) -> dict:
     return {
         **report,
@@ -131,28 +139,8 @@ def _summary(report: Mapping[str, Any], run_summary: Any, settings: SearchJobSet
     }
 
 
-def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[str, Any]) -> dict[str, Any]:
-    """Run one search job; returns (and writes to ``output_dir/summary.json``) its summary.
-
-    Raises:
-        ResumeConflictError: ``output_dir`` holds shards of another search-affecting config
-            (before anything starts), unless ``settings.resume == "force"``.
-    """
-    from drllm.cluster import connect
-    from drllm.data import load_examples
-    from drllm.data.prompts import render_prompt
-    from drllm.distributed.job import run_search_job
-    from drllm.distributed.priors import build_prior_plan
-    from drllm.models.loading import load_tokenizer
-    from drllm.report import format_report, load_report_table, science_report
-    from drllm.shards import ShardWriter, check_resume, default_writer_id
-
-    started = time.perf_counter()
-    output_dir = output_dir.resolve()
-    shards_dir = output_dir / settings.output.dir
-    affecting = search_affecting(resolved_config)
-    check_resume(shards_dir, affecting, key=AFFECTING_KEY, force=settings.resume == "force")
-    stored_config = {**resolved_config, AFFECTING_KEY: affecting}
+def _load(settings: SearchJobSettings) -> tuple[LoadReport, Callable[[Example], str]]:
+    """The examples and how to render them (chat template of the model's tokenizer)."""
     report = load_examples(settings.dataset)
     logger.info("dataset %s: %d examples (%d rows read, rejected: %s)", settings.dataset.name,
                 len(report.examples), report.rows_read, dict(report.rejected) or "none")
@@ -162,47 +150,66 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
     tokenizer = load_tokenizer(settings.model)
     style = settings.dataset.prompt_style
 
-    def render(ex: Any) -> str:
+    def render(ex: Example) -> str:
         return render_prompt(ex, tokenizer, style=style)
 
-    connect(settings.ray)
-    prior = build_prior_plan(
-        settings.search, report.examples, render, model_spec=settings.model,
-        routers_dir=settings.prior.checkpoint,
-        calibration_examples=settings.prior.calibration_examples,
-    )
+    return report, render
 
-    def make_writer(info: Any) -> ShardWriter:
+
+def _print_report(science: Mapping[str, Any], run_totals: RunSummary, rejected: Mapping[str, int],
+                  wall: float, summary_file: Path) -> None:
+    print(format_report(science))
+    failed = run_totals.default_failed
+    print(f"default path failed {len(failed)} (not written; searched again on resume)"
+          + "".join(f"\n  {k}: {v}" for k, v in list(failed.items())[:10]))
+    print(f"rows rejected       {sum(rejected.values())} {dict(rejected) or ''}")
+    print(f"wall time           {wall:.1f} s")
+    print(f"summary             {summary_file}")
+
+
+def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Run one search job; returns (and writes to ``output_dir/summary.json``) its summary.
+
+    SIGTERM (``ray job stop``) while searching writes the finished rows, then exits
+    (:mod:`drllm.interrupt`); a rerun resumes from them.
+
+    Raises:
+        ResumeConflictError: ``output_dir`` holds shards of another search-affecting config
+            (before anything starts), unless ``settings.resume == "force"``.
+    """
+    started = time.perf_counter()
+    output_dir = output_dir.resolve()
+    shards_dir = output_dir / settings.output.dir
+    affecting = search_affecting(resolved_config)
+    check_resume(shards_dir, affecting, key=AFFECTING_KEY, force=settings.resume == "force")
+    stored_config = {**resolved_config, AFFECTING_KEY: affecting}
+    report, render = _load(settings)
+
+    def make_writer(info: EvaluatorInfo) -> ShardWriter:
         return ShardWriter(
             shards_dir, writer_id=default_writer_id(), num_layers=info.num_layers,
             model_id=info.model_id, config=stored_config,
             rows_per_shard=settings.output.rows_per_shard, flush_seconds=settings.output.flush_seconds,
         )
 
-    run_summary = run_search_job(
-        report.examples,
-        make_sink=make_writer,
-        render=render,
-        model_spec=settings.model,
-        mcts_config=settings.search,
-        generation=settings.generation,
-        pool_config=settings.pool,
-        driver_config=settings.driver,
-        rejected=report.rejected,
-        progress=settings.progress,
-        prior=prior,
-    )
+    connect(settings.ray)  # before the handler: ray.init installs its own SIGTERM handler
+    with sigterm_raises():
+        prior = build_prior_plan(
+            settings.search, report.examples, render, model_spec=settings.model,
+            routers_dir=settings.prior.checkpoint,
+            calibration_examples=settings.prior.calibration_examples,
+        )
+        run_totals = run_search_job(
+            report.examples, make_sink=make_writer, render=render, model_spec=settings.model,
+            mcts_config=settings.search, generation=settings.generation,
+            pool_config=settings.pool, driver_config=settings.driver, rejected=report.rejected,
+            progress=settings.progress, prior=prior,
+        )
     wall = time.perf_counter() - started
     table = load_report_table(shards_dir, settings.dataset.name, {ex.id for ex in report.examples})
     science = science_report(table, settings.search.success_reward)
-    summary = _summary(science, run_summary, settings, report.rejected, prior, wall, shards_dir)
+    summary = _summary(science, run_totals, settings, report.rejected, prior, wall, shards_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(format_report(science))
-    failed = run_summary.default_failed
-    print(f"default path failed {len(failed)} (not written; searched again on resume)"
-          + "".join(f"\n  {k}: {v}" for k, v in list(failed.items())[:10]))
-    print(f"rows rejected       {sum(report.rejected.values())} {dict(report.rejected) or ''}")
-    print(f"wall time           {wall:.1f} s")
-    print(f"summary             {output_dir / SUMMARY_FILE}")
+    atomic_write_json(output_dir / SUMMARY_FILE, summary)
+    _print_report(science, run_totals, report.rejected, wall, output_dir / SUMMARY_FILE)
     return summary

@@ -153,8 +153,12 @@ def run_search_job(
                               metrics=metrics, progress=progress, prior=prior)
         summary = driver.run(examples, done_keys=_done_keys(sink), rejected=rejected)
     finally:
-        pool.close()
-        if make_sink is not None and sink is not None:
-            sink.close()
+        # The sink first: on SIGTERM (drllm.interrupt) the finished rows must reach disk
+        # before the scheduler's grace period ends; stopping the actors can wait.
+        try:
+            if make_sink is not None and sink is not None:
+                sink.close()
+        finally:
+            pool.close()
     logger.info("search finished:\n%s", summary.format())
     return summary

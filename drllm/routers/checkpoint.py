@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import drllm
+from drllm.files import atomic_write
 from drllm.routers.metrics import CLASS_NAMES, NUM_CLASSES
 
 R = TypeVar("R", bound=nn.Module)
@@ -58,15 +59,6 @@ def _jsonable(value: Any) -> Any:
         return value.item()
     return value
 
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_routers(
@@ -112,10 +104,10 @@ def save_routers(
     }
     text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in routers.state_dict().items()}
-    _atomic_write(
+    atomic_write(
         out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"})
     )
-    _atomic_write(out / CONFIG_NAME, lambda p: p.write_text(text + "\n", encoding="utf-8"))
+    atomic_write(out / CONFIG_NAME, lambda p: p.write_text(text + "\n", encoding="utf-8"))
     logger.info("saved %d routers for %s to %s", routers.num_layers, base_model_id, out)
     return out
 

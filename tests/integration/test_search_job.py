@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,39 @@ def test_bad_value_fails_before_ray_starts(tiny_dir: Path, tmp_path: Path) -> No
     assert "epsilon" in proc.stderr
     assert "starting a local Ray" not in proc.stdout + proc.stderr
     assert not (tmp_path / "shards").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_writes_finished_rows_and_a_rerun_completes(tiny_dir: Path, tmp_path: Path) -> None:
+    """``ray job stop`` sends SIGTERM: rows finished before it must be on disk (not lost in the
+    writer's buffer), and a rerun searches only the rest."""
+    args = [*_common(tiny_dir), "dataset.num_examples=12", "output.flush_seconds=3600",
+            "output.rows_per_shard=1000", "log_level=DEBUG", f"hydra.run.dir={tmp_path}"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "drllm.jobs.search", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:  # Hydra sends job logs to stdout
+            lines.append(line)
+            if "drllm.distributed.driver" in line and "finished " in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = "".join(lines) + rest
+    assert proc.returncode == 128 + signal.SIGTERM, log[-4000:]
+    assert "writing finished rows" in log
+    assert not (tmp_path / "summary.json").exists()
+    written = read_shards(tmp_path / "shards").column("example_id").to_pylist()
+    assert 1 <= len(written) < 12 and len(set(written)) == len(written), log[-4000:]
+
+    rerun = _search(args)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["this_run"]["skipped_done"] == len(written)
+    assert summary["this_run"]["searched"] == 12 - len(written)
+    ids = read_shards(tmp_path / "shards").column("example_id").to_pylist()
+    assert len(ids) == 12 == len(set(ids)) and set(written) <= set(ids)
