@@ -5,8 +5,15 @@
 * :class:`EvaluationPool` — batching, bounded in-flight calls, requeue and retries over a
   transport: :class:`RayTransport` (named async Ray actors) or :class:`LocalTransport`.
 * :class:`EvaluatorActor` — one frozen model behind an async request batcher.
-* Backends: :class:`ExecutorEvaluator` (model + executor + graders), chosen with a picklable
+* Evaluators: :class:`ExecutorEvaluator` (model + executor + graders), chosen with a picklable
   :class:`EvaluatorSpec` (``drllm.testing.DummyEvaluator`` for tests).
+
+Words, one per concept: an **evaluator** (:class:`Evaluator`) turns (example, path) requests
+into graded evaluations; an **actor** is the Ray process that holds one evaluator (in-process
+runs have a *worker* per evaluator instead: the transports' common word for "actor or
+in-process stand-in", as in ``PoolStats.workers_gone``); the **pool** batches requests over the
+workers of one **transport**; the **driver** runs the trees and feeds the **sink** (the shard
+writer).
 
 Importing this package imports neither torch nor ray; they load when a pool starts.
 """
