@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
 from drllm.distributed.config import GenerationConfig
 from drllm.paths import DEFAULT_CONSTRAINTS, LayerPath, PathConstraints
-from drllm.types import EvalRequest, Evaluation
+from drllm.types import EvalRequest, Evaluation, Generation
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,12 @@ class ExecutorEvaluator(Evaluator):
         constraints: path rules the executor enforces; give the search's
             (``MCTSConfig.constraints``) so every path the search proposes is accepted.
         prompt_cache_size: tokenized prompts kept (one per example, least recently used out).
+
+    Work avoidance (``generation``'s levers, on by default, all exact): per (question, choice
+    order, grader) the default path's prefix entry is kept in :attr:`prefix_cache`
+    (``generation.prefix_cache_mb``); an edited request resumes from it (first edited block,
+    draft verification), a default request is answered from it, and a miss computes the
+    default path first. Grader-aware stopping stores the shorter response, graded the same.
     """
 
     name = "executor"
@@ -234,6 +240,7 @@ class ExecutorEvaluator(Evaluator):
         prompt_cache_size: int = 4096,
     ) -> None:
         from drllm.models.executor import PathExecutor
+        from drllm.models.prefix import PrefixCache
 
         if not isinstance(generation, GenerationConfig):
             raise TypeError(
@@ -241,7 +248,9 @@ class ExecutorEvaluator(Evaluator):
             )
         if prompt_cache_size < 1:
             raise ValueError(f"prompt_cache_size must be >= 1, got {prompt_cache_size}")
-        self.executor = PathExecutor(model, tokenizer, constraints)
+        self.executor = PathExecutor(model, tokenizer, constraints,
+                                     dense_steps=generation.dense_steps)
+        self.prefix_cache = PrefixCache(int(generation.prefix_cache_mb * 2**20))
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.generation = generation
@@ -319,16 +328,86 @@ class ExecutorEvaluator(Evaluator):
                 for j, (prompt, gold) in enumerate(((r.prompt, r.gold), *r.variants))]
         prompts = [self._token_ids(r, prompt, j) for r, prompt, _, j in rows]
         paths = [LayerPath(r.path) for r, _, _, _ in rows]
-        generations = self.executor.generate(
-            prompts, paths,
-            max_new_tokens=self.generation.max_new_tokens,
-            stop_strings=self.generation.stop_strings,
-        )
+        finals = [self._final(r.grader) for r, _, _, _ in rows]
+        if self.generation.reuse_prefix:
+            keys = [(r.example_id, j, r.grader, tuple(ids))
+                    for (r, _, _, j), ids in zip(rows, prompts)]
+            generations = self._generate_reusing(keys, paths, finals)
+        else:
+            generations = self.executor.generate(
+                prompts, paths, finals=finals,
+                max_new_tokens=self.generation.max_new_tokens,
+                stop_strings=self.generation.stop_strings,
+            )
         grades: dict[int, list] = {}
         for (request, _, gold, _), gen in zip(rows, generations, strict=True):
             grade = get_grader(request.grader).grade(gen.text, gold)
             grades.setdefault(id(request), []).append((grade, gen))
         return [_combine(grades[id(r)]) for r in requests]
 
+    def _final(self, grader: str) -> Any:
+        """The grader's stop predicate when grader-aware stopping applies to it, else None."""
+        from drllm.rewards import Grader, get_grader
+
+        instance = get_grader(grader)
+        if not self.generation.grader_stop or (
+            type(instance).verdict_final is Grader.verdict_final
+        ):
+            return None
+        return instance.verdict_final
+
+    def _generate_reusing(self, keys: list[tuple], paths: list[LayerPath],
+                          finals: list[Any]) -> list[Any]:
+        """Rows from the default path's prefix entries (computed first on a miss): a default
+        row is its entry's generation, an edited row resumes from the entry (exact)."""
+        entries: dict[tuple, Any] = {}
+        missing: dict[tuple, Any] = {}
+        for key, final in zip(keys, finals):
+            if key in entries or key in missing:
+                continue
+            entry = self.prefix_cache.get(key)
+            if entry is None:
+                missing[key] = final
+            else:
+                entries[key] = entry
+        if missing:
+            prompts = [list(key[3]) for key in missing]
+            gens = self.executor.generate(
+                prompts, None, finals=list(missing.values()),
+                max_new_tokens=self.generation.max_new_tokens,
+                stop_strings=self.generation.stop_strings,
+            )
+            for key, entry in zip(missing, self.executor.record_prefixes(prompts, gens)):
+                entries[key] = entry
+                self.prefix_cache.put(key, entry)
+        out: list[Any] = [None] * len(keys)
+        edited = []
+        for i, (key, path) in enumerate(zip(keys, paths)):
+            if all(d == 1 for d in path):
+                e = entries[key]
+                out[i] = Generation(text=e.text, token_ids=e.tokens,
+                                    layers_executed=len(path) * len(e.tokens),
+                                    prompt_tokens=len(e.prompt), finish_reason=e.reason)
+            else:
+                edited.append(i)
+        if edited:
+            resumed = self.executor.generate_resumed(
+                [entries[keys[i]] for i in edited], [paths[i] for i in edited],
+                finals=[finals[i] for i in edited],
+                max_new_tokens=self.generation.max_new_tokens,
+                stop_strings=self.generation.stop_strings,
+                draft_tokens=self.generation.draft_tokens if self.generation.draft else 0,
+            )
+            for i, gen in zip(edited, resumed):
+                out[i] = gen
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        """Prompt-cache and prefix-cache counters (hits, misses, bytes)."""
+        return {"prompt_cache_hits": self.cache_hits, "prompt_cache_misses": self.cache_misses,
+                "prefix_cache": self.prefix_cache.stats()}
+
     def close(self) -> None:
+        logger.info("executor evaluator: %s", self.stats())
         self._prompt_ids.clear()
+        self.prefix_cache.clear()

@@ -85,6 +85,17 @@ class Grader(abc.ABC):
                            self.name, len(response), type(exc).__name__, exc)
             return Grade(0.0, f"grader error: {type(exc).__name__}")
 
+    def verdict_final(self, response_prefix: str) -> bool:
+        """Whether no continuation of ``response_prefix`` can change its reward.
+
+        True only where provably exact: for every string ``s``,
+        ``grade(response_prefix + s, gold).reward == grade(response_prefix, gold).reward`` for
+        every gold. Generation may then stop the row (grader-aware stopping); the response
+        stored is the shorter text, which grades the same. Default: never (a row still stops
+        at EOS, its budget or a stop string).
+        """
+        return False
+
     @abc.abstractmethod
     def _check_gold(self, gold: str) -> str:
         """Canonical gold or ``ValueError``; ``gold`` is a str."""

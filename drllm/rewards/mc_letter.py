@@ -29,7 +29,21 @@ from drllm.rewards.extract import (
 )
 from drllm.types import Grade
 
+try:  # partial matching (could this prefix still become a match?) needs the regex module
+    import regex as _regex
+except ImportError:  # pragma: no cover - regex ships with transformers
+    _regex = None
+
 logger = logging.getLogger(__name__)
+
+
+def _partial(pattern: str, text: str):
+    """A match of ``pattern`` over the whole of ``text`` or of a continuation of it, or None."""
+    return _regex.fullmatch(pattern, text, partial=True)
+
+
+if _regex is None:  # pragma: no cover
+    _partial = None  # noqa: F811
 
 DEFAULT_LETTERS = "ABCDE"
 
@@ -65,6 +79,21 @@ class MCLetterGrader(Grader):
         self.letters = letters
         self.pattern = compiled
 
+    def verdict_final(self, response_prefix: str) -> bool:
+        """True once the response can no longer match the pattern whatever follows.
+
+        The grade is a ``fullmatch`` of the stripped response; a continuation ``s`` strips to
+        ``rstrip(u)`` (``s`` blank) or ``u + t`` (``u`` the left-stripped prefix), so the
+        verdict (reward 0) is final when ``rstrip(u)`` does not match and no string starting
+        with ``u`` can (a partial match of the pattern, checked with the ``regex`` module).
+        """
+        if _partial is None:
+            return False
+        u = response_prefix.lstrip()
+        if not u or self.pattern.fullmatch(u.rstrip()):
+            return False
+        return _partial(self.pattern.pattern, u) is None
+
     def _check_gold(self, gold: str) -> str:
         canonical = gold.strip()
         if canonical not in self.letters or len(canonical) != 1:
@@ -90,6 +119,10 @@ class LenientMCLetterGrader(MCLetterGrader):
     """Strict match, else the last ``answer is X``, else a leading ``X.``/``X)``/``X:``/``(X)``."""
 
     name = "mc_letter_lenient"
+
+    def verdict_final(self, response_prefix: str) -> bool:
+        """Never before the end: a later ``answer is X`` can always change the letter read."""
+        return False
 
     def _extract(self, response: str) -> str | None:
         strict = extract_letter_strict(response, self.pattern)
