@@ -1,12 +1,19 @@
-"""Starting or joining Ray, once per process (Hydra multirun reuses the instance)."""
+"""Starting or joining Ray, once per process (Hydra multirun reuses the instance).
+
+``mode="local"`` always starts a fresh instance in this process (``address="local"``), never a
+cluster that ``ray start`` (or a stale address file it left) points at. ``mode="auto"`` joins a
+running cluster and fails within ``connect_timeout_s``, naming the address it tried, when no
+cluster answers there (instead of Ray's own long reconnect loop).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
-from drllm.checks import check_bool, check_choice, check_int
+from drllm.checks import check_bool, check_choice, check_int, check_real
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +29,8 @@ class ClusterSettings:
         num_cpus: CPUs a local Ray may use (None: all).
         include_dashboard: start the dashboard with a local Ray (http://127.0.0.1:8265).
         namespace: Ray namespace for the named evaluator actors.
+        connect_timeout_s: ``auto`` fails when the cluster's GCS does not accept a connection
+            within this long (seconds).
     """
 
     mode: str = "local"
@@ -29,9 +38,12 @@ class ClusterSettings:
     num_cpus: int | None = None
     include_dashboard: bool = False
     namespace: str = "drllm"
+    connect_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         check_choice("ClusterSettings", "mode", self.mode, ("local", "auto"))
+        check_real("ClusterSettings", "connect_timeout_s", self.connect_timeout_s, 0.0,
+                   open_low=True)
         if self.num_cpus is not None:
             check_int("ClusterSettings", "num_cpus", self.num_cpus, 1)
         check_bool("ClusterSettings", "include_dashboard", self.include_dashboard)
@@ -65,6 +77,7 @@ def connect(settings: ClusterSettings) -> bool:
     else:
         address = settings.address or os.environ.get("RAY_ADDRESS") or "auto"
         logger.info("joining the Ray cluster at %s", address)
+        probe_cluster(address, settings.connect_timeout_s)
         try:
             ray.init(address=address, namespace=settings.namespace, logging_level=logging.WARNING)
         except ConnectionError as err:
@@ -80,3 +93,38 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def _gcs_address(address: str) -> str | None:
+    """``host:port`` of the GCS that ``ray.init(address=...)`` would dial, if it can be told."""
+    if address.startswith("ray://") or address.startswith("http"):
+        return None  # Ray Client / dashboard: not a GCS address
+    if address == "auto":
+        from ray._private.services import find_bootstrap_address
+
+        return find_bootstrap_address(None)  # the last `ray start` on this node, or None
+    return address
+
+
+def probe_cluster(address: str, timeout_s: float) -> None:
+    """Fail within ``timeout_s`` when nothing accepts connections at the cluster's GCS address.
+
+    Raises:
+        ConnectionError: naming the address (and how it was found) and the time waited.
+    """
+    gcs = _gcs_address(address)
+    if gcs is None:
+        return
+    host, _, port = gcs.rpartition(":")
+    if not host or not port.isdigit():
+        return  # let Ray parse what we cannot
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return
+    except OSError as err:
+        source = "" if gcs == address else f" (address {address!r}, from `ray start`'s file)"
+        raise ConnectionError(
+            f"no Ray cluster answered at {gcs}{source} within {timeout_s:g} s "
+            f"(ray.connect_timeout_s): {err}. Start one with `ray start --head`, point "
+            "RAY_ADDRESS / ray.address at a live head node, or use ray=local"
+        ) from err

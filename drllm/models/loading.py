@@ -20,6 +20,7 @@ executor can drive (checked with :func:`drllm.models.families.get_family`).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 import dataclasses
@@ -290,9 +291,33 @@ def _load_tokenizer_from(spec: ModelSpec, source: _Source) -> Any:
     return tokenizer
 
 
+_AUTH_MARKERS = ("gated", "401 client", "403 client", "unauthorized", "authenticat",
+                 "restricted")
+
+
+def _auth_failure(err: BaseException) -> bool:
+    """Whether a hub error (or one it wraps) is an access/authentication refusal."""
+    seen = 0
+    while err is not None and seen < 5:
+        text = f"{type(err).__name__} {err}".lower()
+        if "gatedrepoerror" in text or any(m in text for m in _AUTH_MARKERS):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
 def _source_error(spec: ModelSpec, source: _Source, err: Exception) -> ModelLoadError:
     if source.is_local:
         return ModelLoadError(f"cannot load {source.model_id} from {source.ref}: {err}")
+    if _auth_failure(err):
+        token = "is set" if os.environ.get("HF_TOKEN") else "is NOT set in this process"
+        return ModelLoadError(
+            f"the Hugging Face hub refused access to {spec.name!r} ({type(err).__name__}: "
+            f"{err}). Gated models need an account that accepted the model's license and a "
+            f"token: HF_TOKEN {token}. Export HF_TOKEN where the job is submitted (the Ray "
+            f"runtime env passes it to every worker: jobs/README.md), or pre-download the "
+            f"model into a shared HF_HOME."
+        )
     return ModelLoadError(
         f"could not load {spec.name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
         f"It is neither an embedded model {sorted(EMBEDDED_MODELS)} nor an existing local path, "
