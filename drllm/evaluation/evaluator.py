@@ -38,7 +38,7 @@ from drllm.types import Generation
 logger = logging.getLogger(__name__)
 
 
-class _Recorder:
+class DecisionRecorder:
     """Wraps a routed block hook: records each row's decisions and the time in the routers."""
 
     def __init__(self, hook: Callable[..., list[int]], num_layers: int, device: torch.device):
@@ -145,7 +145,7 @@ class PolicyEvaluator(Evaluator):
         if self.routed is None:
             raise ValueError("a routed request reached an evaluator built without routers "
                              "(policy_evaluator_spec(routers_dir=...))")
-        recorder = _Recorder(self.routed.block_hook(alpha), self.executor.num_layers,
+        recorder = DecisionRecorder(self.routed.block_hook(alpha), self.executor.num_layers,
                              self.executor.device)
         gens = self.executor.generate(ids, None, max_new_tokens=max_new_tokens,
                                       stop_strings=stops, block_hook=recorder)
