@@ -25,7 +25,7 @@ from drllm.interrupt import sigterm_raises
 from drllm.models.loading import ModelSpec, load_tokenizer
 from drllm.report import format_report, load_report_table, science_report
 from drllm.search import MCTSConfig
-from drllm.shards import ShardWriter, check_resume, default_writer_id
+from drllm.shards import OutputLock, ShardWriter, check_resume, default_writer_id
 from drllm.types import Example
 
 logger = logging.getLogger(__name__)
@@ -174,12 +174,20 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
     (:mod:`drllm.interrupt`); a rerun resumes from them.
 
     Raises:
+        OutputLockedError: another live driver searches into the same shards directory (the
+            message names its host and pid; a dead one's lock is taken over).
         ResumeConflictError: ``output_dir`` holds shards of another search-affecting config
             (before anything starts), unless ``settings.resume == "force"``.
     """
-    started = time.perf_counter()
     output_dir = output_dir.resolve()
     shards_dir = output_dir / settings.output.dir
+    with OutputLock(shards_dir):
+        return _run_locked(settings, output_dir, shards_dir, resolved_config)
+
+
+def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
+                resolved_config: Mapping[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
     affecting = search_affecting(resolved_config)
     check_resume(shards_dir, affecting, key=AFFECTING_KEY, force=settings.resume == "force")
     stored_config = {**resolved_config, AFFECTING_KEY: affecting}

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from drllm.config import ConfigError, register, to_library
 from drllm.search_job import HEADLINE, SearchJobSettings, run
-from drllm.shards import ResumeConflictError
+from drllm.shards import OutputLockedError, ResumeConflictError
 
 SCHEMA = "search_job_schema"
 register(SCHEMA, SearchJobSettings)
@@ -43,6 +43,8 @@ def main(cfg: DictConfig) -> float:
                       OmegaConf.to_container(cfg, resolve=True))
     except ResumeConflictError as err:
         sys.exit(f"resume error: {err}")
+    except OutputLockedError as err:
+        sys.exit(f"output directory in use: {err}")
     return float(summary[HEADLINE])
 
 

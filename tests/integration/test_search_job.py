@@ -126,3 +126,17 @@ def test_sigterm_writes_finished_rows_and_a_rerun_completes(tiny_dir: Path, tmp_
     assert summary["this_run"]["searched"] == 12 - len(written)
     ids = read_shards(tmp_path / "shards").column("example_id").to_pylist()
     assert len(ids) == 12 == len(set(ids)) and set(written) <= set(ids)
+
+
+def test_a_second_driver_on_the_same_directory_refuses_before_ray_starts(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    """While a live driver holds the shards directory, another one names it and stops."""
+    from drllm.shards import OutputLock
+
+    with OutputLock(tmp_path / "shards", heartbeat_s=0):
+        proc = _search([*_common(tiny_dir), f"hydra.run.dir={tmp_path}"], timeout=120)
+    assert proc.returncode != 0
+    assert "output directory in use" in proc.stderr and f"pid {os.getpid()}" in proc.stderr
+    assert "starting a local Ray" not in proc.stdout + proc.stderr
+    assert not list((tmp_path / "shards").glob("*.parquet"))
