@@ -1,4 +1,4 @@
-"""``python -m drllm.jobs.lm_eval``: lm-evaluation-harness's own command line, with ``--model drllm``.
+"""``python -m drllm.jobs.lm_eval``: lm-evaluation-harness's own CLI, with ``--model drllm``.
 
 Every argument is lm-eval's (``lm-eval run --help``); this entry point only registers drllm's
 model (:mod:`drllm.inference.lm_eval`) and runs offline by default: ``HF_DATASETS_OFFLINE``,
@@ -9,10 +9,11 @@ local files (``--include_path DIR`` with task YAMLs whose ``dataset_path: parque
 
     python -m drllm.jobs.lm_eval --model drllm --model_args pretrained=smollm2-135m-instruct \\
         --include_path my_tasks/ --tasks my_arc --device cpu --batch_size 8 --output_path out/
-    python -m drllm.jobs.lm_eval --model drllm \\
-        --model_args pretrained=smollm2-135m-instruct routers=outputs/train/smollm2-135m-instruct/routers alpha=-0.2 \\
+    python -m drllm.jobs.lm_eval --model drllm --model_args pretrained=smollm2-135m-instruct \\
+        routers=outputs/train/smollm2-135m-instruct/routers alpha=-0.2 \\
         --include_path my_tasks/ --tasks my_arc --limit 50
-    python -m drllm.jobs.lm_eval --model drllm --model_args pretrained=/abs/hf_dir 'path=[1,1,0,1]' ...
+    python -m drllm.jobs.lm_eval --model drllm \\
+        --model_args pretrained=/abs/hf_dir 'path=[1,1,0,1]' ...
 
 (``--model_args`` takes space-separated ``key=value`` words, or one comma-separated string in
 which brackets keep a list together: ``pretrained=/abs/hf_dir,path=[1,1,0,1]``.)
