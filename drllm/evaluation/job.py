@@ -19,7 +19,7 @@ from drllm.data import DatasetConfig, load_examples
 from drllm.data.prompts import render_prompt
 from drllm.distributed.config import PoolConfig
 from drllm.evaluation.config import EvaluationConfig
-from drllm.evaluation.importance import measure_importance
+from drllm.evaluation.preflight import preflight
 from drllm.evaluation.runner import HEADLINE, EvalSet, run_evaluation
 from drllm.evaluation.summary import format_table, write_json_atomic
 from drllm.models.loading import ModelSpec, load_tokenizer
@@ -114,9 +114,12 @@ def run_job(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
     sets = [_eval_set(cfg, settings.evaluation, render) for cfg in settings.datasets]
     connect(settings.ray)
     use_gpu = settings.pool.use_gpu is not False and cluster_gpus() > 0
-    sets = [dataclasses.replace(es, importance=tuple(measure_importance(
-                settings.model, es.calibration, use_gpu=use_gpu)))
-            if es.calibration else es for es in sets]
+    evaluation = settings.evaluation
+    importances = preflight(
+        settings.model, routers_dir=evaluation.routers if "routed" in evaluation.policies else None,
+        check_model_id=evaluation.check_model_id, calibration=[es.calibration for es in sets],
+        use_gpu=use_gpu)
+    sets = [dataclasses.replace(es, importance=tuple(imp)) for es, imp in zip(sets, importances)]
     summary = run_evaluation(sets, settings.evaluation, render=render, model=settings.model,
                              out_dir=output_dir / RESULTS_DIR, pool_config=settings.pool,
                              progress=settings.progress)

@@ -223,7 +223,8 @@ def run_evaluation(
     """Evaluate every policy of ``config`` on every set; returns the summary (not written).
 
     Ray must be connected unless ``in_process``. Static ``importance`` policies need each
-    set's ``importance`` (see :func:`drllm.evaluation.importance.measure_importance`).
+    set's ``importance`` (see :func:`drllm.evaluation.preflight.preflight`, which also checks
+    the routers against the model before any actor starts).
 
     Raises:
         RouterCheckpointError: the routers do not fit the model (before any request).
