@@ -35,7 +35,7 @@ class RequestStream:
 
     Attributes:
         dataset: adapter name (``arc_easy``, ``gsm8k``).
-        num_examples, seed: the dataset slice searched (``DatasetConfig`` fields).
+        num_examples, seed, grader: the dataset slice searched (``DatasetConfig`` fields).
         max_new_tokens: generation budget of every evaluation.
         calls: per executor call, its ``(example_id, path)`` requests (path as a string of
             decisions, :meth:`LayerPath.to_str`).
@@ -45,6 +45,7 @@ class RequestStream:
     num_examples: int
     seed: int
     max_new_tokens: int
+    grader: str | None = None
     calls: tuple[tuple[tuple[str, str], ...], ...] = field(default=())
 
     @property
@@ -53,14 +54,14 @@ class RequestStream:
 
     def to_json(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "num_examples": self.num_examples, "seed": self.seed,
-                "max_new_tokens": self.max_new_tokens,
+                "max_new_tokens": self.max_new_tokens, "grader": self.grader,
                 "calls": [[list(r) for r in call] for call in self.calls]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "RequestStream":
         calls = tuple(tuple((str(e), str(p)) for e, p in call) for call in data["calls"])
         return cls(str(data["dataset"]), int(data["num_examples"]), int(data["seed"]),
-                   int(data["max_new_tokens"]), calls)
+                   int(data["max_new_tokens"]), data.get("grader"), calls)
 
 
 def save_stream(stream: RequestStream, path: str | Path) -> None:
@@ -89,10 +90,11 @@ class RecordingEvaluator(ExecutorEvaluator):
 
 def record_stream(
     model_spec: Any, dataset: str, data_path: str, num_examples: int, max_new_tokens: int,
-    seed: int = 0, progress: bool = False,
+    seed: int = 0, progress: bool = False, grader: str | None = "mc_letter_lenient",
 ) -> RequestStream:
     """Run an in-process paper-preset search and return the calls it made.
 
+    ``grader``: the dataset config's (``conf/dataset/arc_easy.yaml``: ``mc_letter_lenient``).
     Every tree searches sequentially (``max_pending_per_tree=1``, the paper), all trees at
     once, so each call holds at most one request per question still being searched.
     """
@@ -102,7 +104,7 @@ def record_stream(
     from drllm.search import MCTSConfig
 
     report = load_examples(DatasetConfig(name=dataset, path=data_path, num_examples=num_examples,
-                                         seed=seed))
+                                         seed=seed, grader=grader))
     examples = list(report.examples)
     tokenizer = load_tokenizer(model_spec)
     prompts = {ex.id: render_prompt(ex, tokenizer) for ex in examples}
@@ -126,7 +128,7 @@ def record_stream(
     calls = [c for c in RecordingEvaluator.log if not c[0][0].startswith("warmup")]
     logger.info("recorded %d calls, %d requests (%s)", len(calls), sum(map(len, calls)),
                 summary.to_dict() if hasattr(summary, "to_dict") else summary)
-    return RequestStream(dataset, num_examples, seed, max_new_tokens,
+    return RequestStream(dataset, num_examples, seed, max_new_tokens, grader,
                          tuple(tuple(tuple(r) for r in c) for c in calls))
 
 

@@ -259,6 +259,9 @@ class ExecutorEvaluator(Evaluator):
         self._prompt_ids: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
+        #: The executor's generations of the last :meth:`evaluate` call, one per row (request
+        #: and choice order), for benchmarks and tests.
+        self.last_generations: list[Generation] = []
 
     @classmethod
     def from_options(
@@ -339,6 +342,7 @@ class ExecutorEvaluator(Evaluator):
                 max_new_tokens=self.generation.max_new_tokens,
                 stop_strings=self.generation.stop_strings,
             )
+        self.last_generations = generations
         grades: dict[int, list] = {}
         for (request, _, gold, _), gen in zip(rows, generations, strict=True):
             grade = get_grader(request.grader).grade(gen.text, gold)

@@ -6,6 +6,8 @@ Each benchmark is a pair (add-arguments, run) in :data:`BENCHMARKS`; adding one 
 Example::
 
     python -m drllm.jobs.bench executor --rows 16 --max-new-tokens 10 --data-root ../shared/data
+    python -m drllm.jobs.bench search-work                       # levers on a recorded ARC search
+    python -m drllm.jobs.bench search-work --dataset gsm8k --max-new-tokens 256 --max-requests 48
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from typing import Any, Callable
 
 from drllm.bench import search as search_bench
+from drllm.bench import search_work as search_work_bench
 from drllm.bench import train as train_bench
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ BENCHMARKS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                             Callable[[argparse.Namespace], dict[str, Any]]]] = {
     "executor": (_executor_args, _executor),
     "search": (search_bench.add_arguments, search_bench.run_from_args),
+    "search-work": (search_work_bench.add_arguments, search_work_bench.run_from_args),
     "train": (train_bench.add_arguments, train_bench.run_from_args),
 }
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from drllm.models.buckets import plan_buckets
-from drllm.models.decoding import decode, prefill
+from drllm.models.decoding import COMPACT_FRACTION, decode, prefill
 from drllm.models.families import get_family
 from drllm.models.forward import BlockHook, BlockRunner
 from drllm.models.kv import SlotKVCache
@@ -106,6 +106,8 @@ class PathExecutor:
         self.constraints = constraints
         self.add_special_tokens = add_special_tokens
         self.dense_steps = bool(dense_steps)
+        #: share of finished rows that triggers a cache compaction (see decoding.COMPACT_FRACTION)
+        self.compact_fraction = COMPACT_FRACTION
         self.family = family
         layers = family.layers(model)
         self.num_layers = len(layers)
@@ -416,7 +418,7 @@ class PathExecutor:
         checked = self._final_paths(decisions, row_ids)
         paths = [checked[i] for i in order]
         tokens, reasons = decode(self, state, rule, finals=[finals[i] for i in order],
-                                 dense=self.dense_steps)
+                                 dense=self.dense_steps, compact_fraction=self.compact_fraction)
         out: list[Generation | None] = [None] * len(ids)
         for pos, row in enumerate(order):
             out[row] = Generation(
@@ -471,7 +473,8 @@ class PathExecutor:
             if draft_tokens is not None:
                 draft = min(draft, draft_tokens)
             rows.append(ResumeRow(tuple(path), entry, draft, final))
-        tokens, reasons = generate_resumed(self, rows, rule, dense=self.dense_steps)
+        tokens, reasons = generate_resumed(self, rows, rule, dense=self.dense_steps,
+                                           compact_fraction=self.compact_fraction)
         return [
             Generation(text=rule.final_text(t, why), token_ids=tuple(t),
                        layers_executed=LayerPath(row.path).cost * len(t),

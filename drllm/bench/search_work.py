@@ -1,0 +1,208 @@
+"""``search-work``: what the exact work-avoidance levers buy on a real search's requests.
+
+Replays a request stream recorded from a real search (:mod:`drllm.bench.search_stream`:
+SmolLM2-135M-Instruct, ARC-Easy, ``search=paper``, 16 new tokens; the committed recording, or
+``--record N`` questions on the fly), call by call, through:
+
+* ``serial``: the authors' method, one HF ``model.generate`` per request on the model whose
+  layer list is the path's executed blocks, one request at a time. It is only correct for
+  skip-only paths (a repeat shares one KV slot), so it runs and is timed on those;
+* ``plain``: the batched executor, no lever (finished rows compacted at once);
+* each lever added in turn: ``prefix`` (start at the first edited block from the default
+  path's stored states), ``draft`` (verify the default response teacher-forced),
+  ``grader_stop``, ``lazy_compact`` (= every lever, the evaluator's defaults).
+
+``exact``: every reward equals the plain run's and every token sequence too (a row that
+grader-aware stopping ended must be a prefix of the plain one, with the same reward).
+
+Long answers (``--dataset gsm8k --max-new-tokens 256``): the recorded stream's paths and call
+structure replayed on GSM8K questions (each recorded question mapped to one GSM8K question),
+optionally cut to ``--max-requests``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Sequence
+
+import torch
+
+from drllm.bench.executor import serial_generate
+from drllm.bench.search_stream import (
+    ARC_STREAM,
+    RequestStream,
+    load_stream,
+    parse_path,
+    record_stream,
+)
+from drllm.distributed.config import GenerationConfig
+from drllm.distributed.evaluator import ExecutorEvaluator
+from drllm.types import EvalRequest
+
+logger = logging.getLogger(__name__)
+
+PLAIN = dict(reuse_prefix=False, draft=False, grader_stop=False)
+#: (label, generation overrides, compact at once?) in the order the levers are added.
+LEVELS = (
+    ("plain", PLAIN, True),
+    ("prefix", dict(reuse_prefix=True, draft=False, grader_stop=False), True),
+    ("draft", dict(reuse_prefix=True, draft=True, grader_stop=False), True),
+    ("grader_stop", dict(reuse_prefix=True, draft=True, grader_stop=True), True),
+    ("lazy_compact", {}, False),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stream", default=str(ARC_STREAM), help="recorded stream (JSON)")
+    parser.add_argument("--record", type=int, default=0,
+                        help="record a fresh stream of this many questions instead")
+    parser.add_argument("--dataset", default=None, help="replay on this dataset (gsm8k: long "
+                        "answers); default: the stream's")
+    parser.add_argument("--data-path", default=None, help="dataset root (default: "
+                        "/work/shared/data/ai2_arc or .../gsm8k)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: the stream's")
+    parser.add_argument("--max-requests", type=int, default=None, help="cut the stream")
+    parser.add_argument("--cache-mb", type=float, default=GenerationConfig.prefix_cache_mb)
+    parser.add_argument("--no-serial", action="store_true", help="skip the serial baseline")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+
+
+def _requests(stream: RequestStream, dataset: str, data_path: str, tokenizer: Any,
+              max_requests: int | None) -> list[list[EvalRequest]]:
+    """The stream's calls as requests on ``dataset`` (recorded ids mapped in order)."""
+    from drllm.data import DatasetConfig, load_examples, render_prompt
+
+    recorded = list(dict.fromkeys(eid for call in stream.calls for eid, _ in call))
+    report = load_examples(DatasetConfig(name=dataset, path=data_path,
+                                         num_examples=max(stream.num_examples, len(recorded)),
+                                         seed=stream.seed,
+                                         grader=stream.grader if dataset == stream.dataset
+                                         else None))
+    examples = list(report.examples)
+    if dataset == stream.dataset:
+        by_id = {ex.id: ex for ex in examples}
+        mapping = {eid: by_id[eid] for eid in recorded}
+    else:
+        mapping = dict(zip(recorded, examples))
+    prompts = {ex.id: render_prompt(ex, tokenizer) for ex in mapping.values()}
+    calls, total = [], 0
+    for call in stream.calls:
+        reqs = [EvalRequest(mapping[e].id, prompts[mapping[e].id], mapping[e].gold,
+                            mapping[e].grader, parse_path(p)) for e, p in call]
+        if max_requests is not None:
+            reqs = reqs[: max(0, max_requests - total)]
+        if reqs:
+            calls.append(reqs)
+            total += len(reqs)
+    return calls
+
+
+def _replay(evaluator: ExecutorEvaluator, calls: Sequence[Sequence[EvalRequest]]) -> dict:
+    """Evaluate every call in order; wall time, rewards and token ids per request."""
+    rewards, tokens = [], []
+    start = time.perf_counter()
+    for call in calls:
+        for ev in evaluator.evaluate(call):
+            rewards.append(ev.reward)
+        tokens.extend(g.token_ids for g in evaluator.last_generations)
+    wall = time.perf_counter() - start
+    n = len(rewards)
+    return {"seconds": wall, "evals_per_s": n / wall, "rewards": rewards, "tokens": tokens}
+
+
+def _exact(run: dict, plain: dict, grader_stop: bool) -> bool:
+    if run["rewards"] != plain["rewards"]:
+        return False
+    if not grader_stop:
+        return run["tokens"] == plain["tokens"]
+    return all(tuple(p[: len(t)]) == tuple(t) for t, p in zip(run["tokens"], plain["tokens"]))
+
+
+def _serial(model: Any, evaluator: ExecutorEvaluator, calls: Sequence[Sequence[EvalRequest]],
+            max_new_tokens: int) -> dict:
+    """The authors' method on the stream's skip-only requests, one at a time."""
+    reqs = [r for call in calls for r in call if all(d != 2 for d in r.path)]
+    ids = [evaluator.executor.encode([r.prompt])[0] for r in reqs]
+    start = time.perf_counter()
+    serial_generate(model, ids, [r.path for r in reqs], max_new_tokens)
+    wall = time.perf_counter() - start
+    return {"seconds": wall, "evals_per_s": len(reqs) / wall, "requests": len(reqs)}
+
+
+def run_search_work(
+    *, stream: RequestStream, dataset: str | None = None, data_path: str | None = None,
+    max_new_tokens: int | None = None, max_requests: int | None = None,
+    cache_mb: float = GenerationConfig.prefix_cache_mb, serial: bool = True,
+) -> dict[str, Any]:
+    """Replay ``stream`` through the baselines and each lever; the JSON-able results."""
+    from drllm.models.loading import ModelSpec, load_model
+
+    dataset = dataset or stream.dataset
+    data_path = data_path or ("/work/shared/data/gsm8k" if dataset == "gsm8k"
+                              else "/work/shared/data/ai2_arc")
+    max_new_tokens = max_new_tokens or stream.max_new_tokens
+    loaded = load_model(ModelSpec())
+    calls = _requests(stream, dataset, data_path, loaded.tokenizer, max_requests)
+    n = sum(map(len, calls))
+    logger.info("search-work: %d calls, %d requests, %s, %d new tokens", len(calls), n, dataset,
+                max_new_tokens)
+    runs, stats = {}, {}
+    for label, overrides, eager_compact in LEVELS:
+        gen = replace(GenerationConfig(max_new_tokens=max_new_tokens, prefix_cache_mb=cache_mb),
+                      **overrides)
+        evaluator = ExecutorEvaluator(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
+                                      generation=gen)
+        if eager_compact:
+            evaluator.executor.compact_fraction = 0.0
+        evaluator.evaluate(calls[0][:1])  # warm-up (not timed); a fresh cache below
+        evaluator.prefix_cache.clear()
+        evaluator.prefix_cache.hits = evaluator.prefix_cache.misses = 0
+        runs[label] = _replay(evaluator, calls)
+        stats[label] = evaluator.prefix_cache.stats()
+        logger.info("%s: %.3f evals/s (%.1f s)", label, runs[label]["evals_per_s"],
+                    runs[label]["seconds"])
+    plain = runs["plain"]
+    last = LEVELS[-1][0]
+    exact = {label: _exact(run, plain, LEVELS[i][1].get("grader_stop", True))
+             for i, (label, run) in enumerate(runs.items())}
+    result: dict[str, Any] = {
+        "dataset": dataset, "max_new_tokens": max_new_tokens, "requests": n,
+        "calls": len(calls), "questions": len({r.example_id for c in calls for r in c}),
+        "evals_per_s": {k: round(v["evals_per_s"], 3) for k, v in runs.items()},
+        "seconds": {k: round(v["seconds"], 2) for k, v in runs.items()},
+        "speedup_vs_plain": round(runs[last]["evals_per_s"] / plain["evals_per_s"], 3),
+        "speedup_vs_plain_by_lever": {k: round(v["evals_per_s"] / plain["evals_per_s"], 3)
+                                      for k, v in runs.items()},
+        "exact_by_lever": exact, "exact": all(exact.values()),
+        "cache": stats[last],
+        "cache_mb_peak": round(stats[last]["peak_bytes"] / 2**20, 1),
+        "mean_new_tokens_plain": round(sum(map(len, plain["tokens"])) / max(n, 1), 2),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if serial:
+        ser = _serial(loaded.model, evaluator, calls, max_new_tokens)
+        result["evals_per_s"]["serial"] = round(ser["evals_per_s"], 3)
+        result["serial_requests"] = ser["requests"]
+        result["speedup_vs_serial"] = round(runs[last]["evals_per_s"] / ser["evals_per_s"], 3)
+    return result
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    from drllm.models.loading import ModelSpec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.record:
+        stream = record_stream(ModelSpec(), "arc_easy", "/work/shared/data/ai2_arc",
+                               args.record, args.max_new_tokens or 16)
+    else:
+        stream = load_stream(args.stream)
+    return run_search_work(
+        stream=stream, dataset=args.dataset, data_path=args.data_path,
+        max_new_tokens=args.max_new_tokens, max_requests=args.max_requests,
+        cache_mb=args.cache_mb, serial=not args.no_serial,
+    )
