@@ -106,7 +106,7 @@ AFFECTING_KEY = "search_affecting"
 # its keys that cannot: a rerun that differs only in these (or in pool / ray / output) resumes.
 NOT_AFFECTING = {
     "model": ("cache_dir",),
-    "dataset": ("num_examples",),
+    "dataset": ("num_examples", "skip"),
     "search": (),
     "driver": ("max_concurrent_trees", "poll_interval_s"),
     "prior": (),
