@@ -1,8 +1,10 @@
-"""On-disk router features: one Arrow IPC file per feature pass, described by ``_features.json``.
+"""On-disk router features: one Parquet directory per feature pass, described by ``_features.json``.
 
-A features directory holds
+A features directory (by default ``<train run>/features``, never inside the shards directory,
+whose readers would pick it up) holds
 
-* ``features-{digest}.arrow`` -- an uncompressed Arrow IPC file, one row per selected example
+* ``features-{digest}/`` -- Parquet parts (written by the feature actors' Ray Data write, or
+  in process), one row per selected example
   (the row filter, :mod:`drllm.routers.rows`: solved rows by default):
   ``example_id`` (string), ``dataset`` (string), ``num_tokens`` (int32, prompt tokens),
   ``labels`` (``fixed_size_list<int8>[L]``, the best-path decisions), ``wmask``
@@ -15,11 +17,13 @@ The key is the feature-pass identity: model id (and dtype), the shard files (nam
 modification times), the shard manifest's digest, ``W``, the storage dtype and the row filter. A
 rerun whose key matches reuses the file; any change (a new shard, another model, another ``W``,
 ``rows=all``) recomputes it.
-The file is written under a dot-prefixed temporary name and renamed, and ``_features.json`` is
-replaced last, so a crash never leaves a half-written file that looks complete.
+The parts are written into a dot-prefixed temporary directory that is renamed, and
+``_features.json`` is replaced last, so a crash never leaves half-written features that look
+complete.
 
-Any Arrow reader works on the file (``pyarrow.ipc.open_file``, pandas ``read_feather``);
-:func:`load_features` returns the tensors the training loop consumes.
+Any Parquet reader works on the directory (``pq.read_table``, pandas, ``ray.data.read_parquet``);
+:func:`load_features` returns the tensors of all rows, :func:`table_data` those of some rows
+(a training worker's share).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -36,7 +41,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 import torch
 
 from drllm.routers.rows import RowSelection, check_row_filter
@@ -44,7 +49,8 @@ from drllm.shards.layout import MANIFEST_NAME, shard_files
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: rows are selected by a row filter (part of the key)
+FORMAT_VERSION = 3  # 2: rows are selected by a row filter; 3: a Parquet directory
+COMPRESSION = "zstd"
 INFO_NAME = "_features.json"
 FEATURE_DTYPES = {
     "float16": (pa.float16(), torch.float16),
@@ -183,7 +189,7 @@ def find_reusable(features_dir: str | os.PathLike, key: Mapping[str, Any]) -> Fe
     if info.digest != key_digest(key) or dict(info.key) != dict(key):
         logger.info("features in %s are stale (key changed); recomputing", features_dir)
         return None
-    if not (Path(features_dir) / info.file).is_file():
+    if not (Path(features_dir) / info.file).is_dir():
         logger.warning("%s names %s, which is missing; recomputing", INFO_NAME, info.file)
         return None
     return info
@@ -196,18 +202,24 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 class FeatureFileWriter:
-    """Streams Arrow batches into a new features file; :meth:`commit` publishes it.
+    """Collects Parquet parts of a new features directory; :meth:`commit` publishes it.
+
+    Parts land in a dot-prefixed temporary directory (:attr:`parts_dir`), written either here
+    (:meth:`write`, the in-process pass) or by Ray Data's ``write_parquet`` in the cluster's
+    workers (the rows never pass through the driver). :meth:`commit` checks every part's
+    schema, renames the directory to ``features-{digest}`` and writes ``_features.json``.
 
     Args:
         features_dir: output directory (created if missing).
-        key: the cache key the file is computed for.
-        num_layers / windows / hidden_size / dtype: shape and storage dtype of the rows.
+        key: the cache key the features are computed for.
+        num_layers / windows / dtype: ``L``, ``W`` and storage dtype of the rows (the width
+            ``d`` is read from the rows).
         model_id: the model the features come from (recorded in ``_features.json``).
         selection: the row selection the rows come from (recorded in ``_features.json``);
             ``None``: every row written, no filter.
 
     Use as a context manager: leaving the block without :meth:`commit` (an error) deletes the
-    temporary file and leaves the previous features untouched.
+    temporary directory and leaves the previous features untouched.
     """
 
     def __init__(
@@ -217,80 +229,97 @@ class FeatureFileWriter:
         *,
         num_layers: int,
         windows: int,
-        hidden_size: int,
         dtype: str,
         model_id: str,
         selection: RowSelection | None = None,
+        hidden_size: int | None = None,
     ) -> None:
         self.dir = Path(features_dir)
         self.selection = selection
         self.dir.mkdir(parents=True, exist_ok=True)
         self.key, self.digest = dict(key), key_digest(key)
-        self.schema = feature_schema(num_layers, windows, hidden_size, dtype)
-        self.shape = (num_layers, windows, hidden_size)
+        self.num_layers, self.windows, self.hidden_size = num_layers, windows, hidden_size
         self.dtype, self.model_id = dtype, model_id
-        self.name = f"features-{self.digest}.arrow"
-        self.tmp = self.dir / f".{self.name}.inprogress-{os.getpid()}"
+        self.name = f"features-{self.digest}"
+        self.parts_dir = self.dir / f".{self.name}.inprogress-{os.getpid()}"
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        self.parts_dir.mkdir()
         self.rows = 0
+        self._parts = 0
         self._start = time.perf_counter()
-        self._writer = ipc.new_file(str(self.tmp), self.schema)
-        self._open = True
 
-    def _close(self) -> None:
-        if self._open:
-            self._open = False
-            self._writer.close()
+    def _schema(self, hidden_size: int) -> pa.Schema:
+        return feature_schema(self.num_layers, self.windows, hidden_size, self.dtype)
+
+    def _check(self, schema: pa.Schema, where: str) -> None:
+        width = schema.field("features").type.list_size if "features" in schema.names else 0
+        d = width // (self.num_layers * self.windows)
+        self.hidden_size = self.hidden_size or d
+        if not schema.equals(self._schema(self.hidden_size)):
+            raise ValueError(f"feature rows of {where} do not match the features' schema:\n"
+                             f"{schema}\nexpected\n{self._schema(self.hidden_size)}")
 
     def write(self, table: pa.Table | pa.RecordBatch) -> None:
-        """Append rows (their schema must equal :func:`feature_schema`)."""
-        if not table.schema.equals(self.schema):
-            raise ValueError(
-                f"feature batch schema does not match the file:\n{table.schema}\nexpected\n"
-                f"{self.schema}"
-            )
-        if isinstance(table, pa.Table):
-            self._writer.write_table(table)
-        else:
-            self._writer.write_batch(table)
+        """Append rows as one Parquet part (their schema must equal :func:`feature_schema`)."""
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        self._check(table.schema, "a batch")
+        pq.write_table(table, self.parts_dir / f"part-{self._parts:06d}.parquet",
+                       compression=COMPRESSION)
+        self._parts += 1
         self.rows += table.num_rows
 
+    def _part_files(self) -> list[Path]:
+        return sorted(p for p in self.parts_dir.rglob("*.parquet") if p.is_file())
+
     def commit(self) -> FeatureInfo:
-        """Close, rename into place, write ``_features.json`` and drop stale feature files."""
-        self._close()
-        if self.rows == 0:
+        """Check the parts, rename the directory into place, write ``_features.json`` and drop
+        stale features."""
+        parts = self._part_files()
+        rows = 0
+        for part in parts:
+            meta = pq.read_metadata(part)
+            self._check(meta.schema.to_arrow_schema().remove_metadata(), str(part))
+            rows += meta.num_rows
+        if rows == 0:
             raise ValueError("the feature pass produced no rows; nothing to commit")
+        self.rows = rows
         final = self.dir / self.name
-        os.replace(self.tmp, final)
-        num_layers, windows, hidden_size = self.shape
-        sel = self.selection or RowSelection("all", self.rows, self.rows, 0)
+        if final.exists():
+            shutil.rmtree(final) if final.is_dir() else final.unlink()
+        os.replace(self.parts_dir, final)
+        sel = self.selection or RowSelection("all", rows, rows, 0)
         info = FeatureInfo(
-            key=self.key, digest=self.digest, file=self.name, rows=self.rows,
-            num_layers=num_layers, windows=windows, hidden_size=hidden_size, dtype=self.dtype,
-            model_id=self.model_id,
+            key=self.key, digest=self.digest, file=self.name, rows=rows,
+            num_layers=self.num_layers, windows=self.windows, hidden_size=int(self.hidden_size),
+            dtype=self.dtype, model_id=self.model_id,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             seconds=time.perf_counter() - self._start,
             row_filter=sel.filter, shard_rows=sel.total, skipped_unsolved=sel.skipped_unsolved,
         )
         _atomic_write_text(self.dir / INFO_NAME, json.dumps(info.to_dict(), indent=2) + "\n")
-        for stale in self.dir.glob("features-*.arrow"):
+        for stale in self.dir.glob("features-*"):
             if stale.name != self.name:
-                stale.unlink()
-        logger.info("wrote %d feature rows to %s", self.rows, final)
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+        logger.info("wrote %d feature rows (%d parts) to %s", rows, len(parts), final)
         return info
 
     def abort(self) -> None:
-        """Close and delete the temporary file."""
-        try:
-            self._close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+        """Delete the temporary directory."""
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
 
     def __enter__(self) -> "FeatureFileWriter":
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        if exc_type is not None or self.tmp.exists():
+        if exc_type is not None or self.parts_dir.exists():
             self.abort()
+
+
+def feature_files(features_dir: str | os.PathLike, info: FeatureInfo) -> list[str]:
+    """The Parquet parts of the committed features (for ``ray.data.read_parquet``)."""
+    root = Path(features_dir) / info.file
+    return [str(p) for p in sorted(root.rglob("*.parquet")) if p.is_file()]
 
 
 @dataclass(frozen=True)
@@ -329,7 +358,8 @@ def _fixed_rows(column: pa.ChunkedArray, width: int, dtype: Any) -> np.ndarray:
 def load_features(
     features_dir: str | os.PathLike, *, with_features: bool = True
 ) -> FeatureData:
-    """Read the committed features of ``features_dir`` (memory-mapped, then copied to torch).
+    """Read the committed features of ``features_dir`` into memory (small runs, tests; the
+    training workers read their share through Ray Data instead).
 
     Args:
         with_features: also load the ``[N, L, W, d]`` features (False: labels, masks and ids
@@ -340,7 +370,7 @@ def load_features(
     """
     root = Path(features_dir)
     info = read_info(root)
-    if info is None or not (root / info.file).is_file():
+    if info is None or not (root / info.file).is_dir():
         raise FileNotFoundError(
             f"no committed features in {root} (missing {INFO_NAME} or its file); run the "
             "feature pass (drllm.routers.features.run_feature_pass) first"
@@ -348,19 +378,23 @@ def load_features(
     columns = ["example_id", "dataset", "num_tokens", "labels", "wmask"]
     if with_features:
         columns.append("features")
-    with pa.memory_map(str(root / info.file)) as source:
-        table = ipc.open_file(source).read_all().select(columns)
-        L, W, d = info.num_layers, info.windows, info.hidden_size
-        labels = torch.from_numpy(_fixed_rows(table.column("labels"), L, np.int64))
-        wmask = torch.from_numpy(_fixed_rows(table.column("wmask"), W, np.bool_))
-        features = None
-        if with_features:
-            np_dtype = np.float16 if info.dtype == "float16" else np.float32
-            flat = _fixed_rows(table.column("features"), L * W * d, np_dtype)
-            features = torch.from_numpy(flat).view(-1, L, W, d)
-        ids = tuple(table.column("example_id").to_pylist())
-        datasets = tuple(table.column("dataset").to_pylist())
-        tokens = torch.from_numpy(table.column("num_tokens").to_numpy().astype(np.int64))
+    table = pq.read_table(feature_files(root, info), columns=columns)
+    return table_data(table, info)
+
+
+def table_data(table: pa.Table, info: FeatureInfo) -> FeatureData:
+    """:class:`FeatureData` of feature rows (``features`` column optional)."""
+    L, W, d = info.num_layers, info.windows, info.hidden_size
+    labels = torch.from_numpy(_fixed_rows(table.column("labels"), L, np.int64))
+    wmask = torch.from_numpy(_fixed_rows(table.column("wmask"), W, np.bool_))
+    features = None
+    if "features" in table.column_names:
+        np_dtype = np.float16 if info.dtype == "float16" else np.float32
+        flat = _fixed_rows(table.column("features"), L * W * d, np_dtype)
+        features = torch.from_numpy(flat).view(-1, L, W, d)
+    ids = tuple(table.column("example_id").to_pylist())
+    datasets = tuple(table.column("dataset").to_pylist())
+    tokens = torch.from_numpy(table.column("num_tokens").to_numpy().astype(np.int64))
     return FeatureData(features, wmask, labels, ids, datasets, tokens, info)
 
 

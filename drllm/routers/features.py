@@ -12,9 +12,10 @@ router training never runs the LLM:
   maps shard rows (``rendered_prompt``, ``best_path``) to feature rows;
 * :func:`run_feature_pass` -- reads the shards with ``ray.data.read_parquet``, keeps the rows of
   the row filter (``FeatureConfig.rows``: solved rows by default, see :mod:`drllm.routers.rows`),
-  maps them through a fixed-size actor pool (``ActorPoolStrategy``), and streams the rows into
-  a features file (:mod:`drllm.routers.feature_store`); a rerun with the same key reuses the
-  file.
+  maps them through a fixed-size actor pool (``ActorPoolStrategy``), and writes the feature
+  rows with Ray Data's ``write_parquet`` from the workers (the rows never pass through the
+  driver) into a features directory (:mod:`drllm.routers.feature_store`); a rerun with the
+  same key reuses it.
 
 Prompts are the shards' ``rendered_prompt`` (chat template already applied), tokenized by
 :meth:`PathExecutor.encode`, which adds no special tokens (the template wrote them).
@@ -306,15 +307,29 @@ def run_feature_pass(
                            "or pass in_process=True")
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars
-    context.enable_progress_bars = progress  # Ray Data's own bars; ours counts rows
+    context.enable_progress_bars = progress  # Ray Data's own bars
+    writer = FeatureFileWriter(features_dir, key, num_layers=ident.num_layers,
+                               windows=cfg.windows, dtype=cfg.dtype, model_id=ident.model_id,
+                               selection=selection)
     try:
         ds = filter_dataset(ray.data.read_parquet([str(f) for f in ident.files]), cfg.rows)
         ds = ds.select_columns(list(SHARD_COLUMNS))
-        batches = _map_features(ds, model, cfg, ident).iter_batches(
-            batch_size=None, batch_format="pyarrow")
-        return _write_stream(batches, features_dir, key, ident, cfg, selection, progress)
+        # the rows go from the feature actors to Ray Data's write tasks, never to the driver
+        _map_features(ds, model, cfg, ident).write_parquet(str(writer.parts_dir))
+        return _commit(writer, selection, cfg)
+    except BaseException:
+        writer.abort()
+        raise
     finally:
         context.enable_progress_bars = saved
+
+
+def _commit(writer: FeatureFileWriter, selection: RowSelection, cfg: FeatureConfig) -> FeatureInfo:
+    info = writer.commit()
+    if info.rows != selection.used:
+        raise RuntimeError(f"feature pass wrote {info.rows} rows for {selection.used} "
+                           f"selected shard rows (rows={cfg.rows})")
+    return info
 
 
 def _local_batches(
@@ -340,28 +355,19 @@ def _write_stream(
     """Stream feature tables into a features file and commit it."""
     from tqdm.auto import tqdm
 
-    writer: FeatureFileWriter | None = None
+    writer = FeatureFileWriter(features_dir, key, num_layers=ident.num_layers,
+                               windows=cfg.windows, dtype=cfg.dtype, model_id=ident.model_id,
+                               selection=selection)
     bar = tqdm(total=selection.used, desc="features", unit="row", disable=not progress)
     try:
         for table in batches:
-            if writer is None:
-                width = table.schema.field("features").type.list_size
-                writer = FeatureFileWriter(
-                    features_dir, key, num_layers=ident.num_layers, windows=cfg.windows,
-                    hidden_size=width // (ident.num_layers * cfg.windows), dtype=cfg.dtype,
-                    model_id=ident.model_id, selection=selection,
-                )
             writer.write(table)
             bar.update(table.num_rows)
-        if writer is None:
+        if writer.rows == 0:
             raise ValueError(f"the shards of {ident.files[0].parent} produced no feature rows")
-        if writer.rows != selection.used:
-            raise RuntimeError(f"feature pass wrote {writer.rows} rows for {selection.used} "
-                               f"selected shard rows (rows={cfg.rows})")
-        return writer.commit()
+        return _commit(writer, selection, cfg)
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        writer.abort()
         raise
     finally:
         bar.close()

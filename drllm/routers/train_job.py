@@ -26,10 +26,10 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from drllm.cluster import ClusterSettings, cluster_gpus, connect
-from drllm.routers.feature_store import load_features
+from drllm.routers.feature_store import feature_files, load_features
 from drllm.models.loading import ModelSource, ModelSpec
 from drllm.routers.features import FeatureConfig, run_feature_pass
 from drllm.routers.loss import class_counts
@@ -53,13 +53,18 @@ class RayTrainSettings:
     Attributes:
         num_workers: Ray Train workers (DDP when > 1).
         use_gpu: one GPU per worker; ``None`` uses GPUs when the cluster has them.
-        cpus_per_worker: CPUs reserved per worker; ``None`` splits the cluster's CPUs evenly
-            over the workers (at least 1).
+        cpus_per_worker: CPUs reserved per worker; ``None``: what fits a node -- the
+            smallest CPU count of the alive nodes that have CPUs, and no more than the cluster's
+            CPUs split over the workers (at least 1).
         threads: torch intra-op threads per CPU worker; ``None``: its ``cpus_per_worker``. On
             a shared, oversubscribed host fewer threads than reserved CPUs can be much faster
             (the router matmuls are small; spinning OpenMP threads lose their time slices).
         max_failures: worker-group restarts tolerated (each resumes from the last epoch).
         log_level: level of the ``drllm`` loggers inside the workers.
+        storage_path: where Ray Train keeps the run and its checkpoints: a directory every
+            node can reach (NFS, ``/mnt/shared/...``) or object storage (``s3://bucket/x``,
+            ``gs://...``). ``None``: ``<train run dir>/ray_train`` -- a local path, fine on one
+            node only (Ray Train requires storage shared by all nodes).
     """
 
     num_workers: int = 1
@@ -68,6 +73,7 @@ class RayTrainSettings:
     threads: int | None = None
     max_failures: int = 0
     log_level: str = "INFO"
+    storage_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
@@ -109,14 +115,120 @@ class TrainOutcome:
 
 
 def _worker_resources(settings: RayTrainSettings) -> tuple[bool, int]:
-    """``(use_gpu, cpus_per_worker)`` resolved against the connected cluster."""
+    """``(use_gpu, cpus_per_worker)`` resolved against the connected cluster: a worker's CPUs
+    fit on the smallest alive node with CPUs (a share of the cluster total may fit none)."""
     import ray
 
     use_gpu = settings.use_gpu if settings.use_gpu is not None else cluster_gpus() > 0
     if settings.cpus_per_worker is not None:
         return use_gpu, settings.cpus_per_worker
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if use_gpu:
+        nodes = [r for r in nodes if r.get("GPU", 0) > 0]
+    node_cpus = [int(r.get("CPU", 0)) for r in nodes if r.get("CPU", 0) >= 1]
     total = int(ray.cluster_resources().get("CPU", 1))
-    return use_gpu, max(1, total // settings.num_workers)
+    share = max(1, total // settings.num_workers)
+    return use_gpu, max(1, min([share, *node_cpus]))
+
+
+def _no_cpu_left(reserved: float) -> bool:
+    """Whether workers reserving ``reserved`` CPUs leave none of the cluster's for other tasks."""
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0.0)) - reserved < 1.0
+
+
+def _has_state_api() -> bool:
+    """Whether the cluster serves Ray's state API (its dashboard runs)."""
+    from ray._private.worker import get_dashboard_url
+
+    try:
+        return bool(get_dashboard_url())
+    except Exception:  # noqa: BLE001 - not connected or API moved: assume none
+        return False
+
+
+def _trainer_class() -> type:
+    """``TorchTrainer`` without its placement-group cleaner when there is no state API.
+
+    Ray Train 2.60 starts a detached cleaner that asks the state API every second whether the
+    controller is alive; without a dashboard each query fails and logs "Failed to query Ray
+    Train Controller actor state" -- a dozen lines for a 12-second fit -- while the cleaner can
+    never work. It only matters when the controller dies ungracefully, so it is dropped then.
+    """
+    from ray.train.torch import TorchTrainer
+
+    if _has_state_api():
+        return TorchTrainer
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError:  # another Ray: keep its defaults
+        return TorchTrainer
+
+    class QuietTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list:
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, PlacementGroupCleanerCallback)]
+
+    return QuietTorchTrainer
+
+
+def _split_config() -> Any:
+    """Train rows in equal shares (the same steps on every worker); validation rows split
+    unequally so that each is evaluated exactly once."""
+    import ray.train
+
+    class EvenTrainSplit(ray.train.DataConfig):
+        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+            # Ray Train 2.60 (v2) configures one dataset per call; v1 passes them all
+            rest = {k: v for k, v in datasets.items() if k != "val"}
+            out = (super().configure(rest, world_size, worker_handles, worker_node_ids, **kwargs)
+                   if rest else [{} for _ in range(world_size)])
+            if "val" in datasets:
+                val = datasets["val"].copy(datasets["val"])
+                val.context.execution_options = self._resolve_execution_options("val")
+                for i, split in enumerate(val.streaming_split(world_size, equal=False)):
+                    out[i]["val"] = split
+            return out
+
+    return EvenTrainSplit()
+
+
+class KeepIds:
+    """Ray Data batch filter: the rows whose ``example_id`` is in ``ids`` (pyarrow batches)."""
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.ids = sorted(set(ids))
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        return batch.filter(pc.is_in(batch.column("example_id"), pa.array(self.ids)))
+
+
+def _datasets(features_dir: str | Path, info: Any, train_ids: list[str], val_ids: list[str],
+              world: int) -> dict[str, Any]:
+    """``train`` (padded to a multiple of ``world`` rows) and ``val`` Ray datasets over the
+    features' Parquet parts; no rows pass through the driver."""
+    import ray
+
+    files = feature_files(features_dir, info)
+    # Reading and filtering reserve no CPU: the training workers may hold every CPU (a small
+    # cluster), and ingest tasks waiting for one would deadlock the fit.
+    base = ray.data.read_parquet(files, num_cpus=0)
+
+    def keep(ids: list[str]) -> Any:
+        return base.map_batches(KeepIds(ids), batch_format="pyarrow", num_cpus=0)
+
+    train = keep(train_ids)
+    pad = (-len(train_ids)) % world
+    if pad:  # equal shares without dropping rows: repeat the first few
+        train = train.union(keep(sorted(train_ids)[:pad]))
+    val = keep(val_ids or train_ids)
+    return {"train": train, "val": val}
 
 
 def run_name_for(features_digest: str, cfg: TrainConfig, num_workers: int) -> str:
@@ -125,25 +237,33 @@ def run_name_for(features_digest: str, cfg: TrainConfig, num_workers: int) -> st
     return f"routers-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
+def _storage(storage_path: str | Path) -> str:
+    """``storage_path`` as Ray Train takes it: URIs as given, local paths made absolute."""
+    text = str(storage_path)
+    return text if "://" in text else str(Path(text).expanduser().resolve())
+
+
 def _torch_trainer(
     train_loop_config: dict[str, Any], settings: RayTrainSettings, use_gpu: bool,
     resources: dict[str, float], run_name: str, storage_path: str | Path,
+    datasets: dict[str, Any],
 ) -> Any:
     """The ``TorchTrainer`` of :func:`fit_routers` (last checkpoint kept, restarts allowed)."""
     import ray.train
-    from ray.train.torch import TorchTrainer
 
     from drllm.routers.train_worker import train_loop_per_worker
 
-    return TorchTrainer(
+    return _trainer_class()(
         train_loop_per_worker,
         train_loop_config=train_loop_config,
+        datasets=datasets,
+        dataset_config=_split_config(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=settings.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=_storage(storage_path),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=settings.max_failures),
             worker_runtime_env={"env_vars": _worker_env(use_gpu)},
@@ -184,7 +304,7 @@ def fit_routers(
     """
     from drllm.routers.train_worker import loop_config
 
-    data = load_features(features_dir, with_features=False)
+    data = load_features(features_dir, with_features=False)  # ids and labels: a few bytes/row
     if data.info.windows != cfg.windows:
         raise ValueError(f"features in {features_dir} have W={data.info.windows} windows but the "
                          f"training config says windows={cfg.windows}")
@@ -200,15 +320,22 @@ def fit_routers(
     resources: dict[str, float] = {"CPU": cpus, **({"GPU": 1} if use_gpu else {})}
     logger.info("Ray Train run %s: %d worker(s) x %s, %d train / %d val rows, class counts %s",
                 run_name, settings.num_workers, resources, len(train_idx), len(val_idx), counts)
+    ids = data.example_ids
+    datasets = _datasets(features_dir, data.info, [ids[i] for i in train_idx.tolist()],
+                         [ids[i] for i in val_idx.tolist()], settings.num_workers)
+    if _no_cpu_left(cpus * settings.num_workers):
+        # the workers will hold every CPU: read the features into the object store first, or
+        # Ray Data's ingest would wait for a CPU that never frees up
+        logger.info("no CPU left for Ray Data ingest during the fit: materializing the splits")
+        datasets = {name: ds.materialize() for name, ds in datasets.items()}
     trainer = _torch_trainer(
         loop_config(
-            features_dir=str(Path(features_dir).resolve()), train=cfg,
-            train_idx=train_idx.tolist(), val_idx=val_idx.tolist(), class_counts=counts,
-            base_model_id=base_model_id or data.info.model_id,
+            info=data.info, train=cfg, train_rows=len(train_idx), val_rows=len(val_idx),
+            class_counts=counts, base_model_id=base_model_id or data.info.model_id,
             threads=None if use_gpu else (settings.threads or cpus),
             log_level=settings.log_level, rows=rows,
         ),
-        settings, use_gpu, resources, run_name, storage_path,
+        settings, use_gpu, resources, run_name, storage_path, datasets,
     )
     start = time.perf_counter()
     result = trainer.fit()
@@ -256,7 +383,8 @@ class TrainJobSettings:
         train: router hyper-parameters (``train/``).
         features: feature-pass settings (``features:``; its ``windows`` follows ``train.windows``).
         trainer: ``TorchTrainer`` scaling (``trainer:``).
-        features_dir: where features go (``None``: ``<shards_dir>/features``).
+        features_dir: where features go (``None``: ``<train run dir>/features``; never inside
+            the shards directory, whose Parquet readers would pick the features up).
         checkpoint_dir: routers directory, relative to the run's output directory.
         progress: show progress bars.
         log_level: level of the ``drllm`` loggers.
@@ -284,6 +412,14 @@ class TrainJobSettings:
                              f"({self.train.windows})")
 
 
+def _inside(path: Path, parent: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(parent).resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[str, Any]:
     """Feature pass, Ray Train fit and checkpoint; returns (and writes) the job summary.
 
@@ -292,12 +428,17 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
     """
     started = time.perf_counter()
     output_dir = Path(output_dir).resolve()
-    features_dir = settings.features_dir or settings.shards_dir / "features"
+    features_dir = settings.features_dir or output_dir / "features"
+    if _inside(features_dir, settings.shards_dir):
+        raise ValueError(f"features_dir {features_dir} is inside shards_dir {settings.shards_dir}:"
+                         " readers of the shards (pd.read_parquet(shards_dir)) would read the "
+                         "features too; put them elsewhere (default: <train run dir>/features)")
     connect(settings.ray)
     info = run_feature_pass(settings.shards_dir, features_dir, settings.model, settings.features,
                             progress=settings.progress)
+    storage = settings.trainer.storage_path or output_dir / "ray_train"
     outcome = fit_routers(features_dir, settings.train, settings.trainer,
-                          storage_path=output_dir / "ray_train", base_model_id=info.model_id)
+                          storage_path=storage, base_model_id=info.model_id)
     routers_dir = output_dir / settings.checkpoint_dir
     outcome.routers.save_pretrained(
         routers_dir, base_model_id=info.model_id, class_counts=outcome.class_counts,

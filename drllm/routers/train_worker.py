@@ -1,17 +1,17 @@
 """The Ray Train worker loop of router training (runs inside each ``TorchTrainer`` worker).
 
-Every worker loads the precomputed features into memory
-(:func:`~drllm.routers.feature_store.load_features`; the features directory must be readable
-from every node, and the features must fit in each worker's RAM: 4,000 SmolLM2 examples at
-W = 8 in fp16 take 1.1 GB), builds the same seeded
-:class:`~drllm.routers.module.StackedRouters`, wraps it with ``ray.train.torch.prepare_model``
-(DDP when there is more than one worker) and trains on its share of the training split:
+Every worker reads **its share** of the features through Ray Data
+(``ray.train.get_dataset_shard``: the ``train`` dataset is a streaming split into equal
+shares -- the driver pads it to a multiple of the world size --, the ``val`` dataset a streaming
+split that keeps every row once), holds that share in memory (1/world of the rows), builds
+the same seeded :class:`~drllm.routers.module.StackedRouters`, wraps it with
+``ray.train.torch.prepare_model`` (DDP when there is more than one worker) and trains:
 
-* each epoch, one global permutation of the training rows (seeded by ``seed`` and the epoch) is
-  padded to a multiple of the world size and strided by rank, so every worker runs the same
-  number of optimizer steps and the effective batch stays ``batch_size``;
-* validation rows are strided by rank; :func:`~drllm.routers.training.evaluate` sums the
-  confusions over workers, so every worker holds the global metrics;
+* each epoch, a permutation of the worker's rows (seeded by ``seed``, the epoch and the rank);
+  every worker has as many rows, so all run the same number of optimizer steps and the
+  effective batch stays ``batch_size``;
+* :func:`~drllm.routers.training.evaluate` sums the validation confusions over workers, so
+  every worker holds the global metrics;
 * each epoch ends with ``ray.train.report(metrics, checkpoint=...)``: rank 0 attaches a
   checkpoint holding the routers in :meth:`Routers.save_pretrained` format plus
   ``train_state.pt`` (optimizer, schedule, epoch, history), from which a restarted worker group
@@ -33,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from drllm.routers.dataset import FeatureBatches
-from drllm.routers.feature_store import load_features
+from drllm.routers.feature_store import FeatureData, FeatureInfo, feature_schema, table_data
 from drllm.routers.metrics import CLASS_NAMES
 from drllm.routers.module import Routers, StackedRouters
 from drllm.routers.training import TrainConfig, evaluate, make_loss, make_optimizer, train_epoch
@@ -46,10 +46,10 @@ VAL_BATCH_SIZE = 256
 
 def loop_config(
     *,
-    features_dir: str,
+    info: FeatureInfo,
     train: TrainConfig,
-    train_idx: Sequence[int],
-    val_idx: Sequence[int],
+    train_rows: int,
+    val_rows: int,
     class_counts: Sequence[int],
     base_model_id: str,
     threads: int | None,
@@ -57,12 +57,13 @@ def loop_config(
     rows: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``train_loop_config`` of :func:`train_loop_per_worker` (plain, picklable values);
-    ``rows`` (the row selection) is written into every checkpoint's ``config.json``."""
+    ``rows`` (the row selection) is written into every checkpoint's ``config.json``;
+    ``train_rows`` / ``val_rows`` are the global split sizes (before padding)."""
     return {
-        "features_dir": str(features_dir),
+        "info": info.to_dict(),
         "train": train.to_dict(),
-        "train_idx": [int(i) for i in train_idx],
-        "val_idx": [int(i) for i in val_idx],
+        "train_rows": int(train_rows),
+        "val_rows": int(val_rows),
         "class_counts": [int(c) for c in class_counts],
         "base_model_id": base_model_id,
         "threads": threads,
@@ -104,6 +105,31 @@ def epoch_rows(
     if pad:
         order = torch.cat([order, order[:pad]])
     return order[rank::world]
+
+
+def read_share(name: str, info: FeatureInfo) -> FeatureData:
+    """This worker's rows of the Ray Train dataset ``name``, in memory."""
+    import pyarrow as pa
+    import ray.train
+
+    shard = ray.train.get_dataset_shard(name)
+    tables = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return table_data(_empty_features(info), info)
+    return table_data(pa.concat_tables(tables), info)
+
+
+def _empty_features(info: FeatureInfo) -> Any:
+    return feature_schema(info.num_layers, info.windows, info.hidden_size,
+                          info.dtype).empty_table()
+
+
+def _loader(data: FeatureData, rows: torch.Tensor, batch_size: int, device: Any) -> Any:
+    if not len(rows):
+        return []
+    return FeatureBatches(features=data.features, wmask=data.wmask, labels=data.labels,
+                          indices=rows, batch_size=batch_size, device=device)
 
 
 def _setup_worker(threads: int | None, log_level: str) -> None:
@@ -186,33 +212,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = TrainConfig.from_dict(config["train"])
-    data = load_features(config["features_dir"])
-    assert data.features is not None
-    _, num_layers, windows, hidden_size = data.features.shape
+    info = FeatureInfo(**config["info"])
+    num_layers, windows, hidden_size = info.num_layers, info.windows, info.hidden_size
+    train_data, val_data = read_share("train", info), read_share("val", info)
     device = ray.train.torch.get_device()
     loss_fn = make_loss(config["class_counts"], cfg).to(device)
     stacked = StackedRouters.from_routers(_seeded_routers(num_layers, hidden_size, windows, cfg))
     model = ray.train.torch.prepare_model(stacked)
-    train_idx = torch.tensor(config["train_idx"], dtype=torch.long)
-    val_idx = torch.tensor(config["val_idx"], dtype=torch.long)
+    local = torch.arange(len(train_data.example_ids))
     per_batch = cfg.per_worker_batch_size(world)
-    tensors = dict(features=data.features, wmask=data.wmask, labels=data.labels, device=device)
-    steps = cfg.epochs * math.ceil(math.ceil(len(train_idx) / world) / per_batch)
+    steps = cfg.epochs * math.ceil(math.ceil(config["train_rows"] / world) / per_batch)
     opt, sched = make_optimizer(model, cfg, steps)
     first_epoch, history = _restore(model, opt, sched)
-    eval_idx = val_idx if len(val_idx) else train_idx
-    eval_loader = FeatureBatches(indices=eval_idx[rank::world], batch_size=VAL_BATCH_SIZE,
-                                 **tensors)
+    eval_loader = _loader(val_data, torch.arange(len(val_data.example_ids)), VAL_BATCH_SIZE,
+                          device)
     if rank == 0:
-        logger.info("training %d routers on %d rows (%d val) with %d worker(s), %d steps, on %s",
-                    num_layers, len(train_idx), len(val_idx), world, steps, device)
+        logger.info("training %d routers on %d rows (%d val) with %d worker(s), %d steps, on %s"
+                    " (%d rows on this worker)", num_layers, config["train_rows"],
+                    config["val_rows"], world, steps, device, len(local))
     final: dict[str, Any] | None = None
     for epoch in range(first_epoch, cfg.epochs):
-        rows = epoch_rows(train_idx, epoch, cfg.seed, rank, world)
-        loader = FeatureBatches(indices=rows, batch_size=per_batch, **tensors)
+        rows = epoch_rows(local, epoch, cfg.seed + 7919 * rank, 0, 1)
+        loader = _loader(train_data, rows, per_batch, device)
         stats = train_epoch(model, loader, opt, sched, loss_fn, grad_clip=cfg.grad_clip)
         last = epoch == cfg.epochs - 1
-        val = evaluate(model, eval_loader, loss_fn) if len(val_idx) or last else None
+        val = evaluate(model, eval_loader, loss_fn) if config["val_rows"] or last else None
         final = val if last else None
         metrics = flat_metrics(epoch, stats, val)
         history.append(metrics)

@@ -149,7 +149,7 @@ def test_feature_actors_refuse_another_model(shards, tmp_path):
     with pytest.raises(Exception, match="searched with model 'tiny-llama-L4-d64-s1' but the "
                                         "feature pass loaded 'tiny-llama-L4-d64-s2'"):
         run_feature_pass(shards, tmp_path / "bad", other, FEATURES, progress=False)
-    assert read_info(tmp_path / "bad") is None and not list(tmp_path.glob("bad/*.arrow*"))
+    assert read_info(tmp_path / "bad") is None and not list(tmp_path.glob("bad/*features-*"))
 
 
 def test_train_job_end_to_end(shards, features, tmp_path, capsys):

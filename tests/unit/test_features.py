@@ -214,7 +214,7 @@ def test_pass_writes_labels_and_features_then_reuses_then_recomputes(tmp_path, c
     _write(shards, _examples(12), seed=0)
     new = run_feature_pass(shards, out, TinyLoader(), cfg, progress=False, in_process=True)
     assert new.digest != info.digest and new.rows == 12 and counted["batches"] > 3
-    assert [p.name for p in out.glob("features-*.arrow")] == [new.file]
+    assert [p.name for p in out.glob("features-*")] == [new.file]
     assert read_info(out) == new
 
 
@@ -241,7 +241,7 @@ def test_fp16_storage_and_model_mismatch(tmp_path):
     with pytest.raises(ValueError, match="searched with model 'tiny-llama-L5'.*'someone-else'"):
         run_feature_pass(shards, tmp_path / "bad", OtherLoader(), FeatureConfig(windows=W),
                          progress=False, in_process=True)
-    assert read_info(tmp_path / "bad") is None and not list(tmp_path.glob("bad/*.arrow*"))
+    assert read_info(tmp_path / "bad") is None and not list(tmp_path.glob("bad/*features-*"))
 
 
 def test_key_tracks_shard_files(tmp_path):
