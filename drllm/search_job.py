@@ -198,6 +198,7 @@ def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
             shards_dir, writer_id=default_writer_id(), num_layers=info.num_layers,
             model_id=info.model_id, config=stored_config,
             rows_per_shard=settings.output.rows_per_shard, flush_seconds=settings.output.flush_seconds,
+            merge_on_open=True,  # safe: this run holds the directory's lock
         )
 
     connect(settings.ray)  # before the handler: ray.init installs its own SIGTERM handler
