@@ -107,7 +107,9 @@ def plan_actors(config: PoolConfig, cluster: Mapping[str, float]) -> ActorPlan:
         res = ActorResources(0, float(config.num_cpus_per_actor), 0.0,
                              config.threads_per_actor, None)
         if config.use_gpu is None:
-            logger.warning(
+            # A laptop run on CPU is the normal case (info, not a warning); on a cluster,
+            # the message says how to wait for GPU nodes instead.
+            logger.info(
                 "the Ray cluster has no GPU now: evaluators run on CPU. On an autoscaling "
                 "cluster whose GPU nodes have not joined yet, set pool.use_gpu=true: the pool "
                 "then waits for GPU nodes (pool.gpu_wait_s) instead of running on CPU")
