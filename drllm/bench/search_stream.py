@@ -73,8 +73,8 @@ def load_stream(path: str | Path) -> RequestStream:
 
 
 def parse_path(text: str) -> LayerPath:
-    """A path from its decision string (``"1101..."``)."""
-    return LayerPath(int(ch) for ch in text)
+    """A path from its string (:meth:`LayerPath.to_str`, e.g. ``"EESR..."``)."""
+    return LayerPath.parse(text)
 
 
 class RecordingEvaluator(ExecutorEvaluator):

@@ -10,7 +10,10 @@ SmolLM2-135M-Instruct, ARC-Easy, ``search=paper``, 16 new tokens; the committed 
 * ``plain``: the batched executor, no lever (finished rows compacted at once);
 * each lever added in turn: ``prefix`` (start at the first edited block from the default
   path's stored states), ``draft`` (verify the default response teacher-forced),
-  ``grader_stop``, ``lazy_compact`` (= every lever, the evaluator's defaults).
+  ``draft_pool`` (later decode steps verify drafts from other paths' responses), ``grader_stop``, ``lazy_compact`` (= every lever, the evaluator's defaults).
+
+The configurations are interleaved call by call (each evaluates a call in turn, each with
+its own prefix cache), so a change of machine load hits them alike.
 
 ``exact``: every reward equals the plain run's and every token sequence too (a row that
 grader-aware stopping ended must be a prefix of the plain one, with the same reward).
@@ -24,11 +27,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
+from tqdm import tqdm
 
 from drllm.bench.executor import serial_generate
 from drllm.bench.search_stream import (
@@ -49,7 +54,8 @@ PLAIN = dict(reuse_prefix=False, draft=False, grader_stop=False)
 LEVELS = (
     ("plain", PLAIN, True),
     ("prefix", dict(reuse_prefix=True, draft=False, grader_stop=False), True),
-    ("draft", dict(reuse_prefix=True, draft=True, grader_stop=False), True),
+    ("draft", dict(reuse_prefix=True, draft=True, draft_pool=False, grader_stop=False), True),
+    ("draft_pool", dict(reuse_prefix=True, draft=True, grader_stop=False), True),
     ("grader_stop", dict(reuse_prefix=True, draft=True, grader_stop=True), True),
     ("lazy_compact", {}, False),
 )
@@ -101,17 +107,22 @@ def _requests(stream: RequestStream, dataset: str, data_path: str, tokenizer: An
     return calls
 
 
-def _replay(evaluator: ExecutorEvaluator, calls: Sequence[Sequence[EvalRequest]]) -> dict:
-    """Evaluate every call in order; wall time, rewards and token ids per request."""
-    rewards, tokens = [], []
-    start = time.perf_counter()
-    for call in calls:
-        for ev in evaluator.evaluate(call):
-            rewards.append(ev.reward)
-        tokens.extend(g.token_ids for g in evaluator.last_generations)
-    wall = time.perf_counter() - start
-    n = len(rewards)
-    return {"seconds": wall, "evals_per_s": n / wall, "rewards": rewards, "tokens": tokens}
+def _replay(evaluators: dict[str, ExecutorEvaluator],
+            calls: Sequence[Sequence[EvalRequest]]) -> dict[str, dict]:
+    """Evaluate every call in order with every evaluator in turn (interleaved, so that a
+    change of machine load hits every configuration alike): per configuration its wall time,
+    rewards and token ids per request."""
+    runs = {label: {"seconds": 0.0, "rewards": [], "tokens": []} for label in evaluators}
+    for call in tqdm(calls, desc="search-work calls", file=sys.stderr):
+        for label, evaluator in evaluators.items():
+            start = time.perf_counter()
+            evaluations = evaluator.evaluate(call)
+            runs[label]["seconds"] += time.perf_counter() - start
+            runs[label]["rewards"].extend(ev.reward for ev in evaluations)
+            runs[label]["tokens"].extend(g.token_ids for g in evaluator.last_generations)
+    for run in runs.values():
+        run["evals_per_s"] = len(run["rewards"]) / run["seconds"]
+    return runs
 
 
 def _exact(run: dict, plain: dict, grader_stop: bool) -> bool:
@@ -150,7 +161,7 @@ def run_search_work(
     n = sum(map(len, calls))
     logger.info("search-work: %d calls, %d requests, %s, %d new tokens", len(calls), n, dataset,
                 max_new_tokens)
-    runs, stats = {}, {}
+    evaluators = {}
     for label, overrides, eager_compact in LEVELS:
         gen = replace(GenerationConfig(max_new_tokens=max_new_tokens, prefix_cache_mb=cache_mb),
                       **overrides)
@@ -158,13 +169,13 @@ def run_search_work(
                                       generation=gen)
         if eager_compact:
             evaluator.executor.compact_fraction = 0.0
-        evaluator.evaluate(calls[0][:1])  # warm-up (not timed); a fresh cache below
-        evaluator.prefix_cache.clear()
-        evaluator.prefix_cache.hits = evaluator.prefix_cache.misses = 0
-        runs[label] = _replay(evaluator, calls)
-        stats[label] = evaluator.prefix_cache.stats()
-        logger.info("%s: %.3f evals/s (%.1f s)", label, runs[label]["evals_per_s"],
-                    runs[label]["seconds"])
+        evaluators[label] = evaluator
+    ExecutorEvaluator(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
+                      generation=GenerationConfig(max_new_tokens=2)).evaluate(calls[0][:1])
+    runs = _replay(evaluators, calls)
+    stats = {label: ev.prefix_cache.stats() for label, ev in evaluators.items()}
+    for label, run in runs.items():
+        logger.info("%s: %.3f evals/s (%.1f s)", label, run["evals_per_s"], run["seconds"])
     plain = runs["plain"]
     last = LEVELS[-1][0]
     exact = {label: _exact(run, plain, LEVELS[i][1].get("grader_stop", True))

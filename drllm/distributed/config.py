@@ -32,6 +32,9 @@ class GenerationConfig:
             edited path; decoding only continues after the first disagreement (needs
             ``reuse_prefix``).
         draft_tokens: draft tokens verified at most (``None``: the whole default response).
+        draft_pool: after an edited path first disagrees with the default response, later
+            decode steps verify drafts taken from the responses other paths of the question
+            gave (needs ``draft``; :mod:`drllm.models.drafts`).
         grader_stop: a row stops once its grader declares that no continuation can change the
             verdict (:meth:`drllm.rewards.Grader.verdict_final`); the stored response is then
             the shorter text, graded the same.
@@ -46,13 +49,14 @@ class GenerationConfig:
     reuse_prefix: bool = True
     draft: bool = True
     draft_tokens: Optional[int] = None
+    draft_pool: bool = True
     grader_stop: bool = True
     prefix_cache_mb: float = 512.0
     dense_steps: bool = False
 
     def __post_init__(self) -> None:
         check_int("GenerationConfig", "max_new_tokens", self.max_new_tokens, 1)
-        for name in ("reuse_prefix", "draft", "grader_stop", "dense_steps"):
+        for name in ("reuse_prefix", "draft", "draft_pool", "grader_stop", "dense_steps"):
             check_bool("GenerationConfig", name, getattr(self, name))
         if self.draft_tokens is not None:
             check_int("GenerationConfig", "draft_tokens", self.draft_tokens, 1)

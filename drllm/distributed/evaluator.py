@@ -401,9 +401,11 @@ class ExecutorEvaluator(Evaluator):
                 max_new_tokens=self.generation.max_new_tokens,
                 stop_strings=self.generation.stop_strings,
                 draft_tokens=self.generation.draft_tokens if self.generation.draft else 0,
+                draft_pool=self.generation.draft_pool,
             )
             for i, gen in zip(edited, resumed):
                 out[i] = gen
+                entries[keys[i]].remember(gen.token_ids)
         return out
 
     def stats(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 
 from drllm.models.forward import BlockHook, BlockRunner, plan_steps
+from drllm.models.drafts import Proposer, accept, drafted_inputs
 from drllm.models.kv import SlotKVCache
 from drllm.models.stopping import FinalFn, StopRule
 
@@ -36,12 +37,14 @@ class Stepper(Protocol):
     Attributes:
         device: the model's device.
         num_layers: decoder blocks L.
+        bucket_overhead_tokens: modelled cost of one more prefill length bucket (tokens).
         runner: runs the blocks along per-row decisions.
         embed: ``[B, T]`` token ids -> ``[B, T, d]`` embeddings.
     """
 
     device: torch.device
     num_layers: int
+    bucket_overhead_tokens: int
     runner: BlockRunner
     embed: Callable[[torch.Tensor], torch.Tensor]
 
@@ -143,6 +146,7 @@ def decode(
     initial: Sequence[Sequence[int]] | None = None,
     compact_fraction: float = COMPACT_FRACTION,
     dense: bool = False,
+    proposers: Sequence[Proposer | None] | None = None,
 ) -> tuple[list[list[int]], list[str]]:
     """Greedy decoding until every row stops; ``(token ids, finish reason)`` per batch row.
 
@@ -153,6 +157,8 @@ def decode(
         compact_fraction: finished rows are dropped once they are at least this share of the
             batch rows (0: at once, as each row finishes).
         dense: steps run the whole batch and select rows (see :func:`plan_steps`).
+        proposers: per batch row, a draft proposer (:mod:`drllm.models.drafts`): a step where
+            some row has a draft verifies every row's draft in one forward call.
     """
     batch = len(state.rows)
     tokens: list[list[int]] = [list(t) for t in initial] if initial else [[] for _ in range(batch)]
@@ -160,13 +166,15 @@ def decode(
     finals = finals or [None] * batch
     plan = plan_steps(state.decisions, ex.num_layers, ex.device, dense=dense)
     done = [False] * len(state.rows)
+    emitted = [[t] for t in state.next_tokens.tolist()]
     while True:
-        for pos, (row, token) in enumerate(zip(state.rows, state.next_tokens.tolist())):
-            if done[pos]:
-                continue
-            tokens[row].append(token)
-            reasons[row] = rule.check(tokens[row], finals[row])
-            done[pos] = reasons[row] is not None
+        for pos, row in enumerate(state.rows):
+            for token in emitted[pos]:
+                if done[pos]:
+                    break
+                tokens[row].append(token)
+                reasons[row] = rule.check(tokens[row], finals[row])
+                done[pos] = reasons[row] is not None
         finished = sum(done)
         if finished == len(done):
             return tokens, reasons  # type: ignore[return-value]
@@ -175,12 +183,64 @@ def decode(
             _drop_finished(ex, state, keep)
             done = [False] * len(state.rows)
             plan = plan_steps(state.decisions, ex.num_layers, ex.device, dense=dense)
-        state.valid[:, state.length] = True
-        state.length += 1
-        hidden = ex.runner.run(
-            ex.embed(state.next_tokens[:, None]), state.next_positions[:, None],
-            state.valid[:, : state.length], state.decisions, all_valid=state.all_valid,
-            cache=state.cache, plan=plan,
-        )
-        state.next_tokens = ex.head(hidden)[:, -1].float().argmax(-1)
-        state.next_positions = state.next_positions + 1
+        drafts = [()] * len(state.rows)
+        if proposers is not None:
+            drafts = [() if d else tuple(proposers[row](tokens[row])[
+                : rule.max_new_tokens - len(tokens[row]) - 1] if proposers[row] else ())
+                      for row, d in zip(state.rows, done)]
+        if any(drafts):
+            emitted = _drafted_step(ex, state, plan, drafts)
+        else:
+            _plain_step(ex, state, plan)
+            emitted = [[t] for t in state.next_tokens.tolist()]
+
+
+def _plain_step(ex: Stepper, state: DecodeState, plan: list) -> None:
+    """Feed every active row its last token; ``state.next_tokens`` becomes the next ones."""
+    _room(state, 1)
+    state.valid[:, state.length] = True
+    state.length += 1
+    hidden = ex.runner.run(
+        ex.embed(state.next_tokens[:, None]), state.next_positions[:, None],
+        state.valid[:, : state.length], state.decisions, all_valid=state.all_valid,
+        cache=state.cache, plan=plan,
+    )
+    state.next_tokens = ex.head(hidden)[:, -1].float().argmax(-1)
+    state.next_positions = state.next_positions + 1
+
+
+def _room(state: DecodeState, q: int) -> None:
+    """Grow the key-column mask so that ``q`` more columns fit."""
+    need = state.length + q - state.valid.shape[1]
+    if need > 0:
+        pad = state.valid.new_zeros((state.valid.shape[0], max(need, CACHE_CHUNK)))
+        state.valid = torch.cat([state.valid, pad], dim=1)
+
+
+def _drafted_step(
+    ex: Stepper, state: DecodeState, plan: list, drafts: Sequence[Sequence[int]]
+) -> list[list[int]]:
+    """Feed each row its last token and its draft in one call; per row, the tokens emitted
+    (the accepted draft and the greedy token after it)."""
+    ids, real, q = drafted_inputs(state.next_tokens.tolist(), drafts, 0, ex.device)
+    _room(state, q)
+    start = state.length
+    state.valid[:, start: start + q] = real
+    state.length += q
+    positions = state.next_positions[:, None] + torch.arange(q, device=ex.device)
+    hidden = ex.runner.run(
+        ex.embed(ids), positions, state.valid[:, : state.length], state.decisions,
+        all_valid=False, cache=state.cache, plan=plan,
+    )
+    greedy = ex.head(hidden).float().argmax(-1).tolist()  # [B, q]
+    emitted, nxt, advance = [], [], []
+    for b, draft in enumerate(drafts):
+        a = accept(greedy[b], draft)
+        emitted.append(greedy[b][: a + 1])
+        state.valid[b, start + a + 1: start + q] = False
+        nxt.append(greedy[b][a])
+        advance.append(a + 1)
+    state.all_valid = False
+    state.next_tokens = torch.tensor(nxt, device=ex.device)
+    state.next_positions = state.next_positions + torch.tensor(advance, device=ex.device)
+    return emitted

@@ -451,13 +451,15 @@ class PathExecutor:
         stop_strings: Sequence[str] = (),
         draft_tokens: int | None = None,
         finals: Sequence[FinalFn | None] | None = None,
+        draft_pool: bool = True,
     ) -> list[Generation]:
         """Greedy generation along edited paths from the default path's stored prefixes.
 
         The same tokens as :meth:`generate` on ``entry.prompt`` along each path (see
         :mod:`drllm.models.resume`): blocks before a path's first edit are reused, and up to
         ``draft_tokens`` tokens of the default response (None: all; 0: none) are verified in
-        one teacher-forced pass. Each entry must come from a generation with the same
+        one teacher-forced pass; with ``draft_pool`` (and drafts on), later decode steps verify
+        drafts taken from the entry's remembered responses. Each entry must come from a generation with the same
         ``max_new_tokens`` and ``stop_strings`` (and grader predicate).
         """
         rule = StopRule(self.tokenizer, self.eos_token_ids, max_new_tokens, stop_strings)
@@ -472,7 +474,8 @@ class PathExecutor:
             draft = len(entry.tokens) - 1
             if draft_tokens is not None:
                 draft = min(draft, draft_tokens)
-            rows.append(ResumeRow(tuple(path), entry, draft, final))
+            rows.append(ResumeRow(tuple(path), entry, draft, final,
+                                  pool=draft_pool and draft_tokens != 0))
         tokens, reasons = generate_resumed(self, rows, rule, dense=self.dense_steps,
                                            compact_fraction=self.compact_fraction)
         return [

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Hashable, Sequence
 
 import torch
@@ -42,6 +42,8 @@ class PrefixEntry:
         hidden: ``[L, fed, d]`` states entering each block at the fed positions
             (``fed = P + R - 1``: the prompt, then every response token but the last).
         keys, values: ``[L, kv_heads, fed, head_dim]`` each block's (pass 0) keys / values.
+        responses: token ids of responses other paths produced on this prompt, most recent
+            first (:meth:`remember`): drafts for later edited paths (:mod:`drllm.models.drafts`).
     """
 
     prompt: tuple[int, ...]
@@ -51,6 +53,22 @@ class PrefixEntry:
     hidden: torch.Tensor
     keys: torch.Tensor
     values: torch.Tensor
+    responses: list = field(default_factory=list, compare=False, repr=False)
+
+    #: responses remembered per entry at most
+    MAX_RESPONSES = 32
+
+    def remember(self, tokens: Sequence[int]) -> None:
+        """Add a response of some path on this prompt to the draft pool (most recent first)."""
+        tokens = tuple(tokens)
+        if tokens in self.responses or tokens == self.tokens:
+            return
+        self.responses.insert(0, tokens)
+        del self.responses[self.MAX_RESPONSES:]
+
+    def drafts(self) -> list:
+        """The draft pool: remembered responses, then the default response."""
+        return [*self.responses, self.tokens]
 
     @property
     def fed(self) -> int:

@@ -12,11 +12,13 @@ that is not 1). Blocks ``0..f-1`` see exactly the default path's states, so:
    draft (``g_j = d_j`` for ``j <= a``) plus the first token after it: those are exactly the
    tokens plain greedy decoding would emit, since each ``g_j`` is the greedy token after a
    prefix the row itself produced. The stop rule is applied to them token by token.
-3. Rows that have not stopped continue with ordinary decoding (:func:`decode`) from
-   ``g_{a+1}``; the cache keeps the positions of the prompt and the accepted draft
+3. Rows that have not stopped continue decoding (:func:`decode`) from ``g_{a+1}``, with
+   drafts from the responses other paths gave on this prompt when ``pool`` is set
+   (:mod:`drllm.models.drafts`, verified the same way); the cache keeps the positions of the prompt and the accepted draft
    (``P + a``), the rest of the draft is masked out (never attended to).
 
-Everything is batched: rows differ in prompt, draft length, first edit and path.
+Everything is batched: rows differ in prompt, draft length, first edit and path; the
+verification pass runs in length buckets (:mod:`drllm.models.buckets`) as a plain prefill does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from typing import Sequence
 
 import torch
 
+from drllm.models.buckets import plan_buckets
 from drllm.models.decoding import CACHE_CHUNK, DecodeState, Stepper, decode
+from drllm.models.drafts import pool_proposer
 from drllm.models.kv import SlotKVCache
 from drllm.models.prefix import PrefixEntry
 from drllm.models.stopping import FinalFn, StopRule
@@ -44,12 +48,15 @@ class ResumeRow:
         entry: the default path's entry for the row's prompt (and stop rule).
         draft: draft tokens verified (``0 <= draft <= R - 1``; 0: prefix reuse only).
         final: the row's grader predicate, or None.
+        pool: after the first disagreement, draft from the responses other paths produced
+            on this prompt (:meth:`PrefixEntry.drafts`, :mod:`drllm.models.drafts`).
     """
 
     path: tuple[int, ...]
     entry: PrefixEntry
     draft: int
     final: FinalFn | None = None
+    pool: bool = False
 
     @property
     def first_edit(self) -> int:
@@ -80,27 +87,53 @@ def _injector(rows: Sequence[ResumeRow], width: int, device: torch.device):
     return inject
 
 
-def _verify(
-    ex: Stepper, rows: Sequence[ResumeRow], dense: bool
-) -> tuple[SlotKVCache, list[list[int]], int]:
-    """The verification pass: ``(chunk cache, greedy tokens g_1..g_{m+1} per row, width)``."""
-    fed = [row.fed for row in rows]
+@dataclass(frozen=True)
+class _Chunk:
+    """One length bucket's verification pass: its cache, width and rows (resume indices)."""
+
+    cache: SlotKVCache
+    width: int
+    rows: tuple[int, ...]
+
+
+def _verify_group(
+    ex: Stepper, rows: Sequence[ResumeRow], members: Sequence[int], dense: bool
+) -> tuple[_Chunk, list[list[int]]]:
+    """Teacher-forced pass of rows ``members`` (one bucket): its chunk and greedy tokens."""
+    group = [rows[r] for r in members]
+    fed = [row.fed for row in group]
     input_ids, mask = ex.left_pad(fed)
     width = input_ids.shape[1]
-    decisions = [[0] * row.first_edit + list(row.path[row.first_edit:]) for row in rows]
+    decisions = [[0] * row.first_edit + list(row.path[row.first_edit:]) for row in group]
     cache = SlotKVCache(capacity=width)
     hidden = ex.runner.run(
         ex.embed(input_ids), (mask.cumsum(1) - 1).clamp_(min=0), mask.bool(), decisions,
         all_valid=min(map(len, fed)) == width, cache=cache,
-        inject=_injector(rows, width, ex.device), dense=dense,
+        inject=_injector(group, width, ex.device), dense=dense,
     )
-    picked = torch.cat([hidden[r, width - row.draft - 1:] for r, row in enumerate(rows)])
+    picked = torch.cat([hidden[j, width - row.draft - 1:] for j, row in enumerate(group)])
     greedy = ex.head(picked[None])[0].float().argmax(-1).tolist()
     out, start = [], 0
-    for row in rows:
+    for row in group:
         out.append(greedy[start: start + row.draft + 1])
         start += row.draft + 1
-    return cache, out, width
+    return _Chunk(cache, width, tuple(members)), out
+
+
+def _verify(
+    ex: Stepper, rows: Sequence[ResumeRow], dense: bool
+) -> tuple[list[_Chunk], list[list[int]]]:
+    """The verification passes, rows sorted by length in buckets (:func:`plan_buckets`):
+    the chunks and the greedy tokens ``g_1..g_{m+1}`` of every row."""
+    order = sorted(range(len(rows)), key=lambda r: len(rows[r].fed))
+    groups = plan_buckets([len(rows[r].fed) for r in order], ex.bucket_overhead_tokens)
+    chunks, greedy = [], [None] * len(rows)
+    for start, end in groups:
+        chunk, tokens = _verify_group(ex, rows, order[start:end], dense)
+        chunks.append(chunk)
+        for r, t in zip(chunk.rows, tokens):
+            greedy[r] = t
+    return chunks, greedy  # type: ignore[return-value]
 
 
 def _accepted(greedy: list[int], row: ResumeRow) -> list[int]:
@@ -113,44 +146,53 @@ def _accepted(greedy: list[int], row: ResumeRow) -> list[int]:
 
 
 def _merged_cache(
-    rows: Sequence[ResumeRow], keep: Sequence[int], chunk: SlotKVCache, width: int,
+    rows: Sequence[ResumeRow], keep: Sequence[int], chunks: Sequence[_Chunk], width: int,
     capacity: int, num_layers: int, dense: bool,
 ) -> SlotKVCache:
     """The decode cache of the continuing rows ``keep``: blocks before each row's first edit
-    from its entry, the others from the verification chunk, right-aligned to ``width``."""
+    from its entry, the others from its verification chunk, right-aligned to ``width``."""
+    where = {r: (c, j) for c, chunk in enumerate(chunks) for j, r in enumerate(chunk.rows)}
+    batch_row = {r: b for b, r in enumerate(keep)}
+    local: dict[tuple[int, int, int], dict[int, int]] = {}  # (chunk, block, pass) -> row -> i
+
+    def chunk_row(c: int, key: tuple[int, int], j: int) -> int | None:
+        found = local.get((c, *key))
+        if found is None:
+            slot_rows = chunks[c].cache.slot_rows(*key)
+            found = {} if slot_rows is None else {int(b): i for i, b in enumerate(slot_rows.tolist())}
+            local[(c, *key)] = found
+        return found.get(j)
+
     slots = {}
-    chunk_pos: dict[tuple[int, int], dict[int, int]] = {}
     for block in range(num_layers):
         for pass_index in (0, 1):
-            members = [j for j, r in enumerate(keep) if dense or rows[r].path[block] > pass_index]
-            if not members or not any(rows[keep[j]].path[block] > pass_index for j in members):
-                continue
             key = (block, pass_index)
-            if key not in chunk_pos and chunk.slot_rows(*key) is not None:
-                chunk_pos[key] = {int(b): i for i, b in enumerate(chunk.slot_rows(*key).tolist())}
+            members = [r for r in keep if dense or rows[r].path[block] > pass_index]
+            if not any(rows[r].path[block] > pass_index for r in members):
+                continue
             keys = values = None
-            for n, j in enumerate(members):
-                r = keep[j]
+            for n, r in enumerate(members):
                 row = rows[r]
+                c, j = where[r]
+                i = None if block < row.first_edit else chunk_row(c, key, j)
                 if block < row.first_edit and pass_index == 0:
                     fed = len(row.fed)
-                    k = row.entry.keys[block][:, :fed]
-                    v = row.entry.values[block][:, :fed]
+                    k, v = row.entry.keys[block][:, :fed], row.entry.values[block][:, :fed]
                     cols = slice(width - fed, width)
-                elif r in chunk_pos.get(key, {}):
-                    _, ck, cv = chunk.slot_tensors(*key)
-                    i = chunk_pos[key][r]
-                    k, v, cols = ck[i], cv[i], slice(0, width)
+                elif i is not None:
+                    _, ck, cv = chunks[c].cache.slot_tensors(*key)
+                    k, v = ck[i], cv[i]
+                    cols = slice(width - chunks[c].width, width)
                 else:  # dense: a row that does not run this step keeps zeros here
                     assert dense, (key, r)
                     continue
                 if keys is None:
-                    heads, dim = k.shape[0], k.shape[-1]
-                    keys = k.new_zeros((len(members), heads, capacity, dim))
-                    values = v.new_zeros((len(members), heads, capacity, v.shape[-1]))
+                    keys = k.new_zeros((len(members), k.shape[0], capacity, k.shape[-1]))
+                    values = v.new_zeros((len(members), v.shape[0], capacity, v.shape[-1]))
                 keys[n, :, cols] = k
                 values[n, :, cols] = v
-            index = torch.tensor(members, dtype=torch.long, device=keys.device)
+            index = torch.tensor([batch_row[r] for r in members], dtype=torch.long,
+                                 device=keys.device)
             slots[key] = (index, keys, values)
     return SlotKVCache.from_slots(slots, length=width, grow=CACHE_CHUNK)
 
@@ -163,7 +205,8 @@ def generate_resumed(
     """Greedy generation of every row from its stored prefix; ``(tokens, reason)`` per row."""
     if not rows:
         return [], []
-    chunk, greedy, width = _verify(ex, rows, dense)
+    chunks, greedy = _verify(ex, rows, dense)
+    width = max(chunk.width for chunk in chunks)
     tokens: list[list[int] | None] = [None] * len(rows)
     reasons: list[str | None] = [None] * len(rows)
     keep = []
@@ -174,19 +217,19 @@ def generate_resumed(
         if reason is None:
             keep.append(r)
     if keep:
-        _continue(ex, rows, keep, tokens, reasons, rule, chunk, width, dense, compact_fraction)
+        _continue(ex, rows, keep, tokens, reasons, rule, chunks, width, dense, compact_fraction)
     return tokens, reasons  # type: ignore[return-value]
 
 
 def _continue(
     ex: Stepper, rows: Sequence[ResumeRow], keep: list[int], tokens: list, reasons: list,
-    rule: StopRule, chunk: SlotKVCache, width: int, dense: bool,
+    rule: StopRule, chunks: Sequence[_Chunk], width: int, dense: bool,
     compact_fraction: float | None,
 ) -> None:
     """Ordinary decoding of the rows ``keep`` after their verified tokens (in place)."""
     room = max(rule.max_new_tokens - len(tokens[r]) for r in keep) + 1
     capacity = width + min(room, CACHE_CHUNK)
-    cache = _merged_cache(rows, keep, chunk, width, capacity, ex.num_layers, dense)
+    cache = _merged_cache(rows, keep, chunks, width, capacity, ex.num_layers, dense)
     valid = torch.zeros((len(keep), width + room), dtype=torch.bool, device=ex.device)
     positions = []
     for j, r in enumerate(keep):
@@ -201,7 +244,9 @@ def _continue(
         decisions=[list(rows[r].path) for r in keep], rows=list(range(len(keep))),
     )
     extra = {} if compact_fraction is None else {"compact_fraction": compact_fraction}
+    proposers = [pool_proposer(rows[r].entry.drafts()) if rows[r].pool else None for r in keep]
     out, why = decode(ex, state, rule, finals=[rows[r].final for r in keep],
-                      initial=[tokens[r][:-1] for r in keep], dense=dense, **extra)
+                      initial=[tokens[r][:-1] for r in keep], dense=dense,
+                      proposers=proposers, **extra)
     for j, r in enumerate(keep):
         tokens[r], reasons[r] = out[j], why[j]
