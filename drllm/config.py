@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 from collections import abc
 import functools
+import logging
 import pathlib
+import sys
 import types
 import typing
 from typing import Any, Dict, List, Optional, TypeVar, Union
@@ -142,3 +144,13 @@ def register(name: str, cls: type) -> None:
         _, lib = _schema_type(hints[f.name])
         if lib is not None:
             cs.store(group=f.name, name=f"{f.name}_schema", node=schema_of(lib))
+
+
+def job_settings(cfg: DictConfig, cls: type[T]) -> T:
+    """An entry point's first step: set the ``drllm`` log level from ``cfg.log_level`` and build
+    the job's validated settings; a bad value ends the process with the key named."""
+    logging.getLogger("drllm").setLevel(cfg.log_level)
+    try:
+        return to_library(cfg, cls)
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")

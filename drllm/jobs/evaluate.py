@@ -14,7 +14,6 @@ the first routed policy's accuracy on the first dataset (else the first policy's
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from drllm.config import ConfigError, register, to_library
+from drllm.config import job_settings, register
 from drllm.evaluation.job import HEADLINE, EvaluateJobSettings, run_job
 from drllm.routers.checkpoint import RouterCheckpointError
 
@@ -33,11 +32,7 @@ register(SCHEMA, EvaluateJobSettings)
 @hydra.main(config_path="../_conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Compose, validate, run; returns the headline accuracy (a sweeper's objective)."""
-    logging.getLogger("drllm").setLevel(cfg.log_level)
-    try:
-        settings = to_library(cfg, EvaluateJobSettings)
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+    settings = job_settings(cfg, EvaluateJobSettings)
     try:
         summary = run_job(settings, Path(HydraConfig.get().runtime.output_dir))
     except (RouterCheckpointError, FileNotFoundError) as err:

@@ -14,7 +14,6 @@ success reward), the objective a Hydra sweeper (Optuna, Ax) maximizes.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from drllm.config import ConfigError, register, to_library
+from drllm.config import job_settings, register
 from drllm.search_job import HEADLINE, SearchJobSettings, run
 from drllm.shards import OutputLockedError, ResumeConflictError
 
@@ -33,11 +32,7 @@ register(SCHEMA, SearchJobSettings)
 @hydra.main(config_path="../_conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Compose, validate, run; returns the headline figure (a sweeper's objective, maximize)."""
-    logging.getLogger("drllm").setLevel(cfg.log_level)
-    try:
-        settings = to_library(cfg, SearchJobSettings)
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+    settings = job_settings(cfg, SearchJobSettings)
     try:
         summary = run(settings, Path(HydraConfig.get().runtime.output_dir),
                       OmegaConf.to_container(cfg, resolve=True))

@@ -14,15 +14,13 @@ The routers land in ``outputs/train/<model>/routers`` (``Routers.from_pretrained
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from drllm.config import ConfigError, register, to_library
+from drllm.config import job_settings, register
 from drllm.routers.train_job import HEADLINE, TrainJobSettings, run_train_job
 
 SCHEMA = "train_job_schema"
@@ -32,11 +30,7 @@ register(SCHEMA, TrainJobSettings)
 @hydra.main(config_path="../_conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     """Compose, validate, run; returns the routers' macro-F1 (a sweeper's objective, maximize)."""
-    logging.getLogger("drllm").setLevel(cfg.log_level)
-    try:
-        settings = to_library(cfg, TrainJobSettings)
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+    settings = job_settings(cfg, TrainJobSettings)
     summary = run_train_job(settings, Path(HydraConfig.get().runtime.output_dir))
     return float(summary["metrics"][HEADLINE])
 
