@@ -72,17 +72,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default: the stream's")
     parser.add_argument("--max-requests", type=int, default=None, help="cut the stream")
+    parser.add_argument("--questions", type=int, default=None,
+                        help="replay only the requests of the stream's first N questions")
+    parser.add_argument("--levels", default=",".join(label for label, _, _ in LEVELS),
+                        help="comma-separated configurations (plain and the last always run)")
     parser.add_argument("--cache-mb", type=float, default=GenerationConfig.prefix_cache_mb)
     parser.add_argument("--no-serial", action="store_true", help="skip the serial baseline")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
 
 
 def _requests(stream: RequestStream, dataset: str, data_path: str, tokenizer: Any,
-              max_requests: int | None) -> list[list[EvalRequest]]:
+              max_requests: int | None, questions: int | None = None) -> list[list[EvalRequest]]:
     """The stream's calls as requests on ``dataset`` (recorded ids mapped in order)."""
     from drllm.data import DatasetConfig, load_examples, render_prompt
 
     recorded = list(dict.fromkeys(eid for call in stream.calls for eid, _ in call))
+    if questions is not None:
+        kept = set(recorded[:questions])
+        calls = [tuple(r for r in call if r[0] in kept) for call in stream.calls]
+        stream = replace(stream, calls=tuple(c for c in calls if c))
     report = load_examples(DatasetConfig(name=dataset, path=data_path,
                                          num_examples=max(stream.num_examples, len(recorded)),
                                          seed=stream.seed,
@@ -148,6 +156,7 @@ def run_search_work(
     *, stream: RequestStream, dataset: str | None = None, data_path: str | None = None,
     max_new_tokens: int | None = None, max_requests: int | None = None,
     cache_mb: float = GenerationConfig.prefix_cache_mb, serial: bool = True,
+    questions: int | None = None, levels: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Replay ``stream`` through the baselines and each lever; the JSON-able results."""
     from drllm.models.loading import ModelSpec, load_model
@@ -157,12 +166,15 @@ def run_search_work(
                               else "/work/shared/data/ai2_arc")
     max_new_tokens = max_new_tokens or stream.max_new_tokens
     loaded = load_model(ModelSpec())
-    calls = _requests(stream, dataset, data_path, loaded.tokenizer, max_requests)
+    calls = _requests(stream, dataset, data_path, loaded.tokenizer, max_requests, questions)
+    wanted = set(levels or [label for label, _, _ in LEVELS]) | {"plain", LEVELS[-1][0]}
     n = sum(map(len, calls))
     logger.info("search-work: %d calls, %d requests, %s, %d new tokens", len(calls), n, dataset,
                 max_new_tokens)
     evaluators = {}
     for label, overrides, eager_compact in LEVELS:
+        if label not in wanted:
+            continue
         gen = replace(GenerationConfig(max_new_tokens=max_new_tokens, prefix_cache_mb=cache_mb),
                       **overrides)
         evaluator = ExecutorEvaluator(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
@@ -178,8 +190,8 @@ def run_search_work(
         logger.info("%s: %.3f evals/s (%.1f s)", label, run["evals_per_s"], run["seconds"])
     plain = runs["plain"]
     last = LEVELS[-1][0]
-    exact = {label: _exact(run, plain, LEVELS[i][1].get("grader_stop", True))
-             for i, (label, run) in enumerate(runs.items())}
+    stops = {label: overrides.get("grader_stop", True) for label, overrides, _ in LEVELS}
+    exact = {label: _exact(run, plain, stops[label]) for label, run in runs.items()}
     result: dict[str, Any] = {
         "dataset": dataset, "max_new_tokens": max_new_tokens, "requests": n,
         "calls": len(calls), "questions": len({r.example_id for c in calls for r in c}),
@@ -215,5 +227,6 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return run_search_work(
         stream=stream, dataset=args.dataset, data_path=args.data_path,
         max_new_tokens=args.max_new_tokens, max_requests=args.max_requests,
-        cache_mb=args.cache_mb, serial=not args.no_serial,
+        cache_mb=args.cache_mb, serial=not args.no_serial, questions=args.questions,
+        levels=[x for x in args.levels.split(",") if x],
     )
