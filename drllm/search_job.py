@@ -15,7 +15,7 @@ from drllm.checks import check_choice, check_int, check_real
 from drllm.cluster import ClusterSettings, connect
 from drllm.data import DatasetConfig, LoadReport, load_examples
 from drllm.data.prompts import render_prompt
-from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
+from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig, WorkAvoidance
 from drllm.distributed.evaluator import EvaluatorInfo
 from drllm.distributed.job import run_search_job
 from drllm.distributed.priors import PriorSource, build_prior_plan
@@ -69,6 +69,8 @@ class SearchJobSettings:
         pool: the evaluator actors (``pool/``).
         ray: how to reach Ray (``ray/``).
         output: shards directory and cuts (``output:``).
+        work_avoidance: the evaluators' exact work-avoidance levers (``work_avoidance:``; not
+            search-affecting: they never change a token).
         progress: show progress bars.
         log_level: level of the ``drllm`` loggers.
         resume: ``auto``: resume an output directory written with the same search-affecting
@@ -84,6 +86,7 @@ class SearchJobSettings:
     pool: PoolConfig = field(default_factory=PoolConfig)
     ray: ClusterSettings = field(default_factory=ClusterSettings)
     output: OutputConfig = field(default_factory=OutputConfig)
+    work_avoidance: WorkAvoidance = field(default_factory=WorkAvoidance)
     progress: bool = True
     log_level: str = "INFO"
     resume: str = "auto"
@@ -95,9 +98,11 @@ class SearchJobSettings:
     @property
     def generation(self) -> GenerationConfig:
         """Greedy generation of each evaluation: the dataset's budget (``dataset.max_new_tokens``,
-        ``dataset.stop_strings``; ``None`` there falls back to the adapter's / grader's)."""
+        ``dataset.stop_strings``; ``None`` there falls back to the adapter's / grader's) and the
+        ``work_avoidance`` levers."""
         max_new_tokens, stop_strings = self.dataset.generation_budget
-        return GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=stop_strings)
+        return GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=stop_strings,
+                                **self.work_avoidance.levers)
 
 SUMMARY_FILE = "summary.json"
 AFFECTING_KEY = "search_affecting"

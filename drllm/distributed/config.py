@@ -1,30 +1,27 @@
 """Frozen, validated configuration of the distributed search: generation, actor pool, driver.
 
 These are Hydra structured configs as they stand (see :mod:`drllm.config`): ``PoolConfig`` is the
-``pool/`` group, ``DriverConfig`` the ``driver`` key; ``GenerationConfig`` is derived from the
-dataset's budget (:attr:`drllm.search_job.SearchJobSettings.generation`). Every value is checked
+``pool/`` group, ``DriverConfig`` the ``driver`` key, ``WorkAvoidance`` the ``work_avoidance`` key;
+``GenerationConfig`` is derived from the dataset's budget and those levers
+(:attr:`drllm.search_job.SearchJobSettings.generation`). Every value is checked
 here, so a bad setting fails before Ray starts an actor.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Optional
 
 from drllm.checks import check_bool, check_int, check_real
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    """How each evaluation generates along its path (greedy decoding).
-
-    The work-avoidance levers (all exact: the same tokens and rewards as a plain greedy
-    generation along the same path; see :mod:`drllm.models.prefix` and
-    :mod:`drllm.models.resume`) are on by default, so a search uses them without wiring.
+@dataclass(frozen=True, kw_only=True)
+class WorkAvoidance:
+    """The work-avoidance levers of an evaluation, all exact: the same tokens and rewards as a
+    plain greedy generation along the same path (see :mod:`drllm.models.prefix` and
+    :mod:`drllm.models.resume`). On by default; the ``work_avoidance`` key of the search job.
 
     Attributes:
-        max_new_tokens: generated tokens per evaluation at most.
-        stop_strings: generation of a row stops once its text contains one of these.
         reuse_prefix: per question, keep the default path's states entering every block and
             its KV over prompt + default response; an edited path starts at its first edited
             block and reuses the blocks before it.
@@ -44,8 +41,6 @@ class GenerationConfig:
             (``torch.where``) instead of gathering sub-batches: static shapes, for GPUs.
     """
 
-    max_new_tokens: int = 64
-    stop_strings: tuple[str, ...] = ()
     reuse_prefix: bool = True
     draft: bool = True
     draft_tokens: Optional[int] = None
@@ -55,12 +50,35 @@ class GenerationConfig:
     dense_steps: bool = False
 
     def __post_init__(self) -> None:
-        check_int("GenerationConfig", "max_new_tokens", self.max_new_tokens, 1)
         for name in ("reuse_prefix", "draft", "draft_pool", "grader_stop", "dense_steps"):
-            check_bool("GenerationConfig", name, getattr(self, name))
+            check_bool(type(self).__name__, name, getattr(self, name))
         if self.draft_tokens is not None:
-            check_int("GenerationConfig", "draft_tokens", self.draft_tokens, 1)
-        check_real("GenerationConfig", "prefix_cache_mb", self.prefix_cache_mb, 0.0)
+            check_int(type(self).__name__, "draft_tokens", self.draft_tokens, 1)
+        check_real(type(self).__name__, "prefix_cache_mb", self.prefix_cache_mb, 0.0)
+
+    @property
+    def levers(self) -> dict:
+        """The levers as keyword arguments (``GenerationConfig(**levers, ...)``)."""
+        return {f.name: getattr(self, f.name) for f in fields(WorkAvoidance)}
+
+
+@dataclass(frozen=True)
+class GenerationConfig(WorkAvoidance):
+    """How each evaluation generates along its path (greedy decoding): the budget, plus the
+    :class:`WorkAvoidance` levers it inherits (keyword-only: ``GenerationConfig(16, ["\\n"],
+    draft=False)``).
+
+    Attributes:
+        max_new_tokens: generated tokens per evaluation at most.
+        stop_strings: generation of a row stops once its text contains one of these.
+    """
+
+    max_new_tokens: int = 64
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("GenerationConfig", "max_new_tokens", self.max_new_tokens, 1)
         if isinstance(self.stop_strings, str):
             raise ValueError(
                 "GenerationConfig.stop_strings must be a list of strings, not one string "

@@ -110,6 +110,9 @@ ONCE_UNSETTABLE = [
     ("driver.seed_per_example=false", lambda s: s.driver.seed_per_example is False),
     ("driver.poll_interval_s=0.5", lambda s: s.driver.poll_interval_s == 0.5),
     ("model.trust_remote_code=true", lambda s: s.model.trust_remote_code is True),
+    # the evaluators' levers reach the generation config the actors get
+    ("work_avoidance.draft=false", lambda s: s.generation.draft is False and s.generation.reuse_prefix),
+    ("work_avoidance.prefix_cache_mb=64", lambda s: s.generation.prefix_cache_mb == 64.0),
 ]
 
 
