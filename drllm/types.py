@@ -89,7 +89,7 @@ class Evaluation:
         response: the generated text.
         layers_executed: block applications summed over every forward pass of the answer.
         reason: the grader's explanation, or the error when ``failed``.
-        failed: the evaluation could not be carried out (the backend raised after its retries,
+        failed: the evaluation could not be carried out (the evaluator raised after its retries,
             or its worker kept dying). A failed evaluation is **not a reward**: the search
             never backpropagates or memoizes it, and it is counted apart.
     """

@@ -1,4 +1,4 @@
-"""The evaluator actor: one frozen model (a backend) behind an async request batcher.
+"""The evaluator actor: one evaluator (one frozen model) behind an async request batcher.
 
 :class:`EvaluatorActor` is a plain class; :mod:`drllm.distributed.ray_transport` turns it into a named
 Ray actor with the right resources (``ray.remote(EvaluatorActor).options(...)``). It is an
@@ -54,16 +54,16 @@ def _was_restarted() -> bool:
 
 
 class EvaluatorActor:
-    """Holds one evaluation backend (one model copy) and serves batched evaluation calls.
+    """Holds one evaluator (one model copy) and serves batched evaluation calls.
 
     Args:
         index: position in the pool (the actor is named ``{prefix}-{index}``).
-        spec: which backend to build, with its options.
+        spec: which evaluator to build, with its options.
         num_threads: torch intra-op threads (CPU actors: their ``num_cpus``).
-        device: device given to the backend (``"cuda"`` for a GPU actor), or ``None``.
+        device: device given to the evaluator (``"cuda"`` for a GPU actor), or ``None``.
         max_batch_size: requests per executor batch at most.
         batch_wait_ms: how long a partial batch waits for more requests (milliseconds).
-        metrics_model: ``model`` tag of the actor's metrics (``None``: the backend's model id).
+        metrics_model: ``model`` tag of the actor's metrics (``None``: the evaluator's model id).
     """
 
     def __init__(
@@ -88,8 +88,8 @@ class EvaluatorActor:
             num_threads=num_threads,
             device=device,
         )
-        self.backend = spec.build(context)
-        self._info = self.backend.info
+        self.evaluator = spec.build(context)
+        self._info = self.evaluator.info
         self.metrics = SearchMetrics(metrics_model or self._info.model_id)
         self.batcher: RequestBatcher[EvalRequest, Outcome] = RequestBatcher(
             self._run_batch,
@@ -104,7 +104,7 @@ class EvaluatorActor:
     def _set_threads(num_threads: int) -> None:
         """Match OpenMP / torch intra-op threads to the CPUs Ray reserved.
 
-        torch is not imported here just for this (the dummy backend never needs it); a backend
+        torch is not imported here just for this (the dummy evaluator never needs it); an evaluator
         that imports torch sets its threads from ``EvaluatorContext.num_threads``.
         """
         os.environ["OMP_NUM_THREADS"] = str(num_threads)
@@ -113,7 +113,7 @@ class EvaluatorActor:
             torch.set_num_threads(num_threads)
 
     def _run_batch(self, requests: list[EvalRequest]) -> list[Outcome]:
-        return evaluate_isolating_errors(self.backend, requests)
+        return evaluate_isolating_errors(self.evaluator, requests)
 
     async def evaluate(self, requests: Sequence[EvalRequest]) -> list[Outcome]:
         """Evaluate ``requests``; one :class:`Evaluation` or :class:`EvalError` each, in order.
@@ -124,12 +124,12 @@ class EvaluatorActor:
         return await self.batcher.submit(list(requests))
 
     async def close(self) -> None:
-        """Stop batching and release the backend (the pool calls this before killing)."""
+        """Stop batching and release the evaluator (the pool calls this before killing)."""
         await self.batcher.close()
-        self.backend.close()
+        self.evaluator.close()
 
     def info(self) -> EvaluatorInfo:
-        """Model id, L and device of the backend (the pool checks all actors agree)."""
+        """Model id, L and device of the evaluator (the pool checks all actors agree)."""
         return self._info
 
     def stats(self) -> dict[str, Any]:

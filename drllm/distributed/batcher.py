@@ -1,4 +1,4 @@
-"""An asyncio request batcher: merges concurrent calls into batches for one sequential backend.
+"""An asyncio request batcher: merges concurrent calls into batches for one sequential evaluator.
 
 Runs inside an async evaluator actor (``ray.serve.batch`` only works inside Ray Serve). Every
 call's requests join one queue; a single loop takes up to ``max_batch_size`` of them, waiting at

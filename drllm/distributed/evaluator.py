@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class WorkerLostError(RuntimeError):
-    """The worker holding a backend died. In-process stand-in for a dead Ray actor: the
+    """The worker holding an evaluator died. In-process stand-in for a dead Ray actor: the
     transport treats it like a crashed actor (requeue its requests, restart the worker)."""
 
 
@@ -42,16 +42,16 @@ class InjectedFault(RuntimeError):
 
 @dataclass(frozen=True)
 class EvaluatorContext:
-    """Where a backend is being built.
+    """Where an evaluator is being built.
 
     Attributes:
         worker_index: index of the actor (or in-process worker) in its pool.
         restarted: this worker replaces one that died (Ray restarted the actor).
-        in_process: the backend runs inside the driver process (no Ray actor); a backend
+        in_process: the evaluator runs inside the driver process (no Ray actor); an evaluator
             must then never kill the process.
         num_threads: torch threads the worker may use (``None``: leave torch's default).
         device: device the worker was given (``"cuda"`` when the actor holds a GPU), or
-            ``None`` to keep the backend's own setting.
+            ``None`` to keep the evaluator's own setting.
     """
 
     worker_index: int = 0
@@ -63,16 +63,16 @@ class EvaluatorContext:
 
 @dataclass(frozen=True)
 class EvaluatorInfo:
-    """What a backend evaluates with; the driver sizes its trees from ``num_layers``.
+    """What an evaluator evaluates with; the driver sizes its trees from ``num_layers``.
 
     Attributes:
-        backend: registry name of the backend.
+        evaluator: short name of the evaluator kind (e.g. ``"executor"``, ``"dummy"``).
         model_id: the frozen model (HF id, local dir, GGUF file name, or ``"dummy"``).
         num_layers: L, decoder blocks of the model.
         device: where the model runs (``"cpu"``, ``"cuda:0"``, ...).
     """
 
-    backend: str
+    evaluator: str
     model_id: str
     num_layers: int
     device: str
@@ -80,7 +80,7 @@ class EvaluatorInfo:
 
 @dataclass(frozen=True)
 class EvalError:
-    """A request whose evaluation raised inside the backend (not a dead worker).
+    """A request whose evaluation raised inside the evaluator (not a dead worker).
 
     Attributes:
         message: ``"ExceptionType: message"`` of the error.
@@ -94,7 +94,7 @@ Outcome = Union[Evaluation, EvalError]
 
 
 class Evaluator(abc.ABC):
-    """A backend that generates along paths and grades the answers.
+    """An evaluator that generates along paths and grades the answers.
 
     Subclasses build from keyword options with :meth:`from_options`, called inside the worker
     by :meth:`EvaluatorSpec.build` (the options travel to the actor, so they must be picklable).
@@ -104,13 +104,13 @@ class Evaluator(abc.ABC):
 
     @classmethod
     def from_options(cls, context: EvaluatorContext, **options: Any) -> "Evaluator":
-        """Build the backend inside its worker from the spec's options."""
+        """Build the evaluator inside its worker from the spec's options."""
         return cls(**options)
 
     @property
     @abc.abstractmethod
     def info(self) -> EvaluatorInfo:
-        """Model id, L and device of this backend."""
+        """Model id, L and device of this evaluator."""
 
     @abc.abstractmethod
     def evaluate(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
@@ -125,31 +125,31 @@ class Evaluator(abc.ABC):
 
 @dataclass(frozen=True)
 class EvaluatorSpec:
-    """Which backend each worker builds, and with what options: a picklable factory.
+    """Which evaluator each worker builds, and with what options: a picklable factory.
 
     Attributes:
-        backend: the :class:`Evaluator` subclass (pickled by reference: the worker imports
+        evaluator: the :class:`Evaluator` subclass (pickled by reference: the worker imports
             its module), e.g. ``ExecutorEvaluator`` or ``drllm.testing.DummyEvaluator``.
-        options: keyword arguments of the backend's :meth:`Evaluator.from_options`.
+        options: keyword arguments of the evaluator's :meth:`Evaluator.from_options`.
     """
 
-    backend: type[Evaluator]
+    evaluator: type[Evaluator]
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.backend, type) and issubclass(self.backend, Evaluator)):
+        if not (isinstance(self.evaluator, type) and issubclass(self.evaluator, Evaluator)):
             raise ValueError(
-                f"EvaluatorSpec.backend must be an Evaluator subclass (e.g. ExecutorEvaluator, "
-                f"drllm.testing.DummyEvaluator), got {self.backend!r}"
+                f"EvaluatorSpec.evaluator must be an Evaluator subclass (e.g. ExecutorEvaluator, "
+                f"drllm.testing.DummyEvaluator), got {self.evaluator!r}"
             )
         object.__setattr__(self, "options", dict(self.options))
 
     def build(self, context: EvaluatorContext = EvaluatorContext()) -> Evaluator:
-        """Instantiate the backend (call inside the worker that will use it)."""
-        return self.backend.from_options(context, **self.options)
+        """Instantiate the evaluator (call inside the worker that will use it)."""
+        return self.evaluator.from_options(context, **self.options)
 
     def __repr__(self) -> str:
-        return f"EvaluatorSpec({self.backend.__name__}, {dict(self.options)!r})"
+        return f"EvaluatorSpec({self.evaluator.__name__}, {dict(self.options)!r})"
 
 
 def _error_text(err: BaseException) -> str:
@@ -157,7 +157,7 @@ def _error_text(err: BaseException) -> str:
 
 
 def evaluate_isolating_errors(
-    backend: Evaluator, requests: Sequence[EvalRequest]
+    evaluator: Evaluator, requests: Sequence[EvalRequest]
 ) -> list[Outcome]:
     """Evaluate a batch; if it raises, rerun each request alone to find the failing ones.
 
@@ -165,10 +165,10 @@ def evaluate_isolating_errors(
     :class:`WorkerLostError` propagates: it means the worker is gone, not a bad request.
     """
     try:
-        results = backend.evaluate(requests)
+        results = evaluator.evaluate(requests)
     except WorkerLostError:
         raise
-    except Exception as err:  # noqa: BLE001 - a backend error must never stop the run
+    except Exception as err:  # noqa: BLE001 - an evaluator error must never stop the run
         if len(requests) == 1:
             logger.warning("evaluation of %s failed: %s", requests[0].example_id, _error_text(err))
             return [EvalError(_error_text(err))]
@@ -176,10 +176,10 @@ def evaluate_isolating_errors(
             "batch of %d failed (%s); evaluating its requests one by one",
             len(requests), _error_text(err),
         )
-        return [evaluate_isolating_errors(backend, [r])[0] for r in requests]
+        return [evaluate_isolating_errors(evaluator, [r])[0] for r in requests]
     if len(results) != len(requests):
         raise RuntimeError(
-            f"backend {type(backend).__name__} returned {len(results)} results for "
+            f"evaluator {type(evaluator).__name__} returned {len(results)} results for "
             f"{len(requests)} requests"
         )
     return list(results)

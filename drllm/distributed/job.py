@@ -42,7 +42,7 @@ SinkFactory = Callable[[EvaluatorInfo], RecordSink]
 def executor_spec(
     model_spec: Any, generation: GenerationConfig, mcts_config: MCTSConfig
 ) -> EvaluatorSpec:
-    """The real backend: load ``model_spec``, generate with ``generation``, the search's rules."""
+    """The real evaluator: load ``model_spec``, generate with ``generation``, the search's rules."""
     return EvaluatorSpec(ExecutorEvaluator, {
         "model": model_spec,
         "generation": generation,
@@ -116,10 +116,10 @@ def run_search_job(
         generation: max new tokens and stop strings of each evaluation.
         pool_config: evaluator actors (count, resources, batching, fault tolerance).
         driver_config: concurrent trees and paths in flight per tree.
-        evaluator: backend override (e.g. ``EvaluatorSpec(DummyEvaluator, {...})`` for dry runs).
+        evaluator: evaluator override (e.g. ``EvaluatorSpec(DummyEvaluator, {...})`` for dry runs).
         rejected: rows the dataset adapter rejected, by reason (reported in the summary).
         progress: show a progress bar.
-        in_process: run the backends in this process without Ray (``pool_config.num_actors``
+        in_process: run the evaluators in this process without Ray (``pool_config.num_actors``
             workers, run one call at a time).
         prior: example -> its tree's expansion prior (``None``: uniform), e.g. a
             :class:`~drllm.distributed.priors.PriorPlan`.

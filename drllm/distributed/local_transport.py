@@ -1,4 +1,4 @@
-"""An in-process :class:`~drllm.distributed.pool.Transport`: backends in the driver process.
+"""An in-process :class:`~drllm.distributed.pool.Transport`: evaluators in the driver process.
 
 For unit tests (no Ray), debugging, and small single-process runs. Calls run synchronously,
 oldest first, one per :meth:`LocalTransport.wait`, so interleavings are deterministic.
@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 class LocalTransport(Transport):
     """Backends in this process; calls run synchronously, oldest first, one per :meth:`wait`.
 
-    A backend raising :class:`WorkerLostError` stands for a dead actor: the worker is rebuilt
+    An evaluator raising :class:`WorkerLostError` stands for a dead actor: the worker is rebuilt
     (``restarted=True``) up to ``max_restarts`` times, then given up.
 
     Args:
-        spec: the backend each worker builds.
+        spec: the evaluator each worker builds.
         num_workers: workers.
         max_restarts: rebuilds per worker after a death.
     """
@@ -44,7 +44,7 @@ class LocalTransport(Transport):
         self.spec = spec
         self._num_workers = int(num_workers)
         self.max_restarts = int(max_restarts)
-        self.backends: list[Optional[Evaluator]] = []
+        self.evaluators: list[Optional[Evaluator]] = []
         self.restarts = [0] * self._num_workers
         self._calls: deque[tuple[int, int, tuple[EvalRequest, ...], float]] = deque()
         self.call_log: list[tuple[int, int]] = []  # (worker, requests) per call, in send order
@@ -56,17 +56,17 @@ class LocalTransport(Transport):
         return self._num_workers
 
     def start(self) -> EvaluatorInfo:
-        self.backends = [
+        self.evaluators = [
             self.spec.build(EvaluatorContext(worker_index=i, in_process=True))
             for i in range(self._num_workers)
         ]
-        infos = {b.info for b in self.backends}
+        infos = {b.info for b in self.evaluators}
         if len(infos) != 1:
             raise RuntimeError(f"workers disagree on the model: {sorted(map(str, infos))}")
         return infos.pop()
 
     def call(self, worker: int, call_id: int, requests: tuple[EvalRequest, ...]) -> None:
-        if self.backends[worker] is None:
+        if self.evaluators[worker] is None:
             raise RuntimeError(f"worker {worker} is gone")
         self._calls.append((worker, call_id, requests, time.perf_counter()))
         self.call_log.append((worker, len(requests)))
@@ -80,10 +80,10 @@ class LocalTransport(Transport):
         if not self._calls:
             return []
         worker, call_id, requests, sent = self._calls.popleft()
-        backend = self.backends[worker]
-        assert backend is not None
+        evaluator = self.evaluators[worker]
+        assert evaluator is not None
         try:
-            outcomes = evaluate_isolating_errors(backend, requests)
+            outcomes = evaluate_isolating_errors(evaluator, requests)
         except WorkerLostError as err:
             return self._lose(worker, call_id, err)
         return [CallDone(call_id, worker, tuple(outcomes), seconds=time.perf_counter() - sent)]
@@ -98,24 +98,24 @@ class LocalTransport(Transport):
         self._calls = deque(c for c in self._calls if c[0] != worker)
         gone = self.restarts[worker] >= self.max_restarts
         if gone:
-            self.backends[worker] = None
+            self.evaluators[worker] = None
         else:
             self.restarts[worker] += 1
-            self.backends[worker] = self.spec.build(
+            self.evaluators[worker] = self.spec.build(
                 EvaluatorContext(worker_index=worker, restarted=True, in_process=True)
             )
         return [CallDone(c, worker, worker_lost=True, worker_gone=gone) for c in lost]
 
     def ready_workers(self) -> list[int]:
-        return [w for w, b in enumerate(self.backends) if b is not None]
+        return [w for w, b in enumerate(self.evaluators) if b is not None]
 
     def kill(self, worker: int) -> None:
         """Like killing a hung actor: its outstanding calls are lost, the worker restarts."""
         self._pending_losses.extend(self._lose(worker, None, WorkerLostError("killed (hung)")))
 
     def shutdown(self) -> None:
-        for backend in self.backends:
-            if backend is not None:
-                backend.close()
-        self.backends = [None] * len(self.backends)
+        for evaluator in self.evaluators:
+            if evaluator is not None:
+                evaluator.close()
+        self.evaluators = [None] * len(self.evaluators)
         self._calls.clear()

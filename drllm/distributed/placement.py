@@ -25,7 +25,7 @@ class ActorResources:
         num_cpus: CPUs reserved per actor.
         num_gpus: GPUs reserved per actor (0 on CPU).
         num_threads: torch threads per actor.
-        device: device handed to the backend (``"cuda"`` with GPUs, else ``None``: keep the
+        device: device handed to the evaluator (``"cuda"`` with GPUs, else ``None``: keep the
             model spec's).
     """
 

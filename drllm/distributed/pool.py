@@ -9,7 +9,7 @@ that arrive meanwhile). Faults:
 
 * a worker that dies during a call (a crashed or killed actor) has that call's requests
   requeued at the front of the queue for a restarted or surviving worker;
-* a request whose evaluation raised inside the backend is retried up to
+* a request whose evaluation raised inside the evaluator is retried up to
   ``max_request_retries`` times, then answered with a **failed** evaluation (``failed=True``,
   the error as reason; counted) -- a failure, not a reward of 0;
 * a call unanswered after ``call_timeout_s`` is a hung worker: the worker is killed
@@ -23,7 +23,7 @@ The pool is **elastic**: workers are used as soon as the transport reports them 
 :mod:`drllm.distributed.routing`): a question's requests go to the worker that last served it.
 
 Workers sit behind a :class:`Transport`: :class:`~drllm.distributed.local_transport.LocalTransport` runs
-backends in this process (unit tests, debugging); :class:`~drllm.distributed.ray_transport.RayTransport`
+evaluators in this process (unit tests, debugging); :class:`~drllm.distributed.ray_transport.RayTransport`
 runs them in Ray actors. Imports neither torch nor ray.
 """
 
@@ -60,7 +60,7 @@ class PoolStats:
         calls: worker calls answered.
         requests_answered: requests answered with an evaluation (retried ones counted once).
         failed: requests answered with reward 0 after exhausting their retries.
-        retries: request re-sends after a backend error.
+        retries: request re-sends after an evaluator error.
         requeued: request re-sends after their worker died.
         lost_calls: calls whose worker died before answering (their requests were requeued).
         workers_gone: workers given up for good.
@@ -111,7 +111,7 @@ class EvaluationPool:
         transport: the workers.
         max_batch_size: requests per call at most.
         max_in_flight_per_worker: calls outstanding per worker at most.
-        max_request_retries: re-sends of a request after backend errors (and after worker
+        max_request_retries: re-sends of a request after evaluator errors (and after worker
             deaths while evaluating it) before it is answered with reward 0.
         metrics: optional metrics sink (in-flight gauge, call latency, errors, requeues).
         call_timeout_s: a call unanswered this long is given up and its worker killed

@@ -61,11 +61,11 @@ class RayTransport(Transport):
     """Elastic pool of evaluator actors on the connected Ray cluster (module docstring).
 
     Args:
-        spec: the backend every actor builds.
+        spec: the evaluator every actor builds.
         config: actor bounds, resources, batching, restarts, names, deadlines.
         ready_timeout_s: how long the pool may have no ready actor (model loading, CPU
             actors being placed) before it fails (seconds).
-        metrics_model: ``model`` tag of the actors' metrics (None: each backend's model id).
+        metrics_model: ``model`` tag of the actors' metrics (None: each evaluator's model id).
         clock: monotonic clock in seconds.
     """
 
@@ -377,7 +377,7 @@ def create_pool(
     """Start evaluator actors on the connected Ray cluster and wrap them in a pool.
 
     Args:
-        spec: the backend every actor builds.
+        spec: the evaluator every actor builds.
         config: actors, resources, batching, fault tolerance.
         enable_metrics: record the pool's metrics (tagged with the model id the actors
             report); the actors record theirs in any case.

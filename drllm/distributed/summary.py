@@ -30,7 +30,7 @@ class RunSummary:
         memo_hits: MCTS simulations answered from the per-question memo.
         failed_evaluations: requests that failed after their retries (failures, not rewards:
             never told to a tree as a reward).
-        retries: request re-sends after backend errors.
+        retries: request re-sends after evaluator errors.
         requeued: request re-sends after their actor died.
         lost_calls: actor calls lost to actor deaths.
         workers_gone: actors that died for good (restarts exhausted); the others finished.

@@ -1,4 +1,4 @@
-"""The evaluation backend: one frozen model, optionally its routers, answering policy requests.
+"""The evaluator: one frozen model, optionally its routers, answering policy requests.
 
 :class:`PolicyEvaluator` is an :class:`~drllm.distributed.evaluator.Evaluator`, built inside an
 evaluator actor (or in process) from a picklable :class:`~drllm.distributed.evaluator.EvaluatorSpec`

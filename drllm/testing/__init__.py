@@ -1,4 +1,4 @@
-"""Test doubles: the dummy evaluation backend, known-answer rewards, a tiny-model loader.
+"""Test doubles: the dummy evaluator, known-answer rewards, a tiny-model loader.
 
 ``drllm.testing.evaluators`` imports neither torch nor ray; ``drllm.testing.models`` imports
 torch (a tiny HF model).

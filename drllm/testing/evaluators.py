@@ -1,4 +1,4 @@
-"""Test doubles of the evaluation backend: :class:`DummyEvaluator` and known-answer rewards.
+"""Test doubles of the evaluator: :class:`DummyEvaluator` and known-answer rewards.
 
 :class:`DummyEvaluator` answers ``(example, path)`` requests from a reward function of the
 example id and the path, without a model; faults (errors, delays, worker deaths) can be
@@ -75,7 +75,7 @@ def _armed(after: Optional[int], workers: Optional[Sequence[int]], after_restart
 
 
 class DummyEvaluator(Evaluator):
-    """A model-free backend for tests and dry runs, with delays and fault injection.
+    """A model-free evaluator for tests and dry runs, with delays and fault injection.
 
     Args:
         num_layers: L the paths must have.

@@ -83,7 +83,7 @@ def test_a_hung_call_is_given_up_its_worker_killed_and_its_requests_requeued():
         def kill(self, worker):
             self.killed.append(worker)
             self._calls.clear()
-            self.backends[worker] = None  # gone: the retry goes to worker 1
+            self.evaluators[worker] = None  # gone: the retry goes to worker 1
 
     transport = Silent(EvaluatorSpec(DummyEvaluator, {"num_layers": 4}), 2)
     pool = EvaluationPool(transport, max_batch_size=1, call_timeout_s=5.0, clock=lambda: now[0])
