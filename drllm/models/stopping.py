@@ -83,15 +83,18 @@ class StopRule:
                 return False
             width = min(n, width * 2)
 
-    def check(self, token_ids: Sequence[int], final: Optional[FinalFn] = None) -> str | None:
+    def check(self, token_ids: Sequence[int], final: Optional[FinalFn] = None,
+              *, full: bool = False) -> str | None:
         """Finish reason after the last of ``token_ids`` was generated, or None to continue.
 
         Args:
             final: the row's grader predicate (see :data:`GRADER`), or None.
+            full: search the stop strings in the whole decoded text instead of only when the
+                tail window can hold one (the reference the windowed check is tested against).
         """
         if token_ids[-1] in self.eos_token_ids:
             return EOS
-        if self.stop_strings and self._tail_has_stop(token_ids):
+        if self.stop_strings and (full or self._tail_has_stop(token_ids)):
             if self._stop_at(self.decode(token_ids)) >= 0:
                 return STOP
         if final is not None and final(self.decode(token_ids).rstrip("\ufffd")):
@@ -102,15 +105,7 @@ class StopRule:
 
     def check_full(self, token_ids: Sequence[int], final: Optional[FinalFn] = None) -> str | None:
         """:meth:`check` with the stop strings searched in the full decoded text (reference)."""
-        if token_ids[-1] in self.eos_token_ids:
-            return EOS
-        if self.stop_strings and self._stop_at(self.decode(token_ids)) >= 0:
-            return STOP
-        if final is not None and final(self.decode(token_ids).rstrip("\ufffd")):
-            return GRADER
-        if len(token_ids) >= self.max_new_tokens:
-            return LENGTH
-        return None
+        return self.check(token_ids, final, full=True)
 
     def first_stop(
         self, token_ids: Sequence[int], start: int = 1, final: Optional[FinalFn] = None
