@@ -6,6 +6,11 @@ buffers. Inside :func:`sigterm_raises`, SIGTERM raises :class:`Terminated` in th
 instead; it derives from :class:`SystemExit`, so ``except Exception`` handlers let it through
 while ``finally`` blocks (flush the writer, stop the actors) run, and the process then exits
 with status ``128 + SIGTERM`` like a killed one.
+
+Raised at an arbitrary bytecode, the exception could land inside library code (Ray's Cython
+wait loop, the Parquet writer) that does not expect it. A loop that polls can instead hold
+:func:`deferred`: the signal is then only recorded, and the loop raises it at a point of its
+choosing with :func:`raise_if_requested` (the search driver does this once per poll).
 """
 
 from __future__ import annotations
@@ -18,9 +23,19 @@ from typing import Iterator
 
 logger = logging.getLogger(__name__)
 
+_state = {"deferred": 0, "pending": 0}
+
 
 class Terminated(SystemExit):
     """The process received SIGTERM inside :func:`sigterm_raises`."""
+
+
+def _handler(signum: int, _frame: object) -> None:
+    logger.warning("received signal %d: writing finished rows, then exiting", signum)
+    if _state["deferred"]:
+        _state["pending"] = signum
+        return
+    raise Terminated(128 + signum)
 
 
 @contextlib.contextmanager
@@ -30,13 +45,27 @@ def sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, _frame: object) -> None:
-        logger.warning("received signal %d: writing finished rows, then exiting", signum)
-        raise Terminated(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, _handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _state["pending"] = 0
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, a SIGTERM is only recorded; :func:`raise_if_requested` raises it."""
+    _state["deferred"] += 1
+    try:
+        yield
+    finally:
+        _state["deferred"] -= 1
+    raise_if_requested()
+
+
+def raise_if_requested() -> None:
+    """Raise :class:`Terminated` if a SIGTERM arrived while deferred."""
+    signum, _state["pending"] = _state["pending"], 0
+    if signum:
+        raise Terminated(128 + signum)

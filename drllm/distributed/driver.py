@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
+from drllm import interrupt
 from drllm.distributed.config import DriverConfig
 from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.metrics import SearchMetrics
@@ -245,7 +246,14 @@ class SearchDriver:
     # ------------------------------------------------------------------ the loop
 
     def _loop(self) -> None:
+        # SIGTERM (drllm.interrupt) stops the run between polls, never inside a pool call or
+        # the writer: every finished search is then in the sink, which the caller closes.
+        with interrupt.deferred():
+            self._poll_until_done()
+
+    def _poll_until_done(self) -> None:
         while self._queue or self._active:
+            interrupt.raise_if_requested()
             self._activate()
             asked = self._ask()
             self._finish_done_trees()

@@ -96,7 +96,9 @@ def test_bad_value_fails_before_ray_starts(tiny_dir: Path, tmp_path: Path) -> No
 def test_sigterm_writes_finished_rows_and_a_rerun_completes(tiny_dir: Path, tmp_path: Path) -> None:
     """``ray job stop`` sends SIGTERM: rows finished before it must be on disk (not lost in the
     writer's buffer), and a rerun searches only the rest."""
-    args = [*_common(tiny_dir), "dataset.num_examples=12", "output.flush_seconds=3600",
+    # Two trees at a time, so the search is still going when the first row is finished.
+    args = [*_common(tiny_dir), "dataset.num_examples=12", "driver.max_concurrent_trees=2",
+            "output.flush_seconds=3600",
             "output.rows_per_shard=1000", "log_level=DEBUG", f"hydra.run.dir={tmp_path}"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "drllm.jobs.search", *args], cwd=REPO, env=env,
@@ -116,6 +118,8 @@ def test_sigterm_writes_finished_rows_and_a_rerun_completes(tiny_dir: Path, tmp_
     assert proc.returncode == 128 + signal.SIGTERM, log[-4000:]
     assert "writing finished rows" in log
     assert not (tmp_path / "summary.json").exists()
+    files = sorted(p.name for p in (tmp_path / "shards").iterdir())
+    assert any(f.startswith("shard-") for f in files), (files, log[-6000:])
     written = read_shards(tmp_path / "shards").column("example_id").to_pylist()
     assert 1 <= len(written) < 12 and len(set(written)) == len(written), log[-4000:]
 
