@@ -21,7 +21,8 @@ from drllm.distributed.config import PoolConfig
 from drllm.evaluation.config import EvaluationConfig
 from drllm.evaluation.preflight import preflight
 from drllm.evaluation.runner import HEADLINE, EvalSet, run_evaluation
-from drllm.evaluation.summary import format_table, write_json_atomic
+from drllm.evaluation.summary import format_table
+from drllm.files import atomic_write_json
 from drllm.models.loading import ModelSpec, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ def run_job(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
     summary = run_evaluation(sets, settings.evaluation, render=render, model=settings.model,
                              out_dir=output_dir / RESULTS_DIR, pool_config=settings.pool,
                              progress=settings.progress)
-    write_json_atomic(output_dir / SUMMARY_FILE, summary)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(output_dir / SUMMARY_FILE, summary)
     print(format_table(summary))
     print(f"headline: {summary['headline']}")
     print(f"summary:  {output_dir / SUMMARY_FILE}")

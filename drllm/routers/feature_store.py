@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from drllm.files import atomic_write_text
 from drllm.routers.rows import RowSelection, check_row_filter
 from drllm.shards.layout import MANIFEST_NAME, shard_files
 
@@ -195,11 +196,6 @@ def find_reusable(features_dir: str | os.PathLike, key: Mapping[str, Any]) -> Fe
     return info
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
 
 class FeatureFileWriter:
     """Collects Parquet parts of a new features directory; :meth:`commit` publishes it.
@@ -297,7 +293,7 @@ class FeatureFileWriter:
             seconds=time.perf_counter() - self._start,
             row_filter=sel.filter, shard_rows=sel.total, skipped_unsolved=sel.skipped_unsolved,
         )
-        _atomic_write_text(self.dir / INFO_NAME, json.dumps(info.to_dict(), indent=2) + "\n")
+        atomic_write_text(self.dir / INFO_NAME, json.dumps(info.to_dict(), indent=2) + "\n")
         for stale in self.dir.glob("features-*"):
             if stale.name != self.name:
                 shutil.rmtree(stale) if stale.is_dir() else stale.unlink()

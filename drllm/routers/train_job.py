@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from drllm.cluster import ClusterSettings, cluster_gpus, connect
+from drllm.files import atomic_write_json
 from drllm.routers.feature_store import feature_files, load_features
 from drllm.models.loading import ModelSource, ModelSpec
 from drllm.routers.features import FeatureConfig, run_feature_pass
@@ -460,7 +461,7 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
         "routers_dir": str(routers_dir),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(output_dir / SUMMARY_FILE, summary)
     split = "validation" if outcome.val_rows else "training (no validation split)"
     print(f"router metrics on the {split} split ({outcome.val_rows or outcome.train_rows} "
           f"examples x {info.num_layers} blocks):")

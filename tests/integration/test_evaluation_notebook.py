@@ -18,7 +18,7 @@ from drllm.data.prompts import render_prompt
 from drllm.distributed.config import PoolConfig
 from drllm.evaluation.config import EvaluationConfig
 from drllm.evaluation.runner import EvalSet, run_evaluation
-from drllm.evaluation.summary import write_json_atomic
+from drllm.files import atomic_write_json
 from drllm.models.tiny import tiny_tokenizer
 from drllm.notebooks import execute_notebook
 from drllm.routers.module import Routers
@@ -44,7 +44,7 @@ def tiny_eval(tmp_path_factory) -> Path:
                              model=loader, out_dir=root / "results",
                              pool_config=PoolConfig(max_batch_size=8), in_process=True,
                              progress=False)
-    write_json_atomic(root / "summary.json", summary)
+    atomic_write_json(root / "summary.json", summary)
     return root
 
 
