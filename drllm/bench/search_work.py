@@ -1,22 +1,27 @@
 """``search-work``: what the exact work-avoidance levers buy on a real search's requests.
 
 Replays a request stream recorded from a real search (:mod:`drllm.bench.search_stream`:
-SmolLM2-135M-Instruct, ARC-Easy, ``search=paper``, 16 new tokens; the committed recording, or
-``--record N`` questions on the fly), call by call, through:
+SmolLM2-135M-Instruct, ARC-Easy, ``search=paper``, 16 new tokens, the search job's batching:
+32 trees at once, calls of at most 16 requests; the committed recording, or ``--record N``
+questions on the fly), call by call, through:
 
 * ``serial``: the authors' method, one HF ``model.generate`` per request on the model whose
   layer list is the path's executed blocks, one request at a time. It is only correct for
   skip-only paths (a repeat shares one KV slot), so it runs and is timed on those;
 * ``plain``: the batched executor, no lever (finished rows compacted at once);
 * each lever added in turn: ``prefix`` (start at the first edited block from the default
-  path's stored states), ``draft`` (verify the default response teacher-forced),
+  path's stored states), ``paths`` (or from an earlier edited path's prompt states, when it
+  shares more leading blocks), ``draft`` (verify the default response teacher-forced),
   ``draft_pool`` (later decode steps verify drafts from other paths' responses), ``grader_stop``, ``lazy_compact`` (= every lever, the evaluator's defaults).
 
 The configurations are interleaved call by call (each evaluates a call in turn, each with
 its own prefix cache), so a change of machine load hits them alike.
 
 ``exact``: every reward equals the plain run's and every token sequence too (a row that
-grader-aware stopping ended must be a prefix of the plain one, with the same reward).
+grader-aware stopping ended must be a prefix of the plain one, with the same reward);
+``mismatches`` counts the rows that differ per configuration, beside the control
+``plain_rebatched`` (plain generation, each call split in two), whose mismatches with
+``plain`` measure how far fp32 batched generation itself depends on a row's companions.
 
 Long answers (``--dataset gsm8k --max-new-tokens 256``): the recorded stream's paths and call
 structure replayed on GSM8K questions (each recorded question mapped to one GSM8K question),
@@ -42,6 +47,7 @@ from drllm.bench.search_stream import (
     load_stream,
     parse_path,
     record_stream,
+    save_stream,
 )
 from drllm.distributed.config import GenerationConfig
 from drllm.distributed.evaluator import ExecutorEvaluator
@@ -49,22 +55,36 @@ from drllm.types import EvalRequest
 
 logger = logging.getLogger(__name__)
 
-PLAIN = dict(reuse_prefix=False, draft=False, grader_stop=False)
+PLAIN = dict(reuse_prefix=False, reuse_paths=False, draft=False, grader_stop=False)
 #: (label, generation overrides, compact at once?) in the order the levers are added.
 LEVELS = (
     ("plain", PLAIN, True),
-    ("prefix", dict(reuse_prefix=True, draft=False, grader_stop=False), True),
-    ("draft", dict(reuse_prefix=True, draft=True, draft_pool=False, grader_stop=False), True),
-    ("draft_pool", dict(reuse_prefix=True, draft=True, grader_stop=False), True),
-    ("grader_stop", dict(reuse_prefix=True, draft=True, grader_stop=True), True),
+    ("plain_rebatched", PLAIN, True),
+    ("prefix", dict(reuse_paths=False, draft=False, grader_stop=False), True),
+    ("paths", dict(draft=False, grader_stop=False), True),
+    ("draft", dict(draft_pool=False, grader_stop=False), True),
+    ("draft_pool", dict(grader_stop=False), True),
+    ("grader_stop", {}, True),
     ("lazy_compact", {}, False),
 )
+
+
+#: The control: plain generation with every call split in two (other row companions, other
+#: padding). fp32 batched generation is not batch-invariant: a row whose greedy choice is a
+#: near-tie (degenerate paths, e.g. the first blocks skipped) can flip with its companions'
+#: prompt lengths. Its mismatches with ``plain`` are the noise floor of ``exact``.
+REBATCHED = "plain_rebatched"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stream", default=str(ARC_STREAM), help="recorded stream (JSON)")
     parser.add_argument("--record", type=int, default=0,
                         help="record a fresh stream of this many questions instead")
+    parser.add_argument("--record-trees", type=int, default=32,
+                        help="--record: trees searched at once (the search job's default)")
+    parser.add_argument("--record-batch", type=int, default=16,
+                        help="--record: requests per call at most (pool.max_batch_size)")
+    parser.add_argument("--save", default=None, help="--record: also write the stream here")
     parser.add_argument("--dataset", default=None, help="replay on this dataset (gsm8k: long "
                         "answers); default: the stream's")
     parser.add_argument("--data-path", default=None, help="dataset root (default: "
@@ -123,22 +143,32 @@ def _replay(evaluators: dict[str, ExecutorEvaluator],
     runs = {label: {"seconds": 0.0, "rewards": [], "tokens": []} for label in evaluators}
     for call in tqdm(calls, desc="search-work calls", file=sys.stderr):
         for label, evaluator in evaluators.items():
-            start = time.perf_counter()
-            evaluations = evaluator.evaluate(call)
-            runs[label]["seconds"] += time.perf_counter() - start
-            runs[label]["rewards"].extend(ev.reward for ev in evaluations)
-            runs[label]["tokens"].extend(g.token_ids for g in evaluator.last_generations)
+            half = (len(call) + 1) // 2 if label == REBATCHED else len(call)
+            for part in (call[:half], call[half:]):
+                if not part:
+                    continue
+                start = time.perf_counter()
+                evaluations = evaluator.evaluate(part)
+                runs[label]["seconds"] += time.perf_counter() - start
+                runs[label]["rewards"].extend(ev.reward for ev in evaluations)
+                runs[label]["tokens"].extend(g.token_ids for g in evaluator.last_generations)
     for run in runs.values():
         run["evals_per_s"] = len(run["rewards"]) / run["seconds"]
     return runs
 
 
+def _mismatches(run: dict, plain: dict, grader_stop: bool) -> dict[str, int]:
+    """Rows whose tokens differ from the plain run's (with grader-aware stopping: are not a
+    prefix of them) and rows whose reward differs."""
+    tokens = sum(
+        tuple(t) != tuple(p) if not grader_stop else tuple(p[: len(t)]) != tuple(t)
+        for t, p in zip(run["tokens"], plain["tokens"]))
+    rewards = sum(a != b for a, b in zip(run["rewards"], plain["rewards"]))
+    return {"tokens": int(tokens), "rewards": int(rewards)}
+
+
 def _exact(run: dict, plain: dict, grader_stop: bool) -> bool:
-    if run["rewards"] != plain["rewards"]:
-        return False
-    if not grader_stop:
-        return run["tokens"] == plain["tokens"]
-    return all(tuple(p[: len(t)]) == tuple(t) for t, p in zip(run["tokens"], plain["tokens"]))
+    return not any(_mismatches(run, plain, grader_stop).values())
 
 
 def _serial(model: Any, evaluator: ExecutorEvaluator, calls: Sequence[Sequence[EvalRequest]],
@@ -191,7 +221,10 @@ def run_search_work(
     plain = runs["plain"]
     last = LEVELS[-1][0]
     stops = {label: overrides.get("grader_stop", True) for label, overrides, _ in LEVELS}
-    exact = {label: _exact(run, plain, stops[label]) for label, run in runs.items()}
+    mismatches = {label: _mismatches(run, plain, stops.get(label, False))
+                  for label, run in runs.items() if label != "plain"}
+    exact = {label: not any(m.values()) for label, m in mismatches.items()
+             if label != REBATCHED}
     result: dict[str, Any] = {
         "dataset": dataset, "max_new_tokens": max_new_tokens, "requests": n,
         "calls": len(calls), "questions": len({r.example_id for c in calls for r in c}),
@@ -201,7 +234,9 @@ def run_search_work(
         "speedup_vs_plain_by_lever": {k: round(v["evals_per_s"] / plain["evals_per_s"], 3)
                                       for k, v in runs.items()},
         "exact_by_lever": exact, "exact": all(exact.values()),
+        "mismatches": mismatches,
         "cache": stats[last],
+        "resumed": dict(evaluators[last].resume_counts),
         "cache_mb_peak": round(stats[last]["peak_bytes"] / 2**20, 1),
         "mean_new_tokens_plain": round(sum(map(len, plain["tokens"])) / max(n, 1), 2),
         "torch_threads": torch.get_num_threads(),
@@ -221,7 +256,11 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     if args.record:
         stream = record_stream(ModelSpec(), "arc_easy", "/work/shared/data/ai2_arc",
-                               args.record, args.max_new_tokens or 16)
+                               args.record, args.max_new_tokens or 16,
+                               max_concurrent_trees=args.record_trees,
+                               max_batch_size=args.record_batch, progress=True)
+        if args.save:
+            save_stream(stream, args.save)
     else:
         stream = load_stream(args.stream)
     return run_search_work(

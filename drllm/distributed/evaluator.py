@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
@@ -185,6 +185,16 @@ def evaluate_isolating_errors(
     return list(results)
 
 
+def _agreeing(tokens: Sequence[int], draft: Sequence[int]) -> int:
+    """Leading tokens of a response equal to the draft's (what its verification accepted)."""
+    n = 0
+    for a, b in zip(tokens, draft):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
 def _model_device(model: Any) -> str:
     try:
         return str(next(model.parameters()).device)
@@ -259,6 +269,9 @@ class ExecutorEvaluator(Evaluator):
         self._prompt_ids: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
+        #: Edited rows resumed from stored states: how many, how many from another edited
+        #: path's states, prompt blocks reused of all, draft tokens verified and accepted.
+        self.resume_counts: Counter[str] = Counter()
         #: The executor's generations of the last :meth:`evaluate` call, one per row (request
         #: and choice order), for benchmarks and tests.
         self.last_generations: list[Generation] = []
@@ -395,23 +408,56 @@ class ExecutorEvaluator(Evaluator):
             else:
                 edited.append(i)
         if edited:
-            resumed = self.executor.generate_resumed(
-                [entries[keys[i]] for i in edited], [paths[i] for i in edited],
-                finals=[finals[i] for i in edited],
-                max_new_tokens=self.generation.max_new_tokens,
+            rows = [self._resume_row(entries[keys[i]], tuple(paths[i]), finals[i])
+                    for i in edited]
+            resumed, states = self.executor.resume(
+                rows, max_new_tokens=self.generation.max_new_tokens,
                 stop_strings=self.generation.stop_strings,
-                draft_tokens=self.generation.draft_tokens if self.generation.draft else 0,
-                draft_pool=self.generation.draft_pool,
+                keep_states=self.generation.reuse_paths,
             )
-            for i, gen in zip(edited, resumed):
+            counts = self.resume_counts
+            for i, row, gen, st in zip(edited, rows, resumed, states):
                 out[i] = gen
-                entries[keys[i]].remember(gen.token_ids)
+                entry = entries[keys[i]]
+                entry.remember(gen.token_ids)
+                counts["rows"] += 1
+                counts["from_path"] += row.base is not None
+                counts["prompt_blocks_reused"] += row.begin
+                counts["prompt_blocks"] += len(row.path)
+                if row.draft:
+                    accepted = _agreeing(gen.token_ids, entry.tokens[: row.draft])
+                    entry.note_draft(accepted)
+                    counts["draft_tokens"] += row.draft
+                    counts["draft_accepted"] += accepted
+                if st is not None:
+                    entry.add_path(st, self.generation.paths_per_question)
+            for key in {keys[i] for i in edited}:
+                self.prefix_cache.refit(key)
         return out
+
+    def _resume_row(self, entry: Any, path: tuple[int, ...], final: Any) -> Any:
+        """How an edited row resumes: from the stored path sharing the most leading blocks
+        with it (no draft), or from the default path with the default response as a draft
+        while verifications of this question accept tokens (:meth:`PrefixEntry.drafting_pays`).
+        """
+        from drllm.models.resume import ResumeRow
+
+        gen = self.generation
+        pool = gen.draft and gen.draft_pool
+        base, start = entry.base_for(path) if gen.reuse_paths else (None, 0)
+        if base is not None and not (gen.draft and entry.drafting_pays()):
+            return ResumeRow(path, entry, 0, final, pool=pool, base=base, start=start)
+        draft = 0
+        if gen.draft:
+            draft = entry.draft_length()
+            if gen.draft_tokens is not None:
+                draft = min(draft, gen.draft_tokens)
+        return ResumeRow(path, entry, draft, final, pool=pool)
 
     def stats(self) -> dict[str, Any]:
         """Prompt-cache and prefix-cache counters (hits, misses, bytes)."""
         return {"prompt_cache_hits": self.cache_hits, "prompt_cache_misses": self.cache_misses,
-                "prefix_cache": self.prefix_cache.stats()}
+                "prefix_cache": self.prefix_cache.stats(), "resumed": dict(self.resume_counts)}
 
     def close(self) -> None:
         logger.info("executor evaluator: %s", self.stats())

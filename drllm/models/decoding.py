@@ -185,14 +185,26 @@ def decode(
             plan = plan_steps(state.decisions, ex.num_layers, ex.device, dense=dense)
         drafts = [()] * len(state.rows)
         if proposers is not None:
+            cap = draft_cap(len(state.rows))
             drafts = [() if d else tuple(proposers[row](tokens[row])[
-                : rule.max_new_tokens - len(tokens[row]) - 1] if proposers[row] else ())
+                : min(cap, rule.max_new_tokens - len(tokens[row]) - 1)] if proposers[row] else ())
                       for row, d in zip(state.rows, done)]
         if any(drafts):
             emitted = _drafted_step(ex, state, plan, drafts)
         else:
             _plain_step(ex, state, plan)
             emitted = [[t] for t in state.next_tokens.tolist()]
+
+
+#: Token columns a drafted decode step feeds at most (rows x (1 + longest draft)). Every row
+#: is padded to the longest draft, so a wide batch with long drafts would turn a memory-bound
+#: step into a compute-bound one costing more than the steps its drafts could save.
+DRAFT_STEP_TOKENS = 64
+
+
+def draft_cap(rows: int) -> int:
+    """Draft tokens per row in a drafted step of ``rows`` rows (at least 1)."""
+    return max(1, DRAFT_STEP_TOKENS // max(rows, 1) - 1)
 
 
 def _plain_step(ex: Stepper, state: DecodeState, plan: list) -> None:

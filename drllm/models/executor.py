@@ -33,7 +33,7 @@ from drllm.models.decoding import COMPACT_FRACTION, decode, prefill
 from drllm.models.families import get_family
 from drllm.models.forward import BlockHook, BlockRunner
 from drllm.models.kv import SlotKVCache
-from drllm.models.prefix import PrefixEntry, record_prefixes
+from drllm.models.prefix import PathStates, PrefixEntry, record_prefixes
 from drllm.models.resume import ResumeRow, generate_resumed
 from drllm.models.stopping import FinalFn, StopRule
 from drllm.paths import DEFAULT_CONSTRAINTS, InvalidPathError, LayerPath, PathConstraints, check_path
@@ -476,14 +476,33 @@ class PathExecutor:
                 draft = min(draft, draft_tokens)
             rows.append(ResumeRow(tuple(path), entry, draft, final,
                                   pool=draft_pool and draft_tokens != 0))
-        tokens, reasons = generate_resumed(self, rows, rule, dense=self.dense_steps,
-                                           compact_fraction=self.compact_fraction)
-        return [
+        return self.resume(rows, max_new_tokens=max_new_tokens, stop_strings=stop_strings)[0]
+
+    @torch.inference_mode()
+    def resume(
+        self, rows: Sequence[ResumeRow], *, max_new_tokens: int = 64,
+        stop_strings: Sequence[str] = (), keep_states: bool = False,
+    ) -> tuple[list[Generation], list[PathStates | None]]:
+        """Greedy generation of prepared :class:`~drllm.models.resume.ResumeRow` rows (each
+        with its entry, base, draft length and grader predicate); the generations and, with
+        ``keep_states``, each row's prompt states (else None)."""
+        rule = StopRule(self.tokenizer, self.eos_token_ids, max_new_tokens, stop_strings)
+        self._paths([row.path for row in rows], len(rows))  # legal under the constraints
+        for i, row in enumerate(rows):
+            if all(d == 1 for d in row.path):
+                raise ValueError("resume takes edited paths; the default path's output is the "
+                                 "entry itself")
+            self._check_row(i, row.entry.prompt, max_new_tokens)
+        tokens, reasons, states = generate_resumed(
+            self, rows, rule, dense=self.dense_steps, compact_fraction=self.compact_fraction,
+            keep_states=keep_states)
+        gens = [
             Generation(text=rule.final_text(t, why), token_ids=tuple(t),
                        layers_executed=LayerPath(row.path).cost * len(t),
                        prompt_tokens=len(row.entry.prompt), finish_reason=why)
             for row, t, why in zip(rows, tokens, reasons)
         ]
+        return gens, states
 
 
 def _eos_ids(model: nn.Module, tokenizer: object) -> frozenset[int]:

@@ -33,7 +33,7 @@ from drllm.models.buckets import plan_buckets
 from drllm.models.decoding import CACHE_CHUNK, DecodeState, Stepper, decode
 from drllm.models.drafts import pool_proposer
 from drllm.models.kv import SlotKVCache
-from drllm.models.prefix import PrefixEntry
+from drllm.models.prefix import PathStates, PrefixEntry
 from drllm.models.stopping import FinalFn, StopRule
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,9 @@ class ResumeRow:
         final: the row's grader predicate, or None.
         pool: after the first disagreement, draft from the responses other paths produced
             on this prompt (:meth:`PrefixEntry.drafts`, :mod:`drllm.models.drafts`).
+        base: an edited path's stored prompt states to start from instead of the default
+            path's (:meth:`PrefixEntry.base_for`); then ``draft`` must be 0.
+        start: with ``base``, the first block where ``path`` differs from ``base.path``.
     """
 
     path: tuple[int, ...]
@@ -57,10 +60,39 @@ class ResumeRow:
     draft: int
     final: FinalFn | None = None
     pool: bool = False
+    base: PathStates | None = None
+    start: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.base is not None:
+            if self.draft:
+                raise ValueError("a row resuming from an edited path's states verifies no draft")
+            if not (self.first_edit < self.start < len(self.path)) or (
+                    tuple(self.base.path[: self.start]) != tuple(self.path[: self.start])):
+                raise ValueError(f"path {self.path} does not share its first {self.start} "
+                                 f"blocks with base {self.base.path}")
 
     @property
     def first_edit(self) -> int:
         return next(i for i, d in enumerate(self.path) if d != 1)
+
+    @property
+    def begin(self) -> int:
+        """The first block the row computes: where it leaves its base."""
+        return self.first_edit if self.base is None else self.start
+
+    def states(self, block: int, n: int) -> torch.Tensor:
+        """``[n, d]`` states entering ``block`` (``<= begin``) over the first ``n`` fed positions."""
+        if self.base is None:
+            return self.entry.hidden[block, :n]
+        return self.base.hidden[block][:n]
+
+    def kv(self, block: int, pass_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of step ``(block, pass)`` (``block < begin``) over the fed positions."""
+        if self.base is None:
+            fed = len(self.fed)
+            return self.entry.keys[block][:, :fed], self.entry.values[block][:, :fed]
+        return self.base.kv[(block, pass_index)]
 
     @property
     def fed(self) -> list[int]:
@@ -71,8 +103,8 @@ def _injector(rows: Sequence[ResumeRow], width: int, device: torch.device):
     """Replace the states entering each row's first edited block by the entry's."""
     by_block: dict[int, list[int]] = {}
     for r, row in enumerate(rows):
-        if row.first_edit > 0:
-            by_block.setdefault(row.first_edit, []).append(r)
+        if row.begin > 0:
+            by_block.setdefault(row.begin, []).append(r)
 
     def inject(block: int, hidden: torch.Tensor) -> torch.Tensor:
         members = by_block.get(block)
@@ -81,7 +113,7 @@ def _injector(rows: Sequence[ResumeRow], width: int, device: torch.device):
         hidden = hidden.clone()
         for r in members:
             n = len(rows[r].fed)
-            hidden[r, width - n:] = rows[r].entry.hidden[block, :n].to(hidden.dtype)
+            hidden[r, width - n:] = rows[r].states(block, n).to(hidden.dtype)
         return hidden
 
     return inject
@@ -96,20 +128,62 @@ class _Chunk:
     rows: tuple[int, ...]
 
 
+def _slot_index(cache: SlotKVCache, key: tuple[int, int]) -> dict[int, int]:
+    """Batch row -> index within slot ``key`` of ``cache`` (empty if the slot does not exist)."""
+    slot_rows = cache.slot_rows(*key)
+    return {} if slot_rows is None else {int(b): i for i, b in enumerate(slot_rows.tolist())}
+
+
+def _path_states(
+    row: ResumeRow, captured: dict[int, torch.Tensor], cache: SlotKVCache, j: int, offset: int,
+    num_layers: int,
+) -> PathStates:
+    """The row's prompt states: its base's up to its first computed block, then its own
+    (captured entering each later block, keys / values from the verification cache)."""
+    p = len(row.entry.prompt)
+    hidden = [row.states(b, p) if b <= row.begin else captured[b] for b in range(num_layers)]
+    kv = {}
+    for block in range(num_layers):
+        for pass_index in (0, 1):
+            if row.path[block] <= pass_index:
+                continue
+            if block < row.begin:
+                k, v = row.kv(block, pass_index)
+                kv[(block, pass_index)] = (k[:, :p], v[:, :p])
+                continue
+            i = _slot_index(cache, (block, pass_index))[j]
+            _, keys, values = cache.slot_tensors(block, pass_index)
+            kv[(block, pass_index)] = (keys[i, :, offset: offset + p].clone(),
+                                       values[i, :, offset: offset + p].clone())
+    return PathStates(tuple(row.path), row.begin, hidden, kv)
+
+
 def _verify_group(
-    ex: Stepper, rows: Sequence[ResumeRow], members: Sequence[int], dense: bool
-) -> tuple[_Chunk, list[list[int]]]:
-    """Teacher-forced pass of rows ``members`` (one bucket): its chunk and greedy tokens."""
+    ex: Stepper, rows: Sequence[ResumeRow], members: Sequence[int], dense: bool,
+    keep_states: bool = False,
+) -> tuple[_Chunk, list[list[int]], list[PathStates | None]]:
+    """Teacher-forced pass of rows ``members`` (one bucket): its chunk, greedy tokens and
+    (``keep_states``) each row's prompt states."""
     group = [rows[r] for r in members]
     fed = [row.fed for row in group]
     input_ids, mask = ex.left_pad(fed)
     width = input_ids.shape[1]
-    decisions = [[0] * row.first_edit + list(row.path[row.first_edit:]) for row in group]
+    decisions = [[0] * row.begin + list(row.path[row.begin:]) for row in group]
+    offsets = [width - len(f) for f in fed]
+    captured: list[dict[int, torch.Tensor]] = [{} for _ in group]
+
+    def capture(block: int, hidden: torch.Tensor, _mask: torch.Tensor) -> None:
+        for j, row in enumerate(group):
+            if block > row.begin:
+                p = len(row.entry.prompt)
+                captured[j][block] = hidden[j, offsets[j]: offsets[j] + p].clone()
+
     cache = SlotKVCache(capacity=width)
     hidden = ex.runner.run(
         ex.embed(input_ids), (mask.cumsum(1) - 1).clamp_(min=0), mask.bool(), decisions,
         all_valid=min(map(len, fed)) == width, cache=cache,
         inject=_injector(group, width, ex.device), dense=dense,
+        hook=capture if keep_states else None, hook_mask=mask,
     )
     picked = torch.cat([hidden[j, width - row.draft - 1:] for j, row in enumerate(group)])
     greedy = ex.head(picked[None])[0].float().argmax(-1).tolist()
@@ -117,23 +191,28 @@ def _verify_group(
     for row in group:
         out.append(greedy[start: start + row.draft + 1])
         start += row.draft + 1
-    return _Chunk(cache, width, tuple(members)), out
+    states: list[PathStates | None] = [None] * len(group)
+    if keep_states:
+        states = [_path_states(row, captured[j], cache, j, offsets[j], ex.num_layers)
+                  for j, row in enumerate(group)]
+    return _Chunk(cache, width, tuple(members)), out, states
 
 
 def _verify(
-    ex: Stepper, rows: Sequence[ResumeRow], dense: bool
-) -> tuple[list[_Chunk], list[list[int]]]:
+    ex: Stepper, rows: Sequence[ResumeRow], dense: bool, keep_states: bool = False,
+) -> tuple[list[_Chunk], list[list[int]], list[PathStates | None]]:
     """The verification passes, rows sorted by length in buckets (:func:`plan_buckets`):
-    the chunks and the greedy tokens ``g_1..g_{m+1}`` of every row."""
+    the chunks, the greedy tokens ``g_1..g_{m+1}`` and the prompt states of every row."""
     order = sorted(range(len(rows)), key=lambda r: len(rows[r].fed))
     groups = plan_buckets([len(rows[r].fed) for r in order], ex.bucket_overhead_tokens)
     chunks, greedy = [], [None] * len(rows)
+    states: list[PathStates | None] = [None] * len(rows)
     for start, end in groups:
-        chunk, tokens = _verify_group(ex, rows, order[start:end], dense)
+        chunk, tokens, kept = _verify_group(ex, rows, order[start:end], dense, keep_states)
         chunks.append(chunk)
-        for r, t in zip(chunk.rows, tokens):
-            greedy[r] = t
-    return chunks, greedy  # type: ignore[return-value]
+        for r, t, st in zip(chunk.rows, tokens, kept):
+            greedy[r], states[r] = t, st
+    return chunks, greedy, states  # type: ignore[return-value]
 
 
 def _accepted(greedy: list[int], row: ResumeRow) -> list[int]:
@@ -158,9 +237,7 @@ def _merged_cache(
     def chunk_row(c: int, key: tuple[int, int], j: int) -> int | None:
         found = local.get((c, *key))
         if found is None:
-            slot_rows = chunks[c].cache.slot_rows(*key)
-            found = {} if slot_rows is None else {int(b): i for i, b in enumerate(slot_rows.tolist())}
-            local[(c, *key)] = found
+            found = local[(c, *key)] = _slot_index(chunks[c].cache, key)
         return found.get(j)
 
     slots = {}
@@ -174,11 +251,12 @@ def _merged_cache(
             for n, r in enumerate(members):
                 row = rows[r]
                 c, j = where[r]
-                i = None if block < row.first_edit else chunk_row(c, key, j)
-                if block < row.first_edit and pass_index == 0:
-                    fed = len(row.fed)
-                    k, v = row.entry.keys[block][:, :fed], row.entry.values[block][:, :fed]
-                    cols = slice(width - fed, width)
+                i = None if block < row.begin else chunk_row(c, key, j)
+                if block < row.begin:
+                    if row.path[block] <= pass_index:  # dense: not run by this row
+                        continue
+                    k, v = row.kv(block, pass_index)
+                    cols = slice(width - len(row.fed), width)
                 elif i is not None:
                     _, ck, cv = chunks[c].cache.slot_tensors(*key)
                     k, v = ck[i], cv[i]
@@ -200,12 +278,14 @@ def _merged_cache(
 @torch.inference_mode()
 def generate_resumed(
     ex: Stepper, rows: Sequence[ResumeRow], rule: StopRule, *, dense: bool = False,
-    compact_fraction: float | None = None,
-) -> tuple[list[list[int]], list[str]]:
-    """Greedy generation of every row from its stored prefix; ``(tokens, reason)`` per row."""
+    compact_fraction: float | None = None, keep_states: bool = False,
+) -> tuple[list[list[int]], list[str], list[PathStates | None]]:
+    """Greedy generation of every row from its stored prefix; per row its tokens, finish
+    reason and (``keep_states``) prompt states, for later paths that share its leading
+    blocks (:class:`~drllm.models.prefix.PathStates`)."""
     if not rows:
-        return [], []
-    chunks, greedy = _verify(ex, rows, dense)
+        return [], [], []
+    chunks, greedy, states = _verify(ex, rows, dense, keep_states)
     width = max(chunk.width for chunk in chunks)
     tokens: list[list[int] | None] = [None] * len(rows)
     reasons: list[str | None] = [None] * len(rows)
@@ -218,7 +298,7 @@ def generate_resumed(
             keep.append(r)
     if keep:
         _continue(ex, rows, keep, tokens, reasons, rule, chunks, width, dense, compact_fraction)
-    return tokens, reasons  # type: ignore[return-value]
+    return tokens, reasons, states  # type: ignore[return-value]
 
 
 def _continue(

@@ -136,3 +136,97 @@ def test_entry_states_are_the_default_paths(tok) -> None:
     for block in range(L):
         torch.testing.assert_close(entry.hidden[block], seen[block])
     assert entry.fed == len(fed) and entry.tokens == gen[0].token_ids
+
+
+def _tree_paths(count: int, seed: int) -> list[LayerPath]:
+    """Paths grown like a search tree: each a legal edit of an earlier one (the default first)."""
+    rng = random.Random(seed)
+    paths = [LayerPath.default(L)]
+    while len(paths) < count:
+        parent = rng.choice(paths)
+        actions = list(legal_actions(parent))
+        if actions:
+            child = rng.choice(actions).apply(parent)
+            if child not in paths:
+                paths.append(child)
+    return paths
+
+
+def _evaluators(model, tok, max_new_tokens: int = 10, **levers):
+    from drllm.distributed.config import GenerationConfig
+    from drllm.distributed.evaluator import ExecutorEvaluator
+
+    plain = ExecutorEvaluator(model, tok, model_id="t", generation=GenerationConfig(
+        max_new_tokens=max_new_tokens, reuse_prefix=False, reuse_paths=False, draft=False,
+        grader_stop=False))
+    fast = ExecutorEvaluator(model, tok, model_id="t",
+                             generation=GenerationConfig(max_new_tokens=max_new_tokens, **levers))
+    return plain, fast
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+@pytest.mark.parametrize("draft", [True, False])
+def test_paths_resumed_from_edited_paths_match_plain(family, tok, draft) -> None:
+    """A search-like stream (children of earlier paths, two questions per call): rows that
+    start from an earlier edited path's prompt states give plain generation's tokens."""
+    from drllm.types import EvalRequest
+
+    plain, fast = _evaluators(tiny_model(family, num_layers=L), tok, draft=draft)
+    reqs = [EvalRequest(f"q{j}", PROMPTS[j], "x", "exact", p)
+            for p in _tree_paths(24, seed=len(family)) for j in (0, 3)]
+    for start in range(0, len(reqs), 6):
+        call = reqs[start: start + 6]
+        plain.evaluate(call)
+        fast.evaluate(call)
+        assert [g.token_ids for g in fast.last_generations] == [
+            g.token_ids for g in plain.last_generations], start
+    counts = fast.resume_counts
+    assert counts["from_path"] > 0, counts  # the lever was exercised, not only the default
+    assert counts["prompt_blocks_reused"] > 0
+    assert fast.prefix_cache.stats()["paths"] > 0
+
+
+def test_path_states_are_the_paths_own(tok) -> None:
+    """A stored path's states entering each block, and its keys, equal a cacheless forward's
+    along that path; blocks before its start are its base's tensors (shared, not copied)."""
+    from drllm.models.resume import ResumeRow
+
+    ex = _executor("llama", tok)
+    ids = ex.encode(PROMPTS[2:3])
+    entry = ex.record_prefixes(ids, ex.generate(ids, max_new_tokens=6))[0]
+    parent = LayerPath((1, 0) + (1,) * (L - 2))
+    child = LayerPath(tuple(parent)[:3] + (2,) + tuple(parent)[4:])
+    _, (parent_states,) = ex.resume([ResumeRow(tuple(parent), entry, 0)], max_new_tokens=6,
+                                    keep_states=True)
+    _, (child_states,) = ex.resume([ResumeRow(tuple(child), entry, 0, base=parent_states,
+                                              start=3)], max_new_tokens=6, keep_states=True)
+    assert child_states.start == 3
+    for block in range(4):  # up to and including its start: the parent's own tensors
+        assert (child_states.hidden[block].data_ptr()
+                == parent_states.hidden[block].data_ptr())
+    for states, path in ((parent_states, parent), (child_states, child)):
+        seen = {}
+        ex.prefill_states(torch.tensor(ids), None, [path],
+                          block_hook=lambda b, h, m: seen.__setitem__(b, h[0].clone()))
+        for block in range(L):
+            torch.testing.assert_close(states.hidden[block], seen[block])
+    assert set(child_states.kv) == {(b, p) for b in range(L) for p in (0, 1) if child[b] > p}
+
+
+def test_cache_drops_path_states_before_questions(tok) -> None:
+    from drllm.models.resume import ResumeRow
+
+    ex = _executor("llama", tok)
+    ids = ex.encode(PROMPTS[:1] * 2)
+    entries = ex.record_prefixes(ids, ex.generate(ids, max_new_tokens=4))
+    size = entries[0].nbytes
+    cache = PrefixCache(max_bytes=2 * size + size // 4)
+    cache.put("a", entries[0])
+    cache.put("b", entries[1])
+    _, states = ex.resume([ResumeRow((0,) + (1,) * (L - 1), entries[0], 0)],
+                          max_new_tokens=4, keep_states=True)
+    entries[0].add_path(states[0])
+    assert entries[0].nbytes > size
+    cache.refit("a")  # over budget: a's path states go first, both questions stay
+    assert len(cache) == 2 and not entries[0].paths
+    assert cache.stats()["path_drops"] == 1 and cache.bytes <= cache.max_bytes
