@@ -267,6 +267,9 @@ class ExecutorEvaluator(Evaluator):
         self._device = _model_device(model)
         self._cache_size = prompt_cache_size
         self._prompt_ids: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
+        #: The default path's generation per prefix key (small; kept after its entry is
+        #: evicted, so a later miss rebuilds the entry with one teacher-forced pass).
+        self._defaults: OrderedDict[tuple, Generation] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
         #: Edited rows resumed from stored states: how many, how many from another edited
@@ -387,16 +390,26 @@ class ExecutorEvaluator(Evaluator):
                 missing[key] = final
             else:
                 entries[key] = entry
-        if missing:
-            prompts = [list(key[3]) for key in missing]
+        known = {key: self._defaults[key] for key in missing if key in self._defaults}
+        unknown = {key: final for key, final in missing.items() if key not in known}
+        if unknown:  # the default path's output is needed first: generate it
+            prompts = [list(key[3]) for key in unknown]
             gens = self.executor.generate(
-                prompts, None, finals=list(missing.values()),
+                prompts, None, finals=list(unknown.values()),
                 max_new_tokens=self.generation.max_new_tokens,
                 stop_strings=self.generation.stop_strings,
             )
-            for key, entry in zip(missing, self.executor.record_prefixes(prompts, gens)):
+            known.update(zip(unknown, gens))
+        if known:  # one teacher-forced pass rebuilds the states (an evicted entry: no decode)
+            prompts = [list(key[3]) for key in known]
+            gens = list(known.values())
+            for key, gen, entry in zip(known, gens, self.executor.record_prefixes(prompts, gens)):
                 entries[key] = entry
                 self.prefix_cache.put(key, entry)
+                self._defaults[key] = gen
+                self._defaults.move_to_end(key)
+            while len(self._defaults) > self._cache_size:
+                self._defaults.popitem(last=False)
         out: list[Any] = [None] * len(keys)
         edited = []
         for i, (key, path) in enumerate(zip(keys, paths)):
@@ -462,4 +475,5 @@ class ExecutorEvaluator(Evaluator):
     def close(self) -> None:
         logger.info("executor evaluator: %s", self.stats())
         self._prompt_ids.clear()
+        self._defaults.clear()
         self.prefix_cache.clear()

@@ -72,3 +72,30 @@ def test_smollm2_evaluator_levers_match_plain(smollm2, shared_data) -> None:
     got = fast.evaluate(reqs[::-1])[::-1]  # edited requests first: misses compute the default
     assert [e.reward for e in got] == [e.reward for e in want]
     assert all(w.response.startswith(g.response) for g, w in zip(got, want))
+
+
+@pytest.mark.slow
+def test_smollm2_rows_resumed_from_edited_paths_match_plain(smollm2, shared_data) -> None:
+    """Search-like requests (each path a child of an earlier one): rows that start from an
+    earlier edited path's prompt states give plain generation's tokens on SmolLM2."""
+    rng = random.Random(3)
+    tree = [LayerPath.default(30)]
+    while len(tree) < 9:
+        parent = rng.choice(tree)
+        child = rng.choice(list(legal_actions(parent))).apply(parent)
+        if child not in tree and child[0] == 1:  # keep block 0: no degenerate near-tie paths
+            tree.append(child)
+    prompts = _arc_prompts(smollm2.tokenizer, shared_data, 2)
+    plain = ExecutorEvaluator(smollm2.model, smollm2.tokenizer, model_id="s", generation=(
+        GenerationConfig(max_new_tokens=12, reuse_prefix=False, draft=False, grader_stop=False)))
+    # drafts off: with them, a question whose drafts are accepted resumes from the default
+    # path (the draft's states) rather than from a deeper edited path
+    fast = ExecutorEvaluator(smollm2.model, smollm2.tokenizer, model_id="s",
+                             generation=GenerationConfig(max_new_tokens=12, draft=False))
+    for path in tree:  # one call per tree level, as a sequential search makes them
+        call = [EvalRequest(f"q{i}", prompts[i], "A", "mc_letter_lenient", path) for i in (0, 1)]
+        plain.evaluate(call)
+        fast.evaluate(call)
+        assert [g.token_ids for g in fast.last_generations] == [
+            g.token_ids for g in plain.last_generations], path
+    assert fast.resume_counts["from_path"] > 0, fast.resume_counts

@@ -72,3 +72,31 @@ def test_grader_stop_keeps_the_reward(model_and_tok) -> None:
     for f, p in zip(fast, plain):
         assert p.response.startswith(f.response)
     assert any(len(f.response) < len(p.response) for f, p in zip(fast, plain))
+
+
+def test_evicted_entry_is_rebuilt_without_generating_the_default(model_and_tok) -> None:
+    """A cache that holds one question: alternating questions evict each other, and a miss on
+    a question whose default response is known rebuilds its entry by a teacher-forced pass
+    (no second default generation), still matching plain generation."""
+    model, tok = model_and_tok
+    plain = ExecutorEvaluator(model, tok, model_id="t", generation=PLAIN)
+    probe = ExecutorEvaluator(model, tok, model_id="t", generation=GenerationConfig(max_new_tokens=6))
+    sizes = []
+    for q in "ab":
+        probe.evaluate([EvalRequest(q, PROMPTS[q], "42", "exact", LayerPath.default(L))])
+        sizes.append(probe.prefix_cache.stats()["bytes"] - sum(sizes))
+    budget = max(sizes) + min(sizes) / 2  # one question fits, not both
+    fast = ExecutorEvaluator(model, tok, model_id="t", generation=GenerationConfig(
+        max_new_tokens=6, prefix_cache_mb=budget / 2**20, reuse_paths=False))
+    generated: list[int] = []
+    real_generate = fast.executor.generate
+    fast.executor.generate = lambda prompts, *a, **k: (generated.append(len(prompts)),
+                                                        real_generate(prompts, *a, **k))[1]
+    edited = [LayerPath((1, 0, 1, 1)), LayerPath((1, 1, 2, 1)), LayerPath((1, 1, 1, 0))]
+    reqs = [EvalRequest(q, PROMPTS[q], "42", "exact", LayerPath.default(L)) for q in "ab"]
+    reqs += [EvalRequest(q, PROMPTS[q], "42", "exact", p) for p in edited for q in "ab"]
+    for r in reqs:
+        assert fast.evaluate([r]) == plain.evaluate([r])
+    assert generated == [1, 1]  # only the two defaults were ever generated
+    stats = fast.prefix_cache.stats()
+    assert stats["evictions"] >= len(edited) and stats["entries"] == 1
