@@ -185,16 +185,6 @@ def evaluate_isolating_errors(
     return list(results)
 
 
-def _agreeing(tokens: Sequence[int], draft: Sequence[int]) -> int:
-    """Leading tokens of a response equal to the draft's (what its verification accepted)."""
-    n = 0
-    for a, b in zip(tokens, draft):
-        if a != b:
-            break
-        n += 1
-    return n
-
-
 def _model_device(model: Any) -> str:
     try:
         return str(next(model.parameters()).device)
@@ -380,6 +370,8 @@ class ExecutorEvaluator(Evaluator):
                           finals: list[Any]) -> list[Any]:
         """Rows from the default path's prefix entries (computed first on a miss): a default
         row is its entry's generation, an edited row resumes from the entry (exact)."""
+        from drllm.models.drafts import accept
+
         entries: dict[tuple, Any] = {}
         missing: dict[tuple, Any] = {}
         for key, final in zip(keys, finals):
@@ -438,7 +430,7 @@ class ExecutorEvaluator(Evaluator):
                 counts["prompt_blocks_reused"] += row.begin
                 counts["prompt_blocks"] += len(row.path)
                 if row.draft:
-                    accepted = _agreeing(gen.token_ids, entry.tokens[: row.draft])
+                    accepted = accept(gen.token_ids, entry.tokens[: row.draft])
                     entry.note_draft(accepted)
                     counts["draft_tokens"] += row.draft
                     counts["draft_accepted"] += accepted

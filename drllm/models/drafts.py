@@ -56,8 +56,11 @@ def drafted_inputs(
 
 
 def accept(greedy: Sequence[int], draft: Sequence[int]) -> int:
-    """Draft tokens accepted: the length of the agreeing prefix of ``greedy`` and ``draft``."""
+    """Draft tokens accepted: the length of the agreeing prefix of ``greedy`` and ``draft``
+    (of any two sequences: also the leading decisions two paths share)."""
     a = 0
-    while a < len(draft) and greedy[a] == draft[a]:
+    for x, y in zip(greedy, draft):
+        if x != y:
+            break
         a += 1
     return a

@@ -32,6 +32,7 @@ from typing import Hashable, Sequence
 import torch
 
 from drllm.models.decoding import Stepper
+from drllm.models.drafts import accept
 from drllm.models.kv import SlotKVCache
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class PrefixEntry:
         best, start = None, first
         path = tuple(path)
         for key, states in self.paths.items():
-            n = _common(key, path)
+            n = accept(key, path)
             if start < n < len(path):
                 best, start = states, n
         if best is not None:
@@ -143,15 +144,6 @@ class PrefixEntry:
         return True
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _storage_bytes(tensors: Sequence[torch.Tensor]) -> int:
     seen: dict[int, int] = {}
     for t in tensors:
@@ -185,20 +177,6 @@ class PathStates:
         for k, v in self.kv.values():
             out.extend((k, v))
         return out
-
-    def states(self, block: int, n: int) -> torch.Tensor:
-        """``[n, d]`` states entering ``block`` at the first ``n`` prompt positions."""
-        return self.hidden[block][:n]
-
-
-def default_states(entry: PrefixEntry, num_layers: int) -> PathStates:
-    """The default path's prompt states of ``entry`` as a :class:`PathStates` (views)."""
-    p = len(entry.prompt)
-    return PathStates(
-        path=(1,) * num_layers, start=0,
-        hidden=[entry.hidden[b, :p] for b in range(num_layers)],
-        kv={(b, 0): (entry.keys[b][:, :p], entry.values[b][:, :p]) for b in range(num_layers)},
-    )
 
 
 @torch.inference_mode()

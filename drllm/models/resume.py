@@ -31,7 +31,7 @@ import torch
 
 from drllm.models.buckets import plan_buckets
 from drllm.models.decoding import CACHE_CHUNK, DecodeState, Stepper, decode
-from drllm.models.drafts import pool_proposer
+from drllm.models.drafts import accept, pool_proposer
 from drllm.models.kv import SlotKVCache
 from drllm.models.prefix import PathStates, PrefixEntry
 from drllm.models.stopping import FinalFn, StopRule
@@ -217,11 +217,7 @@ def _verify(
 
 def _accepted(greedy: list[int], row: ResumeRow) -> list[int]:
     """``g_1..g_{a+1}``: the greedy tokens up to and including the first disagreement."""
-    draft = row.entry.tokens[: row.draft]
-    a = 0
-    while a < len(draft) and greedy[a] == draft[a]:
-        a += 1
-    return greedy[: a + 1]
+    return greedy[: accept(greedy, row.entry.tokens[: row.draft]) + 1]
 
 
 def _merged_cache(
