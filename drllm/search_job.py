@@ -98,10 +98,13 @@ class SearchJobSettings:
     @property
     def generation(self) -> GenerationConfig:
         """Greedy generation of each evaluation: the dataset's budget (``dataset.max_new_tokens``,
-        ``dataset.stop_strings``; ``None`` there falls back to the adapter's / grader's) and the
-        ``work_avoidance`` levers."""
+        ``dataset.stop_strings``; ``None`` there falls back to the adapter's / grader's), its
+        reward settings (plausibility guard, ``loglik_norm``) and the ``work_avoidance``
+        levers."""
         max_new_tokens, stop_strings = self.dataset.generation_budget
         return GenerationConfig(max_new_tokens=max_new_tokens, stop_strings=stop_strings,
+                                min_plausibility=self.dataset.min_plausibility,
+                                loglik_norm=self.dataset.reward == "loglik_norm",
                                 **self.work_avoidance.levers)
 
 SUMMARY_FILE = "summary.json"

@@ -31,6 +31,12 @@ class Example:
             ``DatasetConfig.chance_shuffles = m > 1``: ``m - 1`` examples with the same id,
             their own prompt and gold letter, and no variants of their own). An answer counts
             as correct only if it is correct under this order and every variant.
+        answer_prefix: text the assistant turn starts with (lm-eval's ``gen_prefix``, e.g.
+            ``"The answer is"``): appended to the rendered prompt; the response is graded, and
+            stored, with it in front.
+        choices: multiple choice scored by log-likelihood (``DatasetConfig.reward="loglik"``):
+            the continuation text of each choice, in the order of the gold's letters (``A``
+            first); empty for generated answers.
     """
 
     id: str
@@ -43,6 +49,8 @@ class Example:
     base_prompt: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
     variants: tuple["Example", ...] = ()
+    answer_prefix: str = ""
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,15 @@ class Grade:
         reward: 1.0 correct, 0.0 wrong (graders here are binary).
         reason: short human-readable explanation (``"match"``, ``"no boxed answer"``, ...).
         extracted: the answer the grader pulled out of the response, if any.
+        where: where in the response it was read (``"answer marker"``, ``"####"``,
+            ``"boxed"``, ``"bare"``, ``"final ="``, ``"last number"``, ``"whole response"``,
+            ...), None when nothing was read.
     """
 
     reward: float
     reason: str = ""
     extracted: str | None = None
+    where: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,18 @@ class Evaluation:
         failed: the evaluation could not be carried out (the evaluator raised after its retries,
             or its worker kept dying). A failed evaluation is **not a reward**: the search
             never backpropagates or memoizes it, and it is counted apart.
+        extracted: the answer the grader read (for log-likelihood choices: the chosen letter).
+        where: where in the response the grader read it (see :class:`Grade`).
+        plausibility: mean token log-likelihood (nats per token) of the response under the
+            default path, teacher-forced; computed for responses the grader accepted (None
+            otherwise).
+        implausible: the grader accepted the response but the plausibility guard rejected it
+            (too unlikely under the default model); ``reward`` is then 0.
+        margin: log-likelihood choices only: the gold choice's score minus the best other
+            choice's (nats; > 0 when correct); near 0 is a near-tie.
+        response_tokens: tokens generated (0 for log-likelihood choices).
+        finish_reason: why generation stopped (``"eos"``, ``"length"``, ``"stop"``,
+            ``"grader"``; ``"loglik"`` for scored choices; ``""`` when unknown).
     """
 
     reward: float
@@ -99,6 +123,13 @@ class Evaluation:
     layers_executed: int = 0
     reason: str = ""
     failed: bool = False
+    extracted: str | None = None
+    where: str | None = None
+    plausibility: float | None = None
+    implausible: bool = False
+    margin: float | None = None
+    response_tokens: int = 0
+    finish_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,10 @@ class EvalRequest:
     ``variants`` holds ``(rendered prompt, gold)`` of the example's other choice orders
     (:attr:`Example.variants`): the evaluator answers each along the same path, and the
     reward is 1 only if every order's answer is correct (chance-robust multiple choice).
+    ``answer_prefix`` (:attr:`Example.answer_prefix`, already at the end of ``prompt``) is put
+    in front of the response before grading. With ``choices`` the evaluator generates nothing:
+    it scores each choice continuation after ``prompt`` along the path, and the reward is 1
+    when the gold letter's choice scores highest (:attr:`Example.choices`).
     """
 
     example_id: str
@@ -116,6 +151,8 @@ class EvalRequest:
     grader: str
     path: LayerPath
     variants: tuple[tuple[str, str], ...] = ()
+    answer_prefix: str = ""
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +162,21 @@ class EvalResult:
     example_id: str
     path: LayerPath
     evaluation: Evaluation
+
+
+@dataclass(frozen=True)
+class TraceEntry:
+    """One evaluated path of a search (the full trace keeps the negatives too).
+
+    Attributes:
+        path: the evaluated path.
+        evaluation: its outcome (failed ones included).
+        simulation: index of the simulation that handed the path out (0: the default path).
+    """
+
+    path: LayerPath
+    evaluation: Evaluation
+    simulation: int
 
 
 @dataclass(frozen=True)
@@ -155,6 +207,7 @@ class SearchResult:
             another order of edits (joined to that node instead of evaluated again).
         prior_hits: expansions whose new path reached the success reward (how often the
             expansion order, uniform or from a prior, led straight to a correct path).
+        trace: every evaluated path in the order its result arrived, failed ones included.
     """
 
     num_layers: int
@@ -178,3 +231,4 @@ class SearchResult:
     evaluated_depths: tuple[int, ...] = ()
     transposition_hits: int = 0
     prior_hits: int = 0
+    trace: tuple[TraceEntry, ...] = ()

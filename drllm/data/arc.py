@@ -20,7 +20,7 @@ import random
 from typing import Any, Mapping
 
 from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, RowRejected
-from drllm.data.prompts import make_example, mc_prompt
+from drllm.data.prompts import make_example, mc_prompt, question_block
 from drllm.rewards.extract import normalize_letter
 from drllm.types import Example
 
@@ -81,6 +81,8 @@ class ArcAdapter(DatasetAdapter):
         if key not in labels:
             raise RowRejected("answerKey not among choices")
         gold_index = labels.index(key)
+        if config.reward != "generate":
+            return self._loglik_example(row_id, question, letters, texts, gold_index, config)
         orders = choice_orders(row_id, len(texts), gold_index, config.chance_shuffles)
         variants = tuple(
             make_example(
@@ -106,6 +108,23 @@ class ArcAdapter(DatasetAdapter):
             meta=meta,
         )
         return dataclasses.replace(example, variants=variants) if variants else example
+
+
+    def _loglik_example(self, row_id: str, question: str, letters: list[str],
+                        texts: list[str], gold_index: int, config: DatasetConfig) -> Example:
+        """An example scored by choice log-likelihood, in lm-eval's ARC format: the context
+        ``Question: <q>\nAnswer:`` (base style; chat style: ``Question: <q>`` as the user
+        turn) and each choice's own text as the continuation (after a space in base style)."""
+        example = make_example(
+            id=row_id, dataset=self.name, split=config.split, prompt=question_block(question),
+            gold=letters[gold_index], grader=config.grader_name,
+            system_prompt=config.system_prompt,
+            meta={"num_choices": len(letters), "choice_texts": list(texts)},
+        )
+        base = config.prompt_style == "base"
+        return dataclasses.replace(
+            example, choices=tuple((" " + t) if base else t for t in texts),
+        )
 
 
 def choice_orders(row_id: str, num_choices: int, gold_index: int, m: int) -> list[list[int]]:

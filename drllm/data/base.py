@@ -23,6 +23,8 @@ Grader-rejected golds are counted among the rows walked (all rows when ``num_exa
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import random
 from abc import ABC, abstractmethod
@@ -37,6 +39,12 @@ from drllm.types import Example
 logger = logging.getLogger(__name__)
 
 PROMPT_STYLES = ("chat", "base")
+#: How an answer is rewarded: generated and graded, or (multiple choice) by the log-likelihood of
+#: each choice (``loglik``: lm-eval ``acc``; ``loglik_norm``: per character, ``acc_norm``).
+REWARD_MODES = ("generate", "loglik", "loglik_norm")
+#: The plausibility guard's default (nats per token under the default path): see
+#: ``DatasetConfig.min_plausibility``.
+DEFAULT_MIN_PLAUSIBILITY = -2.0
 MIN_LEVEL, MAX_LEVEL = 1, 5
 REJECT_DUPLICATE_ID = "duplicate id"
 REJECT_UNPARSEABLE_LEVEL = "unparseable level"
@@ -194,6 +202,16 @@ class DatasetConfig:
             must be right under to count as correct (1: the paper's single order; ``m > 1``
             adds ``m - 1`` deterministic per-example shuffles, so a letter found by luck under
             one order rarely survives the others).
+        reward: ``"generate"`` (generate along the path, grade the answer), or for multiple
+            choice ``"loglik"`` / ``"loglik_norm"`` (no decoding: the gold choice must have the
+            highest log-likelihood along the path, lm-eval's ``acc`` / ``acc_norm``; prompts
+            are lm-eval's ``Question: ...\nAnswer:`` and the choices' own texts, so the score
+            depends on neither their order nor their letters).
+        answer_prefix: text the assistant turn starts with (lm-eval's ``gen_prefix``, e.g.
+            ``"The answer is"``); the response is graded with it in front.
+        min_plausibility: the plausibility guard: an edited path's accepted answer whose mean
+            token log-likelihood under the default path is below this (nats per token) is
+            rejected (reward 0, counted); None records the scores without rejecting.
     """
 
     name: str = "synthetic_arith"
@@ -211,6 +229,9 @@ class DatasetConfig:
     max_new_tokens: int | None = None
     stop_strings: tuple[str, ...] | None = None
     chance_shuffles: int = 1
+    reward: str = "generate"
+    answer_prefix: str | None = None
+    min_plausibility: float | None = DEFAULT_MIN_PLAUSIBILITY
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -260,7 +281,33 @@ class DatasetConfig:
                 f"DatasetConfig.system_prompt: expected a string, got {type(self.system_prompt)}"
             )
         self._normalize_generation()
+        self._check_reward()
         DATASETS.get(self.name).validate(self)
+
+    def _check_reward(self) -> None:
+        from drllm.rewards.plausibility import PlausibilityGuard
+
+        if self.reward not in REWARD_MODES:
+            raise ValueError(f"DatasetConfig.reward: expected one of {REWARD_MODES}, "
+                             f"got {self.reward!r}")
+        if self.answer_prefix is not None and not isinstance(self.answer_prefix, str):
+            raise ValueError(f"DatasetConfig.answer_prefix: expected a string or null, got "
+                             f"{self.answer_prefix!r}")
+        try:
+            PlausibilityGuard(self.min_plausibility)
+        except ValueError as err:
+            raise ValueError(f"DatasetConfig.min_plausibility: {err}") from None
+        if self.reward != "generate":
+            if not DATASETS.get(self.name).multiple_choice:
+                raise ValueError(f"DatasetConfig.reward={self.reward!r}: dataset {self.name!r} "
+                                 "is not multiple choice; log-likelihood rewards score choices")
+            if self.chance_shuffles != 1:
+                raise ValueError(f"DatasetConfig.chance_shuffles={self.chance_shuffles} with "
+                                 f"reward={self.reward!r}: choice log-likelihoods do not depend "
+                                 "on the choices' order; set chance_shuffles=1")
+            if self.answer_prefix:
+                raise ValueError("DatasetConfig.answer_prefix applies to generated answers, "
+                                 f"not reward={self.reward!r}")
 
     def _normalize_generation(self) -> None:
         counts = {"chance_shuffles": self.chance_shuffles}
@@ -372,9 +419,16 @@ def _scan(adapter: DatasetAdapter, config: DatasetConfig, rows: Iterable[Mapping
         if example.id in seen:
             scan.rejected[REJECT_DUPLICATE_ID] += 1
             continue
+        if config.answer_prefix:
+            example = _with_prefix(example, config.answer_prefix)
         seen.add(example.id)
         scan.candidates.append(example)
     return scan
+
+
+def _with_prefix(example: Example, prefix: str) -> Example:
+    variants = tuple(dataclasses.replace(v, answer_prefix=prefix) for v in example.variants)
+    return dataclasses.replace(example, answer_prefix=prefix, variants=variants)
 
 
 def load_examples(config: DatasetConfig) -> LoadReport:

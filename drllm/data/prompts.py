@@ -122,7 +122,7 @@ def render_prompt(example: Example, tokenizer: Any = None, style: str = "chat") 
     if style == "base":
         if not example.base_prompt:
             raise ValueError(f"example {example.id!r} has no base_prompt")
-        return example.base_prompt
+        return example.base_prompt + example.answer_prefix
     if style != "chat":
         raise ValueError(f"prompt style must be 'chat' or 'base', got {style!r}")
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
@@ -134,4 +134,4 @@ def render_prompt(example: Example, tokenizer: Any = None, style: str = "chat") 
         [dict(m) for m in example.messages], add_generation_prompt=True, tokenize=False
     )
     assert isinstance(text, str), f"apply_chat_template returned {type(text)}"
-    return text
+    return text + example.answer_prefix

@@ -87,14 +87,25 @@ class GenerationConfig(WorkAvoidance):
     Attributes:
         max_new_tokens: generated tokens per evaluation at most.
         stop_strings: generation of a row stops once its text contains one of these.
+        min_plausibility: the plausibility guard (:class:`drllm.rewards.PlausibilityGuard`):
+            an edited path's accepted response whose mean token log-likelihood under the
+            default path is below this (nats per token) gets reward 0; None: scores are
+            recorded but nothing is rejected.
+        loglik_norm: log-likelihood choices rank by log-likelihood per character (lm-eval
+            ``acc_norm``) instead of the sum (``acc``).
     """
 
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()
+    min_plausibility: float | None = None
+    loglik_norm: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("GenerationConfig", "max_new_tokens", self.max_new_tokens, 1)
+        from drllm.rewards.plausibility import PlausibilityGuard
+
+        PlausibilityGuard(self.min_plausibility)  # validates
         if isinstance(self.stop_strings, str):
             raise ValueError(
                 "GenerationConfig.stop_strings must be a list of strings, not one string "

@@ -299,7 +299,8 @@ class SearchDriver:
             ex = state.example
             paths = tree.ask(want)
             self.pool.submit([EvalRequest(ex.id, state.prompt, ex.gold, ex.grader, p,
-                                          state.variants) for p in paths])
+                                          state.variants, ex.answer_prefix, ex.choices)
+                              for p in paths])
             sent += len(paths)
         if sent:
             self.pool.dispatch()

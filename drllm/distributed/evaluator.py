@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import logging
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -192,20 +193,42 @@ def _model_device(model: Any) -> str:
         return "cpu"
 
 
-def _combine(graded: list) -> Evaluation:
-    """One evaluation from the grades of every choice order (the first is the request's own).
+def graded_row(request: EvalRequest, gold: str, gen: Generation) -> Evaluation:
+    """One generated row graded: the answer prefix goes in front of the response, and a row
+    cut by its token budget is graded as not ended (a stated answer must be complete)."""
+    from drllm.rewards import get_grader
 
-    Correct only if every order's answer is; the response and block count are the first
-    order's (what the supervision row shows), the reason says how many orders were right.
+    response = request.answer_prefix + gen.text
+    grade = get_grader(request.grader).grade(response, gold,
+                                             ended=gen.finish_reason != "length")
+    return Evaluation(reward=float(grade.reward), response=response,
+                      layers_executed=int(gen.layers_executed), reason=grade.reason,
+                      extracted=grade.extracted, where=grade.where,
+                      response_tokens=len(gen.token_ids), finish_reason=gen.finish_reason)
+
+
+def combine_orders(rows: Sequence[Evaluation]) -> Evaluation:
+    """One evaluation from every choice order's row (the first is the request's own).
+
+    Correct only if every order's answer is; the response, reading and block count are the
+    first order's (what the supervision row shows), the reason says how many orders were
+    right; the plausibility is the least of the orders', implausible if any order's was.
     """
-    (first, gen), others = graded[0], graded[1:]
+    first, others = rows[0], rows[1:]
     if not others:
-        return Evaluation(reward=float(first.reward), response=gen.text,
-                          layers_executed=int(gen.layers_executed), reason=first.reason)
-    right = sum(g.reward >= 1.0 for g, _ in graded)
-    reward = min(float(g.reward) for g, _ in graded)
-    return Evaluation(reward=reward, response=gen.text, layers_executed=int(gen.layers_executed),
-                      reason=f"{first.reason}; {right}/{len(graded)} choice orders correct")
+        return first
+    right = sum(r.reward >= 1.0 for r in rows)
+    scores = [r.plausibility for r in rows if r.plausibility is not None]
+    return dataclasses.replace(
+        first, reward=min(float(r.reward) for r in rows),
+        reason=f"{first.reason}; {right}/{len(rows)} choice orders correct",
+        plausibility=min(scores) if scores else None,
+        implausible=any(r.implausible for r in rows),
+    )
+
+
+def _prefixed_final(final: Any, prefix: str, text: str) -> bool:
+    return final(prefix + text)
 
 
 class ExecutorEvaluator(Evaluator):
@@ -268,6 +291,9 @@ class ExecutorEvaluator(Evaluator):
         #: The executor's generations of the last :meth:`evaluate` call, one per row (request
         #: and choice order), for benchmarks and tests.
         self.last_generations: list[Generation] = []
+        #: Plausibility scores by (prompt ids, response ids): the default response's score is
+        #: reused by every edited path that reproduces it.
+        self._plausibility: OrderedDict[tuple, float] = OrderedDict()
 
     @classmethod
     def from_options(
@@ -323,21 +349,52 @@ class ExecutorEvaluator(Evaluator):
         return ids
 
     def evaluate(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
-        """One executor call for the whole batch (rows with different paths), then grading.
+        """One executor call for the generated requests of the batch (rows with different
+        paths), then grading and the plausibility guard; one shared-prefill scoring pass for
+        the requests with ``choices`` (log-likelihood multiple choice).
 
         ``layers_executed`` is the executor's count: blocks executed summed over every forward
-        pass of the row (prefill plus each generated token).
+        pass of the row (prefill plus each generated token; one pass for scored choices).
         """
-        from drllm.rewards import get_grader
-
         if not requests:
             return []
+        out: list[Evaluation | None] = [None] * len(requests)
+        scored = [i for i, r in enumerate(requests) if r.choices]
+        generated = [i for i, r in enumerate(requests) if not r.choices]
+        if scored:
+            from drllm.distributed.likelihood import score_choices
+
+            evals = score_choices(
+                self.executor, [requests[i] for i in scored],
+                lambda r, ids: self._cached_ids(f"{r.example_id}\x1fctx", r.prompt, ids),
+                lambda text: self.executor.encode([text])[0], norm=self.generation.loglik_norm,
+            )
+            for i, ev in zip(scored, evals):
+                out[i] = ev
+        if generated:
+            for i, ev in zip(generated, self._generate_and_grade([requests[i] for i in generated])):
+                out[i] = ev
+        return out  # type: ignore[return-value]
+
+    def _cached_ids(self, key: str, prompt: str, ids: list[int]) -> list[int]:
+        """``ids`` of ``prompt``, kept in the prompt cache under ``key``."""
+        hit = self._prompt_ids.get(key)
+        if hit is not None and hit[0] == prompt:
+            self._prompt_ids.move_to_end(key)
+            return hit[1]
+        self._prompt_ids[key] = (prompt, ids)
+        if len(self._prompt_ids) > self._cache_size:
+            self._prompt_ids.popitem(last=False)
+        return ids
+
+    def _generate_and_grade(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
+        """Generated answers: one executor call, grading, the plausibility guard."""
         # One row per (request, choice order): the request's own prompt, then its variants'.
         rows = [(r, prompt, gold, j) for r in requests
                 for j, (prompt, gold) in enumerate(((r.prompt, r.gold), *r.variants))]
         prompts = [self._token_ids(r, prompt, j) for r, prompt, _, j in rows]
         paths = [LayerPath(r.path) for r, _, _, _ in rows]
-        finals = [self._final(r.grader) for r, _, _, _ in rows]
+        finals = [self._final(r.grader, r.answer_prefix) for r, _, _, _ in rows]
         if self.generation.reuse_prefix:
             keys = [(r.example_id, j, r.grader, tuple(ids))
                     for (r, _, _, j), ids in zip(rows, prompts)]
@@ -349,14 +406,44 @@ class ExecutorEvaluator(Evaluator):
                 stop_strings=self.generation.stop_strings,
             )
         self.last_generations = generations
-        grades: dict[int, list] = {}
-        for (request, _, gold, _), gen in zip(rows, generations, strict=True):
-            grade = get_grader(request.grader).grade(gen.text, gold)
-            grades.setdefault(id(request), []).append((grade, gen))
-        return [_combine(grades[id(r)]) for r in requests]
+        graded = [graded_row(r, gold, gen) for (r, _, gold, _), gen
+                  in zip(rows, generations, strict=True)]
+        graded = self._guard(graded, prompts, generations, paths)
+        per_request: dict[int, list[Evaluation]] = {}
+        for (request, _, _, _), ev in zip(rows, graded):
+            per_request.setdefault(id(request), []).append(ev)
+        return [combine_orders(per_request[id(r)]) for r in requests]
 
-    def _final(self, grader: str) -> Any:
-        """The grader's stop predicate when grader-aware stopping applies to it, else None."""
+    def _guard(self, graded: list[Evaluation], prompts: list[list[int]],
+               generations: list[Generation], paths: list[LayerPath]) -> list[Evaluation]:
+        """Score the accepted responses under the default path; reject implausible edits."""
+        from drllm.distributed.likelihood import mean_logliks
+        from drllm.rewards.plausibility import PlausibilityGuard
+
+        guard = PlausibilityGuard(self.generation.min_plausibility)
+        todo = [i for i, ev in enumerate(graded)
+                if guard.accepted(ev) and generations[i].token_ids]
+        keys = {i: (tuple(prompts[i]), generations[i].token_ids) for i in todo}
+        missing = list(dict.fromkeys(k for k in keys.values() if k not in self._plausibility))
+        if missing:
+            scores = mean_logliks(self.executor, [k[0] for k in missing],
+                                  [k[1] for k in missing])
+            for key, score in zip(missing, scores):
+                self._plausibility[key] = score
+                self._plausibility.move_to_end(key)
+            while len(self._plausibility) > self._cache_size:
+                self._plausibility.popitem(last=False)
+        out = list(graded)
+        for i in todo:
+            score = self._plausibility.get(keys[i])
+            edited = any(d != 1 for d in paths[i])
+            out[i] = guard.judge(graded[i], score, edited)
+        return out
+
+    def _final(self, grader: str, prefix: str = "") -> Any:
+        """The grader's stop predicate when grader-aware stopping applies to it, else None.
+
+        With an answer prefix the predicate reads the prefix plus the generated text."""
         from drllm.rewards import Grader, get_grader
 
         instance = get_grader(grader)
@@ -364,6 +451,8 @@ class ExecutorEvaluator(Evaluator):
             type(instance).verdict_final is Grader.verdict_final
         ):
             return None
+        if prefix:
+            return functools.partial(_prefixed_final, instance.verdict_final, prefix)
         return instance.verdict_final
 
     def _generate_reusing(self, keys: list[tuple], paths: list[LayerPath],

@@ -176,7 +176,8 @@ class PolicyEvaluator(Evaluator):
         by_request: dict[int, list] = {}
         for n, (i, _j, _prompt, gold) in enumerate(rows):
             gen, path, seconds, router_s = done[n]
-            grade = get_grader(requests[i].grader).grade(gen.text, gold)
+            grade = get_grader(requests[i].grader).grade(
+                gen.text, gold, ended=gen.finish_reason != "length")
             by_request.setdefault(i, []).append((grade, gen, path, seconds, router_s))
         return [_combine(by_request[i]) for i in range(len(requests))]
 

@@ -190,6 +190,33 @@ class SlotKVCache:
             slot.length = width
         return merged
 
+    def expand(self, source: torch.Tensor) -> "SlotKVCache":
+        """A new cache whose batch row ``r`` holds row ``source[r]`` of this one.
+
+        Args:
+            source: ``[R]`` long, non-decreasing row indices of this cache (a row may be
+                repeated: the choices of one prompt share its prefill).
+
+        The keys and values are copied (the new rows extend them independently).
+        """
+        out = SlotKVCache(capacity=self.capacity, grow=self.grow)
+        size = int(source.max()) + 1 if source.numel() else 0
+        for key, slot in self._slots.items():
+            lookup = torch.full((max(size, int(slot.rows.max()) + 1),), -1, dtype=torch.long,
+                                device=slot.rows.device)
+            lookup[slot.rows] = torch.arange(slot.rows.numel(), device=slot.rows.device)
+            position = lookup[source.to(slot.rows.device)]
+            rows = torch.nonzero(position >= 0).flatten()
+            if not rows.numel():
+                continue
+            new = out._slots[key] = _Slot(rows)
+            if slot.keys is not None:
+                take = position[rows]
+                new.keys = slot.keys.index_select(0, take)
+                new.values = slot.values.index_select(0, take)
+            new.length = slot.length
+        return out
+
     def slot_tensors(
         self, block: int, pass_index: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,11 +8,13 @@ Registered graders (``GRADERS.names()``):
 * ``math_boxed`` — final ``\\boxed{}`` answer(s) vs gold: normalised string, the decimal rule
   (``0.333`` vs ``\\frac13``) or math-verify equivalence;
 * ``math_boxed_lenient`` — also an unboxed final answer (``the answer is X``, last ``$...$``);
-* ``gsm8k_numeric`` — final number vs the number after ``####``.
+* ``gsm8k_numeric`` — the answer the response states (marker, bare first line, final ``=``)
+  vs the number after ``####``;
+* ``gsm8k_numeric_lenient`` — also the last number anywhere in the text.
 
 :func:`lenient_counterpart` maps each grader to its lenient variant's name (strict and lenient
 accuracy side by side): ``mc_letter`` -> ``mc_letter_lenient``, ``math_boxed`` ->
-``math_boxed_lenient``, ``gsm8k_numeric`` -> itself (already lenient), ``exact`` -> None.
+``math_boxed_lenient``, ``gsm8k_numeric`` -> ``gsm8k_numeric_lenient``, ``exact`` -> None.
 
 A grader never raises on model output; an unusable gold raises ``ValueError``
 (``validate_gold``), which dataset adapters use to reject rows.
@@ -35,7 +37,7 @@ from drllm.rewards.extract import (
     normalize_letter,
     parse_number,
 )
-from drllm.rewards.gsm8k import GSM8KGrader
+from drllm.rewards.gsm8k import GSM8KGrader, LenientGSM8KGrader
 from drllm.rewards.math_boxed import LenientMathBoxedGrader, MathBoxedGrader
 from drllm.rewards.math_extract import boxed_answers, final_answer_lenient
 from drllm.rewards.math_normalize import normalize_math_answer
@@ -46,6 +48,7 @@ __all__ = [
     "ExactGrader",
     "GSM8KGrader",
     "Grader",
+    "LenientGSM8KGrader",
     "LenientMCLetterGrader",
     "LenientMathBoxedGrader",
     "MCLetterGrader",

@@ -69,8 +69,15 @@ class Grader(abc.ABC):
             self._gold_cache[gold] = cached
         return cached
 
-    def grade(self, response: str | None, gold: str) -> Grade:
+    def grade(self, response: str | None, gold: str, *, ended: bool = True) -> Grade:
         """Grade ``response`` against ``gold``; never raises because of ``response``.
+
+        Args:
+            response: the generated text.
+            gold: the reference answer.
+            ended: False when generation was cut by its token budget (finish reason
+                ``"length"``): a grader that reads a stated answer then does not read one
+                that was still being written at the cut.
 
         Raises:
             ValueError: only if ``gold`` fails :meth:`validate_gold`.
@@ -79,7 +86,7 @@ class Grader(abc.ABC):
         if not isinstance(response, str):
             return Grade(0.0, f"response is not text ({type(response).__name__})")
         try:
-            return self._grade(response, canonical)
+            return self._grade(response, canonical, ended)
         except Exception as exc:  # last line of defence: model output must never crash a search
             logger.warning("%s: grading failed on a %d-char response (%s: %s); reward 0",
                            self.name, len(response), type(exc).__name__, exc)
@@ -101,8 +108,9 @@ class Grader(abc.ABC):
         """Canonical gold or ``ValueError``; ``gold`` is a str."""
 
     @abc.abstractmethod
-    def _grade(self, response: str, gold: str) -> Grade:
-        """Grade a str response against a canonical gold (from :meth:`_check_gold`)."""
+    def _grade(self, response: str, gold: str, ended: bool = True) -> Grade:
+        """Grade a str response against a canonical gold (from :meth:`_check_gold`);
+        ``ended`` as in :meth:`grade`."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -117,11 +125,11 @@ class ExactGrader(Grader):
     def _check_gold(self, gold: str) -> str:
         return gold.strip()
 
-    def _grade(self, response: str, gold: str) -> Grade:
+    def _grade(self, response: str, gold: str, ended: bool = True) -> Grade:
         extracted = response.strip()
         if extracted == gold:
-            return Grade(1.0, "match", extracted)
-        return Grade(0.0, "mismatch", extracted)
+            return Grade(1.0, "match", extracted, "whole response")
+        return Grade(0.0, "mismatch", extracted, "whole response")
 
 
 def get_grader(name: str) -> Grader:
@@ -148,9 +156,9 @@ def get_grader(name: str) -> Grader:
     return grader
 
 
-def grade(name: str, response: str | None, gold: str) -> Grade:
-    """Shorthand for ``get_grader(name).grade(response, gold)``."""
-    return get_grader(name).grade(response, gold)
+def grade(name: str, response: str | None, gold: str, *, ended: bool = True) -> Grade:
+    """Shorthand for ``get_grader(name).grade(response, gold, ended=ended)``."""
+    return get_grader(name).grade(response, gold, ended=ended)
 
 
 def lenient_counterpart(name: str) -> str | None:
@@ -162,8 +170,8 @@ def lenient_counterpart(name: str) -> str | None:
     * ``mc_letter`` -> ``mc_letter_lenient`` (also ``"B. text"``, ``"the answer is B"``);
     * ``math_boxed`` -> ``math_boxed_lenient`` (also an unboxed final answer: ``"the answer
       is X"``, ``"#### X"``, the last ``$...$`` expression or number);
-    * ``gsm8k_numeric`` -> ``gsm8k_numeric`` (already lenient: without a box or ``####`` it
-      reads the last number of the text);
+    * ``gsm8k_numeric`` -> ``gsm8k_numeric_lenient`` (also the last number anywhere in the
+      text, not only a stated answer);
     * a lenient grader -> itself; ``exact`` (a test dummy) -> None.
 
     The answer comes from the ``lenient_name`` attribute of the registered class (a factory

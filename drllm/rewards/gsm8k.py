@@ -1,17 +1,23 @@
-"""``gsm8k_numeric``: the response's final number equals the GSM8K reference number.
+"""Numeric graders for word problems: ``gsm8k_numeric`` (a stated answer) and its lenient twin.
 
 Gold: the number after the last ``####`` of a GSM8K solution, or a bare number
-(:func:`~drllm.rewards.extract.gsm8k_gold`). Prediction, first that applies:
+(:func:`~drllm.rewards.extract.gsm8k_gold`).
 
-1. the last ``\\boxed{...}`` of the response, read as one number (``\\$18.90``, ``50\\%``,
-   ``\\frac{3}{4}``, ``x = 5``, ``12 \\text{ apples}``);
-2. the first number after the last ``####`` (the format GSM8K few-shot prompts teach; a base
-   model that keeps writing a next question after its answer is still read correctly);
-3. the last number in the text (commas, ``$``, ``%``, units and trailing periods tolerated).
+``gsm8k_numeric`` (strict; the search reward of ``synthetic_arith``, GSM8K) reads only the answer
+the response **states** (:func:`drllm.rewards.stated.stated_number`): the first answer at a
+marker (``#### 7``, ``\\boxed{7}``, ``The answer is 7.``) or as the whole first line (``7``,
+``7 apples.``), else the number after the final ``=`` of a response that ended. A number that
+only appears inside restated question text or after the answer is not read, and a response cut
+by the token budget before it stated an answer is wrong. Stopping a row once its first stated
+answer is complete is exact (:meth:`GSM8KGrader.verdict_final`).
+
+``gsm8k_numeric_lenient`` reads what the model may have meant: the last ``\\boxed{}``, else the
+first number after the last ``####``, else the **last number anywhere** in the text. A search
+must not optimise it (it labels ``' neighb common 5, 6, 1, 1, 1'`` correct for the gold 1);
+reports show it beside the strict figure.
 
 Numbers compare as ``Decimal``: two integers exactly, otherwise with relative tolerance
-``rel_tol`` (default 1e-6).
-Reasons: ``"match"``, ``"mismatch"``, ``"no number found"``, ``"no number in boxed answer"``.
+``rel_tol`` (default 1e-6). ``Grade.where`` says where the answer was read.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from decimal import Decimal
 
 from drllm.rewards.base import GRADERS, Grader
 from drllm.rewards.extract import gsm8k_gold, last_boxed, last_number, parse_number
+from drllm.rewards.stated import Stated, first_stated, stated_number
 from drllm.types import Grade
 
 logger = logging.getLogger(__name__)
@@ -41,17 +48,8 @@ def _first_number(text: str) -> str | None:
     return last_number(text.lstrip()[:64].split("\n", 1)[0]) if text.strip() else None
 
 
-@GRADERS.register("gsm8k_numeric")
-class GSM8KGrader(Grader):
-    """Numeric final-answer match for GSM8K-style word problems.
-
-    Args:
-        rel_tol: relative tolerance of the numeric comparison (>= 0).
-    """
-
-    name = "gsm8k_numeric"
-    #: Already lenient (step 3 reads the last number without any marker): its own counterpart.
-    lenient_name = "gsm8k_numeric"
+class _NumericGrader(Grader):
+    """Shared gold handling and comparison; subclasses read the answer (:meth:`_read`)."""
 
     def __init__(self, rel_tol: float = 1e-6) -> None:
         super().__init__()
@@ -66,22 +64,59 @@ class GSM8KGrader(Grader):
                              f"{gold[-200:]!r}")
         return canonical
 
-    def _extract(self, response: str) -> tuple[Decimal | None, str | None, str]:
-        """(value, extracted text, failure reason) of the response's final answer."""
+    def _read(self, response: str, ended: bool) -> tuple[str | None, str | None, str]:
+        """(answer text, where it was read, reason when there is none)."""
+        raise NotImplementedError
+
+    def _grade(self, response: str, gold: str, ended: bool = True) -> Grade:
+        text, where, failure = self._read(response, ended)
+        if text is None:
+            return Grade(0.0, failure)
+        value = parse_number(text)
+        if value is None:
+            return Grade(0.0, f"no number in the {where} answer", text, where)
+        if numbers_close(value, Decimal(gold), self.rel_tol):
+            return Grade(1.0, "match", text, where)
+        return Grade(0.0, "mismatch", text, where)
+
+
+@GRADERS.register("gsm8k_numeric")
+class GSM8KGrader(_NumericGrader):
+    """The stated numeric answer (see the module docstring).
+
+    Args:
+        rel_tol: relative tolerance of the numeric comparison (>= 0).
+    """
+
+    name = "gsm8k_numeric"
+    lenient_name = "gsm8k_numeric_lenient"
+
+    def _read(self, response: str, ended: bool) -> tuple[str | None, str | None, str]:
+        stated = stated_number(response, ended)
+        if stated is None:
+            return None, None, ("no stated answer" if ended
+                                else "cut by the token budget before a stated answer")
+        return stated.text, stated.where, ""
+
+    def verdict_final(self, response_prefix: str) -> bool:
+        """True once the prefix's first stated answer is complete: nothing after it is read."""
+        return isinstance(first_stated(response_prefix, ended=False), Stated)
+
+
+@GRADERS.register("gsm8k_numeric_lenient")
+class LenientGSM8KGrader(_NumericGrader):
+    """The last ``\\boxed{}``, else the number after the last ``####``, else the last number."""
+
+    name = "gsm8k_numeric_lenient"
+    lenient_name = "gsm8k_numeric_lenient"
+
+    def _read(self, response: str, ended: bool) -> tuple[str | None, str | None, str]:
         boxed = last_boxed(response)
         if boxed is not None:
-            return parse_number(boxed), boxed, "no number in boxed answer"
+            return boxed, "boxed", ""
         if "####" in response:
             after = _first_number(response.rsplit("####", 1)[1])
             if after is not None:
-                return parse_number(after), after, "no number found"
+                return after, "####", ""
         number = last_number(response)
-        return parse_number(number), number, "no number found"
-
-    def _grade(self, response: str, gold: str) -> Grade:
-        value, extracted, failure = self._extract(response)
-        if value is None:
-            return Grade(0.0, failure, extracted)
-        if numbers_close(value, Decimal(gold), self.rel_tol):
-            return Grade(1.0, "match", extracted)
-        return Grade(0.0, "mismatch", extracted)
+        return number, "last number", "no number found"

@@ -38,6 +38,8 @@ Reasons: ``"match"``, ``"match (decimal rule)"``, ``"match (math-verify)"``, ``"
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import logging
 import threading
@@ -129,11 +131,11 @@ class MathBoxedGrader(Grader):
             raise ValueError(f"{self.name}: gold {gold!r} normalises to the empty string")
         return canonical
 
-    def _grade(self, response: str, gold: str) -> Grade:
+    def _grade(self, response: str, gold: str, ended: bool = True) -> Grade:
         answers = boxed_answers(response)
         if answers is None:
             return Grade(0.0, "no boxed answer")
-        return self._grade_answers(answers, gold)
+        return dataclasses.replace(self._grade_answers(answers, gold), where="boxed")
 
     def _grade_answers(self, answers: list[str], gold: str) -> Grade:
         """Grade the final answer(s) of a response; several answers are one list ``a, b``."""
@@ -196,11 +198,11 @@ class LenientMathBoxedGrader(MathBoxedGrader):
 
     name = "math_boxed_lenient"
 
-    def _grade(self, response: str, gold: str) -> Grade:
+    def _grade(self, response: str, gold: str, ended: bool = True) -> Grade:
         answers = boxed_answers(response)
         if answers is None:
             answer = final_answer_lenient(response)
             if answer is None:
                 return Grade(0.0, "no final answer found")
-            answers = [answer]
-        return self._grade_answers(answers, gold)
+            return dataclasses.replace(self._grade_answers([answer], gold), where="final answer")
+        return dataclasses.replace(self._grade_answers(answers, gold), where="boxed")

@@ -105,13 +105,15 @@ class MCLetterGrader(Grader):
     def _extract(self, response: str) -> str | None:
         return extract_letter_strict(response, self.pattern)
 
-    def _grade(self, response: str, gold: str) -> Grade:
+    def _grade(self, response: str, gold: str, ended: bool = True) -> Grade:
         letter = self._extract(response)
         if letter is None or letter not in self.letters:
             return Grade(0.0, "no letter found")
+        where = ("whole response" if extract_letter_strict(response, self.pattern) == letter
+                 else "answer phrase or leading letter")
         if letter == gold:
-            return Grade(1.0, "match", letter)
-        return Grade(0.0, "mismatch", letter)
+            return Grade(1.0, "match", letter, where)
+        return Grade(0.0, "mismatch", letter, where)
 
 
 @GRADERS.register("mc_letter_lenient")

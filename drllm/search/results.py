@@ -17,7 +17,7 @@ Pure Python: imports neither torch, transformers nor ray.
 from __future__ import annotations
 
 from drllm.paths import LayerPath
-from drllm.types import Evaluation, SearchResult
+from drllm.types import Evaluation, SearchResult, TraceEntry
 
 
 class Retention:
@@ -108,6 +108,7 @@ class Retention:
         evaluated_depths: tuple[int, ...] = (),
         transposition_hits: int = 0,
         prior_hits: int = 0,
+        trace: tuple[TraceEntry, ...] = (),
     ) -> SearchResult:
         """The :class:`SearchResult`; ``simulations = evaluations + memo_hits``.
 
@@ -119,6 +120,7 @@ class Retention:
             evaluated_depths: edits from the default of every evaluated path, in order.
             transposition_hits: expansions joined to a node already in the tree.
             prior_hits: expansions whose new path was correct.
+            trace: every evaluated path, in the order results arrived.
         """
         assert self._default is not None and self._best is not None
         ranked = self.ranked()
@@ -148,4 +150,5 @@ class Retention:
             evaluated_depths=tuple(evaluated_depths),
             transposition_hits=transposition_hits,
             prior_hits=prior_hits,
+            trace=tuple(trace),
         )

@@ -46,7 +46,7 @@ from drllm.search.node import Node, backpropagate
 from drllm.search.policy import should_stop_early
 from drllm.search.prior import Prior, UniformPrior
 from drllm.search.results import Retention
-from drllm.types import Evaluation, SearchResult
+from drllm.types import Evaluation, SearchResult, TraceEntry
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,8 @@ class SearchTree:
         self._default_failure: str | None = None
         self._deadline: int | None = None  # patience: no simulation starts from here on
         self._grace: set[LayerPath] = set()  # paths started during patience
+        self._simulation_of: dict[LayerPath, int] = {}  # pending path -> simulation index
+        self._trace: list[TraceEntry] = []
 
     def _check_prior(self, prior: Prior | None) -> Prior:
         if prior is None:  # config.prior is only a name for the caller: no object, uniform
@@ -201,6 +203,7 @@ class SearchTree:
         if self._started == 0:
             self._started = 1
             self._pending[self._root.path] = [[self._root]]
+            self._simulation_of[self._root.path] = 0
             return [self._root.path]
         out: list[LayerPath] = []
         while (
@@ -234,6 +237,7 @@ class SearchTree:
             self._pending[path].append(trail)
         else:
             self._pending[path] = [trail]
+            self._simulation_of[path] = self._started - 1
             out.append(path)
 
     def tell(self, path: tuple[int, ...], evaluation: Evaluation | float) -> None:
@@ -256,6 +260,7 @@ class SearchTree:
             raise ValueError(f"tell({key.to_str()}): this path {state} for this tree")
         ev = as_evaluation(evaluation)
         trails = self._pending.pop(key)
+        self._trace.append(TraceEntry(key, ev, self._simulation_of.pop(key)))
         if ev.failed:
             self._fail(key, trails, ev)
         else:
@@ -292,6 +297,7 @@ class SearchTree:
             evaluated_depths=tuple(self._depths),
             transposition_hits=self._expander.transpositions,
             prior_hits=self._prior_hits,
+            trace=tuple(self._trace),
         )
 
     # ----------------------------------------------------------------- recording

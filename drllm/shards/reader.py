@@ -59,7 +59,9 @@ def _decode_metadata(raw: dict[bytes, bytes] | None, where: Path) -> dict[str, A
     if out["schema_version"] not in SUPPORTED_SCHEMA_VERSIONS:
         raise ValueError(
             f"{where} has shard schema version {out['schema_version']!r}; this drllm reads "
-            f"{sorted(SUPPORTED_SCHEMA_VERSIONS)}"
+            f"{sorted(SUPPORTED_SCHEMA_VERSIONS)}. Shards of older versions hold labels found "
+            "under rewards that broken outputs could win (version 2: the last number anywhere) "
+            "and no search trace: search the questions again into a new output directory"
         )
     out["num_layers"] = int(out["num_layers"])
     out["config"] = json.loads(out["config"])

@@ -29,7 +29,11 @@ from drllm.types import Example, SearchResult
 # ``transposition_hits`` and ``prior_hits``, and changed what an unsolved row's label means (the
 # default path; version 1 wrote the cheapest wrong path). Version 1 shards are not read: their
 # labels are wrong by the current contract, so a directory holding them must be searched again.
-SCHEMA_VERSION = "2"
+# Version 3 added ``trace`` (every evaluated path of the example, the negatives included) and
+# changed the numeric reward to read a stated answer (``gsm8k_numeric``) under a plausibility
+# guard: version 2 labels were found under a reward that broken outputs could win, so version 2
+# directories are refused too and must be searched again.
+SCHEMA_VERSION = "3"
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
 MAX_NUM_LAYERS = 16383  # best_cost <= 2L must fit int16
 
@@ -81,6 +85,44 @@ def check_num_layers(num_layers: int) -> int:
     return int(num_layers)
 
 
+def trace_type(num_layers: int) -> pa.DataType:
+    """One evaluated path of a search: the element type of the ``trace`` column."""
+    return pa.struct([
+        ("path", _path_type(num_layers)),
+        ("simulation", pa.int32()),
+        ("reward", pa.float32()),
+        ("cost", pa.int16()),
+        ("edits", pa.int16()),
+        ("failed", pa.bool_()),
+        ("reason", pa.string()),
+        ("extracted", pa.string()),
+        ("where", pa.string()),
+        ("plausibility", pa.float32()),
+        ("implausible", pa.bool_()),
+        ("margin", pa.float32()),
+        ("response_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
+        ("response", pa.string()),
+    ])
+
+
+def trace_rows(result: SearchResult) -> list[dict[str, Any]]:
+    """The ``trace`` cell of a result: one dict per evaluated path, in arrival order."""
+    out = []
+    for entry in result.trace:
+        ev = entry.evaluation
+        out.append({
+            "path": [int(d) for d in entry.path], "simulation": int(entry.simulation),
+            "reward": float(ev.reward), "cost": int(sum(int(d) for d in entry.path)),
+            "edits": edit_count(entry.path), "failed": bool(ev.failed), "reason": ev.reason,
+            "extracted": ev.extracted, "where": ev.where, "plausibility": ev.plausibility,
+            "implausible": bool(ev.implausible), "margin": ev.margin,
+            "response_tokens": int(ev.response_tokens), "finish_reason": ev.finish_reason,
+            "response": ev.response,
+        })
+    return out
+
+
 def supervision_schema(num_layers: int) -> pa.Schema:
     """The Arrow schema of a shard for a model with ``num_layers`` (L) decoder blocks."""
     path_type = _path_type(check_num_layers(num_layers))
@@ -119,6 +161,7 @@ def supervision_schema(num_layers: int) -> pa.Schema:
             ("stopped_early", pa.bool_()),
             ("search_seconds", pa.float32()),
             ("meta", pa.string()),
+            ("trace", pa.list_(pa.field("element", trace_type(num_layers)))),
         ]
     )
 
@@ -241,6 +284,7 @@ def record_to_row(record: SupervisionRecord) -> dict[str, Any]:
         "stopped_early": bool(res.stopped_early),
         "search_seconds": float(record.search_seconds),
         "meta": _json(dict(ex.meta), "meta", where),
+        "trace": trace_rows(res),
     }
 
 

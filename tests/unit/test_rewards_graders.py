@@ -22,7 +22,7 @@ from drllm.types import Grade
 
 GOLD_FOR = {"exact": "42", "mc_letter": "B", "mc_letter_lenient": "B",
             "math_boxed": r"\frac{1}{2}", "math_boxed_lenient": r"\frac{1}{2}",
-            "gsm8k_numeric": "#### 1,080"}
+            "gsm8k_numeric": "#### 1,080", "gsm8k_numeric_lenient": "#### 1,080"}
 
 
 def test_registry_lists_every_grader_and_rejects_unknown() -> None:
@@ -37,7 +37,7 @@ def test_get_grader_returns_one_shared_instance() -> None:
 
 
 def test_exact_dummy() -> None:
-    assert grade("exact", " 42\n", "42") == Grade(1.0, "match", "42")
+    assert grade("exact", " 42\n", "42") == Grade(1.0, "match", "42", "whole response")
     assert grade("exact", "42.0", "42").reward == 0.0
 
 
@@ -177,10 +177,10 @@ def test_normalize_math_answer(raw: str, normalized: str) -> None:
         (r"\boxed{\$72}", 1.0, "match"),
         (r"\boxed{72 \text{ dollars}}", 1.0, "match"),
         ("#### 72\n\nQuestion: Tom has 5 apples", 1.0, "match"),
-        ("72 is wrong, it is 73", 0.0, "mismatch"),
+        ("72 is wrong, it is 73", 0.0, "no stated answer"),
         (r"I got 72 but \boxed{71}", 0.0, "mismatch"),
-        (r"\boxed{seventy-two}", 0.0, "no number in boxed answer"),
-        ("no idea", 0.0, "no number found"),
+        (r"\boxed{seventy-two}", 0.0, "no number in the boxed answer"),
+        ("no idea", 0.0, "no stated answer"),
     ],
 )
 def test_gsm8k_numeric(response: str, reward: float, reason: str) -> None:
@@ -188,8 +188,27 @@ def test_gsm8k_numeric(response: str, reward: float, reason: str) -> None:
     assert (got.reward, got.reason) == (reward, reason)
 
 
+@pytest.mark.parametrize(
+    ("response", "reward", "reason"),
+    [
+        ("She earns 18 * 4 = $72.", 1.0, "match"),
+        ("72 is wrong, it is 73", 0.0, "mismatch"),
+        (r"I got 72 but \boxed{71}", 0.0, "mismatch"),
+        (r"\boxed{seventy-two}", 0.0, "no number in the boxed answer"),
+        ("no idea", 0.0, "no number found"),
+        ("It costs $72.", 1.0, "match"),
+    ],
+)
+def test_gsm8k_numeric_lenient_reads_the_last_number(response: str, reward: float,
+                                                     reason: str) -> None:
+    got = grade("gsm8k_numeric_lenient", response, "#### 72")
+    assert (got.reward, got.reason) == (reward, reason)
+
+
 def test_gsm8k_numeric_tolerance_and_commas() -> None:
-    assert grade("gsm8k_numeric", "It costs $1,080.", "1080").reward == 1.0
+    assert grade("gsm8k_numeric", "It costs $1,080.", "1080").reward == 0.0  # not stated
+    assert grade("gsm8k_numeric", "It costs 1,000 + 80 = $1,080.", "1080").reward == 1.0
+    assert grade("gsm8k_numeric_lenient", "It costs $1,080.", "1080").reward == 1.0
     assert grade("gsm8k_numeric", "0.3333333", "#### 0.33333333").reward == 1.0
     assert grade("gsm8k_numeric", "0.3334", "#### 0.3333").reward == 0.0
     assert grade("gsm8k_numeric", "0", "#### 0").reward == 1.0

@@ -18,7 +18,8 @@ from drllm.rewards.base import Grader
 
 EXPECTED_COUNTERPARTS = {
     "exact": None,
-    "gsm8k_numeric": "gsm8k_numeric",
+    "gsm8k_numeric": "gsm8k_numeric_lenient",
+    "gsm8k_numeric_lenient": "gsm8k_numeric_lenient",
     "math_boxed": "math_boxed_lenient",
     "math_boxed_lenient": "math_boxed_lenient",
     "mc_letter": "mc_letter_lenient",
@@ -116,11 +117,12 @@ def test_final_answer_lenient(text: str | None, expected: str | None) -> None:
     assert final_answer_lenient(text) == expected
 
 
-def test_gsm8k_numeric_is_already_lenient_about_markers() -> None:
-    # No box, no "####", no "answer is": the last number still counts.
+def test_gsm8k_lenient_counterpart_reads_the_last_number_anywhere() -> None:
+    # No box, no "####", no "answer is", no final "=": only the lenient grader reads it.
     lenient = lenient_counterpart("gsm8k_numeric")
-    assert lenient is not None
-    assert grade(lenient, "She earns 9 * 8 = 72", "#### 72").reward == 1.0
+    assert lenient == "gsm8k_numeric_lenient"
+    assert grade(lenient, "She earns 72 dollars per week", "#### 72").reward == 1.0
+    assert grade("gsm8k_numeric", "She earns 72 dollars per week", "#### 72").reward == 0.0
 
 
 def test_mc_letter_counterpart_is_the_lenient_letter_grader() -> None:

@@ -366,13 +366,13 @@ def test_file_metadata_holds_version_and_config(tmp_path):
         w.add(make_record(0))
     path = shard_files(tmp_path)[0]
     raw = pq.read_schema(path).metadata
-    assert raw[b"drllm.schema_version"] == b"2"
+    assert raw[b"drllm.schema_version"] == b"3"
     assert json.loads(raw[b"drllm.config"]) == CONFIG
     meta = read_shard_metadata(path)
     assert meta["config"] == CONFIG and meta["model_id"] == MODEL and meta["num_layers"] == L
     assert meta["writer_id"] == "host-12" and meta["created"].endswith("+00:00")
     assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == "ZSTD"
-    assert read_shards(tmp_path).schema.metadata[b"drllm.schema_version"] == b"2"
+    assert read_shards(tmp_path).schema.metadata[b"drllm.schema_version"] == b"3"
 
 
 def test_construction_fails_fast(tmp_path):
