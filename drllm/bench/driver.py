@@ -123,7 +123,8 @@ def _sweep(label: str, make_pool: Any, grid: Sequence[tuple[int, int]],
     runs = []
     for batch in sorted({b for _, b in grid}):
         pool = make_pool(batch)
-        try:
+        try:  # a small warm-up run first: imports (pyarrow, pandas) and first calls
+            _drive(pool, examples[:8], mcts, 8, root / f"{label}-warmup-{batch}")
             for trees in sorted(t for t, b in grid if b == batch):
                 out = _drive(pool, examples, mcts, trees, root / f"{label}-{trees}-{batch}")
                 out.update(trees=trees, batch=batch, load_avg_1m=round(os.getloadavg()[0], 2))
@@ -140,6 +141,7 @@ def _profiled(make_pool: Any, best: dict[str, Any], examples: Sequence[Example],
     pool = make_pool(best["batch"])
     profiler = cProfile.Profile()
     try:
+        _drive(pool, examples[:8], mcts, 8, out_dir.with_name(out_dir.name + "-warmup"))
         start = time.perf_counter()
         profiler.enable()
         run = _drive(pool, examples, mcts, best["trees"], out_dir)

@@ -109,7 +109,12 @@ class Expander:
         """The node's legal edits in the prior's order, reversed (popped from the end)."""
         actions = legal_actions(node.path, self._constraints)
         ordered = list(self._prior.order(node.path, list(actions), self._rng))
-        if len(ordered) != len(actions) or set(ordered) != set(actions):
+        if len(ordered) != len(actions) or (
+            # the same objects reordered (every prior here) is a permutation; else compare
+            # by value (hashing ~90 Actions per node costs more than the rest of _untried)
+            {id(a) for a in ordered} != {id(a) for a in actions}
+            and set(ordered) != set(actions)
+        ):
             raise ValueError(
                 f"{self._prior!r}.order() must return a permutation of the {len(actions)} "
                 f"legal edits of {node.path.to_str()}, got {len(ordered)} edits"
