@@ -13,6 +13,7 @@ This module imports neither torch nor ray; the search and the executor both buil
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
@@ -20,6 +21,7 @@ SKIP, EXECUTE, REPEAT = 0, 1, 2
 DECISIONS = (SKIP, EXECUTE, REPEAT)
 _LETTERS = {SKIP: "S", EXECUTE: "E", REPEAT: "R"}
 _FROM_LETTER = {v: k for k, v in _LETTERS.items()}
+_LETTER_TABLE = bytes.maketrans(bytes(_LETTERS), "".join(_LETTERS.values()).encode("ascii"))
 
 
 class InvalidPathError(ValueError):
@@ -111,7 +113,7 @@ class LayerPath(tuple):
         return edit_count(self)
 
     def to_str(self) -> str:
-        return "".join(_LETTERS[d] for d in self)
+        return bytes(self).translate(_LETTER_TABLE).decode("ascii")
 
     def __str__(self) -> str:
         return self.to_str()
@@ -241,11 +243,18 @@ def legal_actions(path: LayerPath, constraints: PathConstraints = DEFAULT_CONSTR
     Equivalent to keeping the actions whose ``check_path(action.apply(path))`` passes, in
     O(L) instead of O(L^2): an edit changes the cost and the executed blocks by a known amount,
     and a skip only merges the skip runs beside it (the longest run of the edited path is the
-    larger of the path's own longest run and the merged one).
+    larger of the path's own longest run and the merged one). Results are cached per
+    ``(path, constraints)`` (the trees of a search share most of their shallow paths); the
+    list returned is the caller's own.
     """
+    return list(_legal_actions(path, constraints))
+
+
+@functools.lru_cache(maxsize=8192)
+def _legal_actions(path: tuple[int, ...], constraints: PathConstraints) -> tuple[Action, ...]:
     n = len(path)
     if n == 0:
-        return []
+        return ()
     cost = sum(path)
     executed = n - path.count(SKIP)
     cap = constraints.max_cost_factor * n
@@ -270,7 +279,7 @@ def legal_actions(path: LayerPath, constraints: PathConstraints = DEFAULT_CONSTR
                 actions.append(_action("skip", i, length))
         if repeat_ok:
             actions.append(_action("repeat", i, 1))
-    return actions
+    return tuple(actions)
 
 
 _ACTIONS: dict[tuple[str, int, int], Action] = {}
