@@ -10,26 +10,24 @@ so evals/s is what the driver (trees, requests, pool, transport, writer) can sus
   trees in flight x batch size in the grid;
 * ``ray``: two evaluator actors on a local Ray instance, for the same grid (``--ray-actors``).
 
-Then one in-process and one Ray run at their best settings are profiled (cProfile of the
-driver process) and their time split into stages (:mod:`drllm.bench.profile`): tree selection,
-expansion and backup; request building; dispatch; the evaluator (in process) or Ray calls,
-serialization and waiting; result handling; finishing searches; shard writing; the driver loop.
+Then one in-process and one Ray run at their best settings are repeated with stage timers
+(:mod:`drllm.bench.stages`, exclusive wall time of the driver process's methods): tree
+selection, expansion and backup; request building; dispatch; the evaluator (in process) or Ray
+calls (serializing requests), waiting and results (deserializing); result handling; finishing
+searches; shard writing; the rest of the driver loop.
 
 Machine load (``os.getloadavg``) is reported beside the figures: the CPU is shared.
 """
 
 from __future__ import annotations
 
-import cProfile
 import logging
 import os
-import pstats
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from drllm.bench.profile import rule, shares_of, stage_seconds
+from drllm.bench.stages import StageTimer
 from drllm.distributed import (
     DriverConfig,
     EvaluationPool,
@@ -48,24 +46,36 @@ logger = logging.getLogger(__name__)
 NUM_LAYERS = 30
 TARGETS = {"evals_s_inprocess": 5000.0, "evals_s_ray": 3000.0}
 
-STAGES = (
-    rule("tree: selection, expansion, backup", "drllm/search/"),
-    rule("tree: selection, expansion, backup", "drllm/paths.py"),
-    rule("evaluator (in process)", "drllm/testing/"),
-    rule("evaluator (in process)", "drllm/distributed/evaluator.py"),
-    rule("shard writing", "drllm/shards/"),
-    rule("dispatch (routing, sending)", "drllm/distributed/routing.py"),
-    rule("dispatch (routing, sending)", "drllm/distributed/pool.py", "dispatch", "_send"),
-    rule("ray calls, serialization, waiting", "drllm/distributed/ray_transport.py"),
-    rule("ray calls, serialization, waiting", "/ray/"),
-    rule("request building", "drllm/distributed/driver.py", "_ask", "_activate"),
-    rule("request building", "drllm/distributed/pool.py", "submit", "wants_more", "capacity",
-         "workers_alive", "_ready", "queued", "in_flight"),
-    rule("result handling", "drllm/distributed/pool.py"),
-    rule("result handling", "drllm/distributed/driver.py", "_tell"),
-    rule("finishing searches", "drllm/distributed/driver.py", "_finish_done_trees"),
-    rule("driver loop", "drllm/distributed/"),
-)
+
+
+def _stage_targets(ray: bool) -> list[tuple[type, str, str]]:
+    """The methods timed by the profile run, and their stages (see :mod:`drllm.bench.stages`)."""
+    from drllm.distributed.driver import SearchDriver as Driver
+    from drllm.distributed.ray_transport import RayTransport
+    from drllm.search import SearchTree
+
+    tree = "tree: selection, expansion, backup"
+    targets = [
+        (Driver, "run", "driver loop"),
+        (EvaluationPool, "wait", "driver loop"),
+        (SearchTree, "ask", tree), (SearchTree, "tell", tree), (SearchTree, "done", tree),
+        (SearchTree, "__init__", tree), (SearchTree, "result", tree),
+        (Driver, "_ask", "request building"), (Driver, "_activate", "request building"),
+        (EvaluationPool, "submit", "request building"),
+        (EvaluationPool, "dispatch", "dispatch (routing)"),
+        (EvaluationPool, "_handle", "result handling"), (Driver, "_tell", "result handling"),
+        (Driver, "_finish_done_trees", "finishing searches"),
+        (ShardWriter, "add", "shard writing"), (ShardWriter, "flush_if_due", "shard writing"),
+        (ShardWriter, "close", "shard writing"),
+    ]
+    if ray:
+        targets += [(RayTransport, "call", "ray calls (serializing requests)"),
+                    (RayTransport, "wait", "ray wait (actors evaluating)"),
+                    (RayTransport, "_collect", "ray results (deserializing)")]
+    else:
+        targets += [(LocalTransport, "call", "dispatch (routing)"),
+                    (LocalTransport, "wait", "evaluator (in process)")]
+    return targets
 
 
 def _workload(num_examples: int, seed: int) -> list[Example]:
@@ -136,24 +146,22 @@ def _sweep(label: str, make_pool: Any, grid: Sequence[tuple[int, int]],
 
 
 def _profiled(make_pool: Any, best: dict[str, Any], examples: Sequence[Example],
-              mcts: MCTSConfig, out_dir: Path) -> dict[str, Any]:
-    """One profiled run at ``best``'s setting: each stage's share of the driver's time."""
+              mcts: MCTSConfig, out_dir: Path, ray: bool) -> dict[str, Any]:
+    """One run at ``best``'s setting with stage timers: each stage's share of the wall time
+    and microseconds per evaluation."""
     pool = make_pool(best["batch"])
-    profiler = cProfile.Profile()
+    timer = StageTimer(_stage_targets(ray))
     try:
         _drive(pool, examples[:8], mcts, 8, out_dir.with_name(out_dir.name + "-warmup"))
-        start = time.perf_counter()
-        profiler.enable()
-        run = _drive(pool, examples, mcts, best["trees"], out_dir)
-        profiler.disable()
-        wall = time.perf_counter() - start
+        with timer.installed():
+            run = _drive(pool, examples, mcts, best["trees"], out_dir)
     finally:
         pool.close()
-    seconds = stage_seconds(pstats.Stats(profiler), STAGES, default="driver loop")
-    return {"trees": best["trees"], "batch": best["batch"], "evals_s_profiled": run["evals_s"],
-            "wall_seconds": round(wall, 2), "shares": shares_of(seconds),
-            "us_per_eval": {k: round(v / max(run["evaluations"], 1) * 1e6, 1)
-                            for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])}}
+    evals = max(run["evaluations"], 1)
+    return {"trees": best["trees"], "batch": best["batch"], "evals_s_timed": run["evals_s"],
+            "shares": timer.shares(),
+            "us_per_eval": {k: round(v / evals * 1e6, 1) for k, v in
+                            sorted(timer.seconds.items(), key=lambda kv: -kv[1])}}
 
 
 def run_driver_benchmark(
@@ -202,7 +210,7 @@ def run_driver_benchmark(
         result.update(evals_s_inprocess=best_local["evals_s"], runs={"inprocess": local},
                       best_inprocess={"trees": best_local["trees"], "batch": best_local["batch"]})
         result["profile_inprocess"] = _profiled(_in_process_pool, best_local, examples, mcts,
-                                                root / "profile-inprocess")
+                                                root / "profile-inprocess", ray=False)
         if ray_actors:
             started = connect(ClusterSettings(mode="local", num_cpus=max(2, os.cpu_count() or 2)))
             try:
@@ -213,7 +221,7 @@ def run_driver_benchmark(
                               best_ray={"trees": best_ray["trees"], "batch": best_ray["batch"]})
                 result["runs"]["ray"] = remote
                 result["profile_ray"] = _profiled(make, best_ray, examples, mcts,
-                                                  root / "profile-ray")
+                                                  root / "profile-ray", ray=True)
             finally:
                 if started:
                     ray.shutdown()
