@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from drllm.data.sharding import parse_shard
 from drllm.data.sources import load_rows
 from drllm.registry import Registry
 from drllm.types import Example
@@ -194,6 +195,9 @@ class DatasetConfig:
             must be right under to count as correct (1: the paper's single order; ``m > 1``
             adds ``m - 1`` deterministic per-example shuffles, so a letter found by luck under
             one order rarely survives the others).
+        shard: ``"k/N"``: keep only shard ``k`` of ``N`` of the selected examples, by a stable
+            hash of the example id (``None``: all); N drivers with ``0/N`` .. ``N-1/N`` search
+            disjoint slices whose union is the unsharded sample (:mod:`drllm.data.sharding`).
     """
 
     name: str = "synthetic_arith"
@@ -211,6 +215,7 @@ class DatasetConfig:
     max_new_tokens: int | None = None
     stop_strings: tuple[str, ...] | None = None
     chance_shuffles: int = 1
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -260,6 +265,8 @@ class DatasetConfig:
                 f"DatasetConfig.system_prompt: expected a string, got {type(self.system_prompt)}"
             )
         self._normalize_generation()
+        if self.shard is not None:
+            object.__setattr__(self, "shard", str(parse_shard(self.shard)))
         DATASETS.get(self.name).validate(self)
 
     def _normalize_generation(self) -> None:
@@ -418,6 +425,12 @@ def load_examples(config: DatasetConfig) -> LoadReport:
             "%s/%s: asked for %d examples, only %d usable", config.name, config.split,
             config.num_examples, len(examples),
         )
+    shard = parse_shard(config.shard)
+    if shard is not None:
+        selected = len(examples)
+        examples = shard.select(examples)
+        logger.info("%s: shard %s keeps %d of the %d selected examples", config.name, shard,
+                    len(examples), selected)
     return LoadReport(
         examples=tuple(examples), rejected=rejected, rows_read=rows_read,
         filtered=scan.filtered, source=source,
