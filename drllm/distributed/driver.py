@@ -18,7 +18,7 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
@@ -213,7 +213,7 @@ class SearchDriver:
         self._active: dict[str, _Active] = {}
         # Trees that may hand out paths (new, or told a result since they were last asked),
         # and trees that may have finished (asked or told since the last check), in order.
-        self._askable: dict[str, _Active] = {}
+        self._askable: OrderedDict[str, _Active] = OrderedDict()
         self._touched: dict[str, _Active] = {}
         self._bar = self._make_bar(len(todo))
         self._last_redraw = 0.0
@@ -310,10 +310,9 @@ class SearchDriver:
         room = pool.capacity - pool.queued - pool.in_flight
         sent = 0
         requests: list[EvalRequest] = []
-        for example_id, state in list(self._askable.items()):
-            if room <= 0:
-                break
-            del self._askable[example_id]
+        askable = self._askable
+        while room > 0 and askable:  # O(1) per tree asked, however many trees wait
+            example_id, state = askable.popitem(last=False)
             tree = state.tree
             want = per_tree - len(state.outstanding)
             if want <= 0 or tree.done:
