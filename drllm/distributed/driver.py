@@ -20,13 +20,13 @@ import logging
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Mapping, Optional, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from drllm import interrupt
 from drllm.distributed.config import DriverConfig
 from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.metrics import SearchMetrics
+from drllm.distributed.sinks import ListSink, RecordSink  # noqa: F401 - ListSink re-exported
 from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig, SearchTree
 from drllm.search.prior import Prior
@@ -40,51 +40,6 @@ RenderFn = Callable[[Example], str]
 
 PriorFn = Callable[[Example], Optional[Prior]]
 """Example -> the expansion prior of its search tree (``None``: uniform)."""
-
-
-class RecordSink(Protocol):
-    """Where finished searches go: a :class:`~drllm.shards.ShardWriter` or a :class:`ListSink`.
-
-    Attributes:
-        out_dir: directory whose completed example ids a run skips (resume); ``None``: none.
-        num_layers: L the rows are written for, checked against the evaluators (``None``: any).
-        model_id: model the rows are written for, checked likewise (``None``: any).
-    """
-
-    out_dir: Optional[Path]
-    num_layers: Optional[int]
-    model_id: Optional[str]
-
-    def add(self, record: SupervisionRecord) -> None:
-        """Take one finished search."""
-
-    def flush_if_due(self) -> Optional[Path]:
-        """Write what is buffered if it has waited long enough (the driver calls this while it
-        waits for results); returns the file written, if any."""
-
-    def close(self) -> None:
-        """Flush and release; called by whoever made the sink."""
-
-
-class ListSink:
-    """A :class:`RecordSink` that keeps the records in memory (tests, benchmarks)."""
-
-    out_dir: Optional[Path] = None
-    num_layers: Optional[int] = None
-    model_id: Optional[str] = None
-
-    def __init__(self) -> None:
-        self.records: list[SupervisionRecord] = []
-
-    def add(self, record: SupervisionRecord) -> None:
-        self.records.append(record)
-
-    def flush_if_due(self) -> Optional[Path]:
-        """Nothing is buffered."""
-        return None
-
-    def close(self) -> None:
-        """Nothing to flush."""
 
 
 def tree_seed(seed: int, example_id: str) -> int:
