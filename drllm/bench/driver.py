@@ -191,10 +191,6 @@ def run_driver_benchmark(
         ``profile_inprocess`` / ``profile_ray`` (stage shares and microseconds per
         evaluation), every run under ``runs``, ``load_avg`` before and after, ``targets``.
     """
-    from drllm.cluster import ClusterSettings, connect
-
-    import ray
-
     examples = _workload(num_examples, seed)
     mcts = MCTSConfig(num_simulations=num_simulations, seed=seed)
     grid = _grid(trees, batch_sizes, full_grid)
@@ -212,6 +208,10 @@ def run_driver_benchmark(
         result["profile_inprocess"] = _profiled(_in_process_pool, best_local, examples, mcts,
                                                 root / "profile-inprocess", ray=False)
         if ray_actors:
+            import ray
+
+            from drllm.cluster import ClusterSettings, connect
+
             started = connect(ClusterSettings(mode="local", num_cpus=max(2, os.cpu_count() or 2)))
             try:
                 make = lambda batch: _ray_pool(batch, ray_actors)  # noqa: E731

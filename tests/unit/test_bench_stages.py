@@ -53,3 +53,25 @@ def test_driver_bench_targets_exist():
 
     for ray in (False, True):
         StageTimer(_stage_targets(ray))  # raises AttributeError naming a missing method
+
+
+def test_bench_driver_prints_one_json_line(capsys):
+    """``python -m drllm.jobs.bench driver`` on a tiny workload, in process only: its last
+    stdout line is the JSON result, with the figures the issue asks for."""
+    import json
+
+    from drllm.jobs.bench import main
+
+    main(["driver", "--num-examples", "6", "--num-simulations", "5", "--trees", "2,4",
+          "--batch-sizes", "3", "--ray-actors", "0"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["evals_s_inprocess"] > 0 and "evals_s_ray" not in result
+    runs = result["runs"]["inprocess"]
+    assert [(r["trees"], r["batch"]) for r in runs] == [(2, 3), (4, 3)]
+    # reward 0 everywhere: no early stop, each example spends its 5 simulations (the root
+    # included); transpositions may answer some without an evaluation
+    assert all(6 <= r["evaluations"] <= 30 for r in runs)
+    profile = result["profile_inprocess"]
+    assert abs(sum(profile["shares"].values()) - 1.0) < 0.01
+    assert "tree: selection, expansion, backup" in profile["us_per_eval"]
+    assert result["workload"]["num_layers"] == 30 and result["targets"]["evals_s_ray"] == 3000
