@@ -15,12 +15,14 @@ arrival order, so results are reproducible and a resumed run finds the same path
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import logging
 import time
 from collections import Counter, OrderedDict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from drllm import interrupt
 from drllm.distributed.config import DriverConfig
@@ -40,6 +42,25 @@ RenderFn = Callable[[Example], str]
 
 PriorFn = Callable[[Example], Optional[Prior]]
 """Example -> the expansion prior of its search tree (``None``: uniform)."""
+
+
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between two collections of Python's youngest GC generation while the driver
+runs (CPython's default is 700). The trees hold ~10^5 long-lived containers that every older
+collection walks again; at the default the cyclic GC took ~30 % of the driver's time with an
+instant evaluator, at 50,000 it takes a few percent (``bench driver``: ~14k -> ~18k evals/s)."""
+
+
+@contextmanager
+def young_gc_threshold(threshold: int) -> Iterator[None]:
+    """Raise the youngest GC generation's threshold to at least ``threshold`` inside the
+    block; the previous thresholds are restored on the way out."""
+    before = gc.get_threshold()
+    gc.set_threshold(max(threshold, before[0]), *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def tree_seed(seed: int, example_id: str) -> int:
@@ -211,7 +232,7 @@ class SearchDriver:
     def _loop(self) -> None:
         # SIGTERM (drllm.interrupt) stops the run between polls, never inside a pool call or
         # the writer: every finished search is then in the sink, which the caller closes.
-        with interrupt.deferred():
+        with interrupt.deferred(), young_gc_threshold(GC_YOUNG_THRESHOLD):
             self._poll_until_done()
 
     def _poll_until_done(self) -> None:

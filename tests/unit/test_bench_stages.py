@@ -37,7 +37,7 @@ class Work:
 def test_nested_calls_are_charged_exclusively_and_classes_restored():
     original_outer, original_flag = Work.outer, Work.__dict__["flag"]
     timer = StageTimer([(Work, "outer", "a"), (Work, "inner", "b"), (Work, "flag", "c")],
-                       clock=CLOCK)
+                       clock=CLOCK, gc_stage=None)
     with timer.installed():
         assert Work().outer() == "done"
         assert Work().flag is True
@@ -46,6 +46,26 @@ def test_nested_calls_are_charged_exclusively_and_classes_restored():
     assert timer.shares() == {"c": round(200 / 213, 3), "b": round(10 / 213, 3),
                               "a": round(3 / 213, 3)}
     assert Work.outer is original_outer and Work.__dict__["flag"] is original_flag
+
+
+def test_garbage_collection_inside_a_timed_call_is_its_own_stage():
+    timer = StageTimer([(Work, "inner", "b"), (Work, "flag", "c")], clock=CLOCK)
+
+    def collect_inside(self) -> None:  # a GC pass lasting 5 s in the middle of the call
+        CLOCK.now += 1.0
+        timer._on_gc("start", {})
+        CLOCK.now += 5.0
+        timer._on_gc("stop", {})
+        CLOCK.now += 2.0
+
+    original = Work.inner
+    Work.inner = collect_inside
+    try:
+        with timer.installed():
+            Work().inner()
+    finally:
+        Work.inner = original
+    assert timer.seconds == {"b": 3.0, "garbage collection": 5.0}
 
 
 def test_driver_bench_targets_exist():
