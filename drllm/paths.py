@@ -13,6 +13,7 @@ This module imports neither torch nor ray; the search and the executor both buil
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
@@ -20,6 +21,7 @@ SKIP, EXECUTE, REPEAT = 0, 1, 2
 DECISIONS = (SKIP, EXECUTE, REPEAT)
 _LETTERS = {SKIP: "S", EXECUTE: "E", REPEAT: "R"}
 _FROM_LETTER = {v: k for k, v in _LETTERS.items()}
+_LETTER_TABLE = bytes.maketrans(bytes(_LETTERS), "".join(_LETTERS.values()).encode("ascii"))
 
 
 class InvalidPathError(ValueError):
@@ -111,7 +113,7 @@ class LayerPath(tuple):
         return edit_count(self)
 
     def to_str(self) -> str:
-        return "".join(_LETTERS[d] for d in self)
+        return bytes(self).translate(_LETTER_TABLE).decode("ascii")
 
     def __str__(self) -> str:
         return self.to_str()
@@ -220,11 +222,12 @@ class Action:
 
     def apply(self, path: LayerPath) -> LayerPath:
         """The edited path (no validation; see :func:`legal_actions`)."""
-        new = list(path)
         value = SKIP if self.kind == "skip" else REPEAT
-        for i in range(self.start, self.start + self.length):
-            new[i] = value
-        return LayerPath(new)
+        end = self.start + self.length
+        edited = tuple(path[: self.start]) + (value,) * self.length + tuple(path[end:])
+        if isinstance(path, LayerPath):  # decisions already checked: only 0 / 2 are new
+            return tuple.__new__(LayerPath, edited)
+        return LayerPath(edited)
 
     def __str__(self) -> str:
         return f"{self.kind}[{self.start}:{self.start + self.length}]"
@@ -236,19 +239,57 @@ def legal_actions(path: LayerPath, constraints: PathConstraints = DEFAULT_CONSTR
     Skips act only on blocks currently executed once (decision 1); a 2-block skip needs two
     consecutive executed blocks. Repeats act on a block executed once, so a block repeats at
     most once by construction.
+
+    Equivalent to keeping the actions whose ``check_path(action.apply(path))`` passes, in
+    O(L) instead of O(L^2): an edit changes the cost and the executed blocks by a known amount,
+    and a skip only merges the skip runs beside it (the longest run of the edited path is the
+    larger of the path's own longest run and the merged one). Results are cached per
+    ``(path, constraints)`` (the trees of a search share most of their shallow paths); the
+    list returned is the caller's own.
     """
-    actions: list[Action] = []
+    return list(_legal_actions(path, constraints))
+
+
+@functools.lru_cache(maxsize=8192)
+def _legal_actions(path: tuple[int, ...], constraints: PathConstraints) -> tuple[Action, ...]:
     n = len(path)
+    if n == 0:
+        return ()
+    cost = sum(path)
+    executed = n - path.count(SKIP)
+    cap = constraints.max_cost_factor * n
+    max_run = constraints.max_consecutive_skips
+    longest = max_skip_run(path)
+    left = [0] * (n + 1)  # left[i]: skipped blocks just before block i
+    for i in range(n):
+        left[i + 1] = left[i] + 1 if path[i] == SKIP else 0
+    right = [0] * (n + 1)  # right[i]: skipped blocks from block i on
+    for i in range(n - 1, -1, -1):
+        right[i] = right[i + 1] + 1 if path[i] == SKIP else 0
+    repeat_ok = cost + 1 <= cap and executed >= constraints.min_executed and longest <= max_run
+    actions: list[Action] = []
     for i in range(n):
         if path[i] != EXECUTE:
             continue
         for length in (1, 2):
             if length == 2 and (i + 1 >= n or path[i + 1] != EXECUTE):
                 continue
-            action = Action("skip", i, length)
-            if check_path(action.apply(path), n, constraints) is None:
-                actions.append(action)
-        action = Action("repeat", i, 1)
-        if check_path(action.apply(path), n, constraints) is None:
-            actions.append(action)
-    return actions
+            if (longest <= max_run and left[i] + length + right[i + length] <= max_run
+                    and cost - length <= cap and executed - length >= constraints.min_executed):
+                actions.append(_action("skip", i, length))
+        if repeat_ok:
+            actions.append(_action("repeat", i, 1))
+    return tuple(actions)
+
+
+_ACTIONS: dict[tuple[str, int, int], Action] = {}
+
+
+def _action(kind: Literal["skip", "repeat"], start: int, length: int) -> Action:
+    """The shared (immutable) :class:`Action` of these fields: building a frozen dataclass
+    costs more than the rest of :func:`legal_actions`."""
+    key = (kind, start, length)
+    action = _ACTIONS.get(key)
+    if action is None:
+        action = _ACTIONS[key] = Action(kind, start, length)
+    return action

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from drllm.checks import check_choice, check_int, check_real
 from drllm.cluster import ClusterSettings, connect
 from drllm.data import DatasetConfig, LoadReport, load_examples
 from drllm.data.prompts import render_prompt
+from drllm.data.sharding import parse_shard
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig, WorkAvoidance
 from drllm.distributed.evaluator import EvaluatorInfo
 from drllm.distributed.job import run_search_job
@@ -114,7 +116,7 @@ AFFECTING_KEY = "search_affecting"
 # its keys that cannot: a rerun that differs only in these (or in pool / ray / output) resumes.
 NOT_AFFECTING = {
     "model": ("cache_dir",),
-    "dataset": ("num_examples", "skip"),
+    "dataset": ("num_examples", "skip", "shard"),
     "search": (),
     "driver": ("max_concurrent_trees", "poll_interval_s"),
     "prior": (),
@@ -131,7 +133,7 @@ def search_affecting(resolved: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _summary(report: Mapping[str, Any], run_summary: RunSummary, settings: SearchJobSettings,
-             rejected: Mapping[str, int], prior: Any, wall: float, shards_dir: Path) -> dict:
+             rejected: Mapping[str, int], prior_info: Any, wall: float, shards_dir: Path) -> dict:
     return {
         **report,
         "dataset": settings.dataset.name,
@@ -140,7 +142,8 @@ def _summary(report: Mapping[str, Any], run_summary: RunSummary, settings: Searc
         "max_new_tokens": settings.generation.max_new_tokens,
         "rows_rejected": dict(rejected),
         "default_failed": dict(run_summary.default_failed),
-        "prior": prior.describe(),
+        "prior": prior_info,
+        "shard": settings.dataset.shard,
         "this_run": run_summary.to_dict(),
         "wall_seconds": wall,
         "shards_dir": str(shards_dir),
@@ -152,7 +155,7 @@ def _load(settings: SearchJobSettings) -> tuple[LoadReport, Callable[[Example], 
     report = load_examples(settings.dataset)
     logger.info("dataset %s: %d examples (%d rows read, rejected: %s)", settings.dataset.name,
                 len(report.examples), report.rows_read, dict(report.rejected) or "none")
-    if not report.examples:
+    if not report.examples and settings.dataset.shard is None:
         raise RuntimeError(f"dataset {settings.dataset.name!r} yielded no usable examples; "
                            f"rejected rows by reason: {dict(report.rejected)}")
     tokenizer = load_tokenizer(settings.model)
@@ -193,6 +196,43 @@ def run(settings: SearchJobSettings, output_dir: Path, resolved_config: Mapping[
         return _run_locked(settings, output_dir, shards_dir, resolved_config)
 
 
+def shard_pool(pool: PoolConfig, shard: str | None) -> PoolConfig:
+    """The pool of one dataset shard's driver: its actors are named after the shard
+    (``{name_prefix}-shard-k-of-N-{i}``), so that N drivers can share one Ray cluster."""
+    spec = parse_shard(shard)
+    if spec is None:
+        return pool
+    return dataclasses.replace(pool, name_prefix=f"{pool.name_prefix}-{spec.name}")
+
+
+def _empty_shard(settings: SearchJobSettings) -> RunSummary:
+    """A dataset shard that holds none of the selected examples: nothing to search."""
+    logger.warning("dataset shard %s holds none of the selected examples; nothing to search",
+                   settings.dataset.shard)
+    return RunSummary(model_id=settings.model.name, num_layers=0, num_workers=0,
+                      examples_given=0)
+
+
+def _search(settings: SearchJobSettings, report: LoadReport, render: Callable[[Example], str],
+            make_writer: Callable[[EvaluatorInfo], ShardWriter]) -> tuple[RunSummary, Any]:
+    """Connect Ray, build the prior, search; the run's totals and the prior's description."""
+    connect(settings.ray)  # before the handler: ray.init installs its own SIGTERM handler
+    with sigterm_raises():
+        prior = build_prior_plan(
+            settings.search, report.examples, render, model_spec=settings.model,
+            routers_dir=settings.prior.checkpoint,
+            calibration_examples=settings.prior.calibration_examples,
+        )
+        run_totals = run_search_job(
+            report.examples, make_sink=make_writer, render=render, model_spec=settings.model,
+            mcts_config=settings.search, generation=settings.generation,
+            pool_config=shard_pool(settings.pool, settings.dataset.shard),
+            driver_config=settings.driver, rejected=report.rejected,
+            progress=settings.progress, prior=prior,
+        )
+    return run_totals, prior.describe()
+
+
 def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
                 resolved_config: Mapping[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
@@ -209,23 +249,15 @@ def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
             merge_on_open=True,  # safe: this run holds the directory's lock
         )
 
-    connect(settings.ray)  # before the handler: ray.init installs its own SIGTERM handler
-    with sigterm_raises():
-        prior = build_prior_plan(
-            settings.search, report.examples, render, model_spec=settings.model,
-            routers_dir=settings.prior.checkpoint,
-            calibration_examples=settings.prior.calibration_examples,
-        )
-        run_totals = run_search_job(
-            report.examples, make_sink=make_writer, render=render, model_spec=settings.model,
-            mcts_config=settings.search, generation=settings.generation,
-            pool_config=settings.pool, driver_config=settings.driver, rejected=report.rejected,
-            progress=settings.progress, prior=prior,
-        )
+    if report.examples:
+        run_totals, prior_info = _search(settings, report, render, make_writer)
+    else:
+        run_totals, prior_info = _empty_shard(settings), None
     wall = time.perf_counter() - started
     table = load_report_table(shards_dir, settings.dataset.name, {ex.id for ex in report.examples})
     science = science_report(table, settings.search.success_reward)
-    summary = _summary(science, run_totals, settings, report.rejected, prior, wall, shards_dir)
+    summary = _summary(science, run_totals, settings, report.rejected, prior_info, wall,
+                       shards_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
     _print_report(science, run_totals, report.rejected, wall, output_dir / SUMMARY_FILE)

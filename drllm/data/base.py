@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from drllm.data.sharding import parse_shard
 from drllm.data.sources import load_rows
 from drllm.registry import Registry
 from drllm.types import Example
@@ -212,6 +213,9 @@ class DatasetConfig:
         min_plausibility: the plausibility guard: an edited path's accepted answer whose mean
             token log-likelihood under the default path is below this (nats per token) is
             rejected (reward 0, counted); None records the scores without rejecting.
+        shard: ``"k/N"``: keep only shard ``k`` of ``N`` of the selected examples, by a stable
+            hash of the example id (``None``: all); N drivers with ``0/N`` .. ``N-1/N`` search
+            disjoint slices whose union is the unsharded sample (:mod:`drllm.data.sharding`).
     """
 
     name: str = "synthetic_arith"
@@ -232,6 +236,7 @@ class DatasetConfig:
     reward: str = "generate"
     answer_prefix: str | None = None
     min_plausibility: float | None = DEFAULT_MIN_PLAUSIBILITY
+    shard: str | None = None
 
     def __post_init__(self) -> None:
         if self.name not in DATASETS:
@@ -281,6 +286,8 @@ class DatasetConfig:
                 f"DatasetConfig.system_prompt: expected a string, got {type(self.system_prompt)}"
             )
         self._normalize_generation()
+        if self.shard is not None:
+            object.__setattr__(self, "shard", str(parse_shard(self.shard)))
         self._check_reward()
         DATASETS.get(self.name).validate(self)
 
@@ -472,6 +479,12 @@ def load_examples(config: DatasetConfig) -> LoadReport:
             "%s/%s: asked for %d examples, only %d usable", config.name, config.split,
             config.num_examples, len(examples),
         )
+    shard = parse_shard(config.shard)
+    if shard is not None:
+        selected = len(examples)
+        examples = shard.select(examples)
+        logger.info("%s: shard %s keeps %d of the %d selected examples", config.name, shard,
+                    len(examples), selected)
     return LoadReport(
         examples=tuple(examples), rejected=rejected, rows_read=rows_read,
         filtered=scan.filtered, source=source,

@@ -27,7 +27,8 @@ from drllm.distributed.pool import (
     Transport,
     is_error_result,
 )
-from drllm.distributed.driver import ListSink, RecordSink, SearchDriver, tree_config, tree_seed
+from drllm.distributed.driver import SearchDriver, tree_config, tree_seed
+from drllm.distributed.sinks import ListSink, RecordSink
 from drllm.distributed.evaluator import (
     EvalError,
     Evaluator,

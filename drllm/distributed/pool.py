@@ -230,6 +230,11 @@ class EvaluationPool:
         self._home.pop(example_id, None)
         return before - len(self._queue)
 
+    def forget(self, example_id: str) -> None:
+        """Drop what the pool remembers of a finished question that has nothing queued (its
+        home worker), without scanning the queue as :meth:`cancel` does."""
+        self._home.pop(example_id, None)
+
     def dispatch(self) -> int:
         """Send queued requests to free workers; the number of calls made."""
         if self.info is None:

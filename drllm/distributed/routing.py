@@ -18,15 +18,14 @@ Imports neither torch nor ray.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Generic, Hashable, Mapping, Optional, Sequence, TypeVar
+from typing import Generic, Hashable, Mapping, NamedTuple, Optional, Sequence, TypeVar
 
 Item = TypeVar("Item")
 
 
-@dataclass(frozen=True)
-class Queued(Generic[Item]):
-    """A queued request as routing sees it.
+class Queued(NamedTuple, Generic[Item]):
+    """A queued request as routing sees it (a named tuple: the pool builds one per queued
+    request at every dispatch, and a tuple is several times cheaper than a frozen dataclass).
 
     Attributes:
         item: the pool's pending request (opaque here).
@@ -62,14 +61,16 @@ def plan_dispatch(
         ``(calls, rest)``: one ``(worker, items)`` per call to make (a worker appears at most
         once), and the items that stay queued, in their order.
     """
-    batches: dict[int, list[Item]] = {w: [] for w in free}
+    # Items travel with their queue position, so that what stays queued is put back in
+    # queue order by sorting the leftovers alone.
+    batches: dict[int, list[tuple[int, Item]]] = {w: [] for w in free}
     waiting: list[tuple[int, Item]] = []  # (queue position, item) kept for their home
     loose: list[tuple[int, Item]] = []
     for pos, q in enumerate(queue):
         target = home.get(q.key) if sticky_wait_s is not None else None
         if target is not None and target in alive and q.waited_s < sticky_wait_s:
             if target in batches and len(batches[target]) < max_batch_size:
-                batches[target].append(q.item)
+                batches[target].append((pos, q.item))
             else:
                 waiting.append((pos, q.item))
         else:
@@ -80,16 +81,16 @@ def plan_dispatch(
         if not items:
             continue
         if free[worker] > 0 and len(items) < max_batch_size:  # busy: full batches only
-            leftover.extend((-1, it) for it in items)  # sticky partials keep their place
+            leftover.extend(items)  # partials keep their place in the queue
             continue
-        calls.append((worker, items))
-    rest = _in_queue_order(waiting + leftover, queue)
+        calls.append((worker, [it for _, it in items]))
+    rest = [it for _, it in sorted(waiting + leftover, key=lambda pi: pi[0])]
     return calls, rest
 
 
 def _spread(
-    loose: list[tuple[int, Item]], batches: dict[int, list[Item]], free: Mapping[int, int],
-    max_batch_size: int,
+    loose: list[tuple[int, Item]], batches: dict[int, list[tuple[int, Item]]],
+    free: Mapping[int, int], max_batch_size: int,
 ) -> list[tuple[int, Item]]:
     """Top up the workers' batches with unbound requests; the requests no worker took."""
     pending = list(loose)
@@ -99,17 +100,11 @@ def _spread(
         for w in idle:
             room = min(max_batch_size, max(share, len(batches[w]))) - len(batches[w])
             take, pending = pending[:room], pending[room:]
-            batches[w].extend(it for _, it in take)
+            batches[w].extend(take)
     busy = sorted((w for w in free if free[w] > 0), key=lambda w: (free[w], w))
     for w in busy:
         room = max_batch_size - len(batches[w])
         if len(pending) >= room > 0:
             take, pending = pending[:room], pending[room:]
-            batches[w].extend(it for _, it in take)
+            batches[w].extend(take)
     return pending
-
-
-def _in_queue_order(items: list[tuple[int, Item]], queue: Sequence[Queued[Item]]) -> list[Item]:
-    """Items back in queue order (position -1: look the item up in the queue)."""
-    order = {id(q.item): i for i, q in enumerate(queue)}
-    return [it for _, it in sorted(items, key=lambda pi: order.get(id(pi[1]), pi[0]))]

@@ -7,6 +7,7 @@ Example::
 
     python -m drllm.jobs.bench executor --rows 16 --max-new-tokens 10 --data-root ../shared/data
     python -m drllm.jobs.bench search-work                       # levers on a recorded ARC search
+    python -m drllm.jobs.bench driver                            # driver ceiling, instant evaluator
     python -m drllm.jobs.bench search-work --dataset gsm8k --max-new-tokens 256 --max-requests 48
 """
 
@@ -18,6 +19,7 @@ import logging
 import sys
 from typing import Any, Callable
 
+from drllm.bench import driver as driver_bench
 from drllm.bench import search as search_bench
 from drllm.bench import search_work as search_work_bench
 from drllm.bench import train as train_bench
@@ -49,6 +51,7 @@ def _executor(args: argparse.Namespace) -> dict[str, Any]:
 BENCHMARKS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                             Callable[[argparse.Namespace], dict[str, Any]]]] = {
     "executor": (_executor_args, _executor),
+    "driver": (driver_bench.add_arguments, driver_bench.run_from_args),
     "search": (search_bench.add_arguments, search_bench.run_from_args),
     "search-work": (search_work_bench.add_arguments, search_work_bench.run_from_args),
     "train": (train_bench.add_arguments, train_bench.run_from_args),

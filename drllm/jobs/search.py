@@ -6,6 +6,7 @@ output), whose schema is :class:`drllm.search_job.SearchJobSettings`. Examples::
     python -m drllm.jobs.search                                   # laptop default
     python -m drllm.jobs.search dataset=arc_easy search=paper ray=auto pool=auto
     python -m drllm.jobs.search -m dataset=arc_easy,gsm8k         # multirun
+    python -m drllm.jobs.search dataset.shard=0/4                 # shard 0 of 4 (4 drivers)
     python -m drllm.jobs.search --cfg job                         # every settable field
 
 ``main`` returns the run's ``search_accuracy`` (share of examples whose best path reaches the
@@ -22,11 +23,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from drllm.config import job_settings, register
+from drllm.data.sharding import register_resolver
 from drllm.search_job import HEADLINE, SearchJobSettings, run
 from drllm.shards import OutputLockedError, ResumeConflictError
 
 SCHEMA = "search_job_schema"
 register(SCHEMA, SearchJobSettings)
+register_resolver()  # ${drllm_shard:...} in hydra.run.dir
 
 
 @hydra.main(config_path="../_conf", config_name="config", version_base="1.3")

@@ -189,13 +189,14 @@ class DummyEvaluator(Evaluator):
         time.sleep(self.hang_s)
 
     def _one(self, request: EvalRequest) -> Evaluation:
-        path = LayerPath(request.path)
+        path = request.path if isinstance(request.path, LayerPath) else LayerPath(request.path)
         if len(path) != self.num_layers:
             raise ValueError(f"path {path} has {len(path)} blocks; the model has {self.num_layers}")
         if request.example_id in self.fail_example_ids:
             raise InjectedFault(f"injected failure for example {request.example_id}")
-        if path.to_str() in self.fail_paths:
-            raise InjectedFault(f"injected failure for path {path.to_str()}")
+        text = path.to_str()
+        if text in self.fail_paths:
+            raise InjectedFault(f"injected failure for path {text}")
         if request.example_id in self.flaky_example_ids:
             key = f"{request.example_id}|{path.to_str()}"
             if key not in self._flaky_seen:
@@ -204,7 +205,7 @@ class DummyEvaluator(Evaluator):
         reward = float(self.reward_fn(request.example_id, path))
         return Evaluation(
             reward=reward,
-            response=f"{request.example_id}:{path.to_str()}",
+            response=f"{request.example_id}:{text}",
             layers_executed=path.cost * self.tokens_per_response,
             reason="dummy",
         )

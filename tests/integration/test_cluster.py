@@ -3,7 +3,8 @@
 * a ``ray.cluster_utils.Cluster`` (3 nodes, one removed mid-run);
 * an autoscaling cluster (Ray's fake multi-node provider) whose GPU nodes join while the
   search runs;
-* ``ray start --head`` + ``ray job submit`` with jobs/runtime_env.yaml (jobs/README.md).
+* ``ray start --head`` + ``ray job submit`` with jobs/runtime_env.yaml (jobs/README.md);
+* ``ray start --head`` + two sharded search drivers at once (``dataset.shard=k/2``).
 
 Every Ray driver runs in a subprocess, so the session's ``ray_local`` instance stays untouched
 (a process holds one Ray connection). Each cluster is torn down in ``finally`` and stops only
@@ -476,3 +477,91 @@ def test_ray_job_submit_runs_the_search_with_the_jobs_runtime_env(tmp_path):
     sources = [s["path"] for s in hydra_cfg["runtime"]["config_sources"]
                if s["provider"] == "main"]
     assert sources and sources[0].startswith(job_cwd), sources
+
+
+@pytest.mark.slow
+def test_two_shard_drivers_at_once_on_one_cluster(tmp_path):
+    """A sharded search as jobs/README.md runs it: ``ray start --head``, then two
+    ``python -m drllm.jobs.search ray=auto dataset.shard=k/2`` drivers at once (tiny model),
+    each in its own ``shard-k-of-2`` directory (its own lock, seen held at the same time)
+    with its own actors; the parts are disjoint, cover the sample, read back as one dataset
+    and merge into one report; rerunning a shard resumes it."""
+    import glob as globbing
+
+    import duckdb
+    import pandas as pd
+    import pyarrow.dataset as pads
+
+    from drllm.data.sharding import shard_of
+    from drllm.merged_report import merged_report
+    from drllm.models.tiny import tiny_model, tiny_tokenizer
+
+    model_dir = tmp_path / "tiny-llama"
+    tiny_model("llama", num_layers=4).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    run = tmp_path / "run"
+    env = _head_env(PYTHONPATH=str(REPO))
+    head = _RayHead(num_cpus=4, env=env)
+
+    def driver(k: int) -> subprocess.Popen:
+        args = [sys.executable, "-m", "drllm.jobs.search", "ray=auto",
+                f"ray.address={head.address}", "pool.use_gpu=false", "pool.num_actors=1",
+                f"model.name={model_dir}", "dataset.num_examples=6", "search.num_simulations=4",
+                "dataset.max_new_tokens=3", "progress=false", f"dataset.shard={k}/2",
+                f"hydra.run.dir='{run}" + "${drllm_shard:${dataset.shard}}'"]
+        return subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+
+    locks = [run / f"shard-{k}-of-2" / "shards" / ".drllm-lock.json" for k in range(2)]
+    procs: list[subprocess.Popen] = []
+    both_locked = False
+    try:
+        head.start()
+        procs = [driver(0), driver(1)]
+        deadline = time.monotonic() + 400
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            both_locked = both_locked or all(lock.exists() for lock in locks)
+            time.sleep(0.1)
+        logs = [p.communicate(timeout=30)[0] for p in procs]
+        resumed = driver(1)
+        procs.append(resumed)
+        resume_log = resumed.communicate(timeout=300)[0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        left = head.stop()
+    assert not left, f"processes of the test's head survived its teardown: {left}"
+    for k, (p, log) in enumerate(zip(procs[:2], logs)):
+        assert p.returncode == 0, log[-5000:]
+        # its own actors: two drivers' pools never wait for each other's actor names
+        assert f"evaluator actor drllm-evaluator-shard-{k}-of-2-0 is up" in log, log[-5000:]
+    assert resumed.returncode == 0, resume_log[-5000:]
+    assert both_locked, "the two drivers never held their locks at the same time"
+
+    summaries = [json.loads((run / f"shard-{k}-of-2" / "summary.json").read_text())
+                 for k in range(2)]
+    ids = [set(read_shards(run / f"shard-{k}-of-2" / "shards").column("example_id").to_pylist())
+           for k in range(2)]
+    assert len(ids[0]) + len(ids[1]) == 6 and not ids[0] & ids[1]
+    for k in range(2):
+        assert all(shard_of(i, 2) == k for i in ids[k])
+        assert summaries[k]["shard"] == f"{k}/2" and summaries[k]["examples"] == len(ids[k])
+    resumed_summary = json.loads((run / "shard-1-of-2" / "summary.json").read_text())
+    assert resumed_summary["this_run"]["searched"] == 0
+    assert resumed_summary["this_run"]["skipped_done"] == len(ids[1])
+
+    # One dataset: the README's glob, through three of its readers.
+    pattern = str(run / "shard-*-of-2" / "shards" / "shard-*.parquet")
+    files = sorted(globbing.glob(pattern))
+    assert pads.dataset(files, format="parquet").to_table().num_rows == 6
+    assert sorted(pd.read_parquet(files)["example_id"]) == sorted(ids[0] | ids[1])
+    con = duckdb.connect()
+    try:
+        assert con.execute(f"select count(distinct example_id) from read_parquet('{pattern}')"
+                           ).fetchone()[0] == 6
+    finally:
+        con.close()
+    merged = merged_report([str(run / "shard-*-of-2")])
+    assert merged["examples"] == 6 and len(merged["parts"]) == 2
+    assert merged["datasets"]["synthetic_arith"]["examples"] == 6

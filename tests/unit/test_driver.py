@@ -305,3 +305,26 @@ def test_unsolved_examples_are_labelled_with_the_default_path(tmp_path):
         res = rec.result
         assert not res.solved and res.best_path == res.default_path
         assert res.good_paths == () and res.layers_saved == 0 and not res.improved
+
+
+def test_the_young_gc_threshold_is_raised_during_a_run_and_restored():
+    import gc
+
+    from drllm.distributed.driver import GC_YOUNG_THRESHOLD, young_gc_threshold
+
+    before = gc.get_threshold()
+    seen = []
+
+    class Probe(ListSink):
+        def add(self, record):
+            seen.append(gc.get_threshold()[0])
+            super().add(record)
+
+    driver = SearchDriver(make_pool(), MCTS, DriverConfig(), sink=Probe(), render=render)
+    driver.run(make_examples(2))
+    assert seen == [max(GC_YOUNG_THRESHOLD, before[0])] * 2
+    assert gc.get_threshold() == before
+    with pytest.raises(RuntimeError), young_gc_threshold(before[0] + 1):
+        assert gc.get_threshold() == (before[0] + 1, *before[1:])
+        raise RuntimeError("restored on the way out")
+    assert gc.get_threshold() == before
