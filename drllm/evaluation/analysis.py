@@ -168,7 +168,8 @@ def throughput(routed_model: Any, prompts: Sequence[Sequence[int]], batch_sizes:
         for chunk in chunks:
             gens, s = _timed(lambda: ex.generate(chunk, None, max_new_tokens=max_new_tokens))
             default_tokens, default_s = default_tokens + sum(len(g.token_ids) for g in gens), default_s + s
-            rec = DecisionRecorder(routed_model.block_hook(alpha), ex.num_layers, ex.device)
+            rec = DecisionRecorder(routed_model.block_hook(alpha, token_ids=chunk),
+                                   ex.num_layers, ex.device)
             gens, s = _timed(lambda: ex.generate(chunk, None, max_new_tokens=max_new_tokens,
                                                  block_hook=rec))
             routed_tokens, routed_s = routed_tokens + sum(len(g.token_ids) for g in gens), routed_s + s

@@ -69,7 +69,8 @@ def val_metrics(routers: Routers, data, cfg: TrainConfig) -> dict:
 
 
 def without_loss(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "loss"}
+    """The classification metrics (the loss and the harm figure are checked elsewhere)."""
+    return {k: v for k, v in metrics.items() if k not in ("loss", "harm")}
 
 
 def render(example: Example) -> str:
