@@ -43,7 +43,7 @@ def policy_table(results_dir: str | os.PathLike) -> pd.DataFrame:
         s = policy_summary(rows, str(rows["grader"].iloc[0]), num_layers, len(rows))
         shares = s["action_shares"] or {}
         out.append({"dataset": dataset, "policy": s["policy"], "kind": s["kind"],
-                    "alpha": s["alpha"], "k": s["k"], "n": s["examples"],
+                    "alpha": s["alpha"], "gate": s.get("gate"), "k": s["k"], "n": s["examples"],
                     "accuracy": s["accuracy"], "ci_low": s["ci95"][0], "ci_high": s["ci95"][1],
                     "blocks_per_pass": s["blocks_per_pass"],
                     "layers_per_answer": s["layers_per_answer"],

@@ -252,3 +252,30 @@ def test_calibration_mode_stores_the_gate_in_the_checkpoint(examples, tmp_path, 
     assert Routers.from_pretrained(routers_dir).meta.gate == expected
     with pytest.raises(ValueError, match="calibrate needs"):
         EvaluationConfig(policies=("default",), calibrate=True)
+
+
+def test_frontier_places_every_policy_and_compares_matched_statics(examples, tmp_path,
+                                                                   routers_dir):
+    import json
+
+    from drllm.evaluation.frontier import frontier
+    from drllm.jobs.analyze import main as analyze
+
+    res = tmp_path / "res"
+    _run(examples, res, policies=("default", "routed", "static"), routers=str(routers_dir),
+         alphas=(-1.0,), gates=(1.0,))
+    out = analyze(["frontier", "--results", str(res), "--out", str(tmp_path / "f.png"),
+                   "--json", str(tmp_path / "f.json")])
+    assert (tmp_path / "f.png").stat().st_size > 0
+    assert json.loads((tmp_path / "f.json").read_text()) == {
+        k: v for k, v in out.items() if k != "json"}
+    ds = out["datasets"]["synthetic_arith"]
+    names = {p["policy"] for p in ds["points"]}
+    assert {"default", "routed(a=-1)", "routed(t=1)", "shortgpt(k=3)", "random(k=0)"} <= names
+    by_name = {c["policy"]: c for c in ds["routed"]}
+    gate_one = by_name["routed(t=1)"]
+    assert gate_one["matched_k"] == 0 and gate_one["vs_default"] == {
+        "accuracy_difference": 0.0, "blocks_saved": 0.0, "intervals_overlap": True}
+    assert set(by_name["routed(a=-1)"]["vs_static"]) == {"shortgpt(k=3)", "random(k=3)"}
+    assert {p["policy"]: p["k"] for p in ds["points"]}["shortgpt(k=3)"] == 3
+    assert frontier(res)["datasets"]["synthetic_arith"]["num_layers"] == L
