@@ -43,11 +43,11 @@ def _comparisons(rows: pd.DataFrame, num_layers: int) -> list[dict[str, Any]]:
         static = rows[rows["kind"].str.startswith("static") & (rows["k"] == k)]
         entry: dict[str, Any] = {"policy": r.policy, "blocks_per_pass": r.blocks_per_pass,
                                  "accuracy": r.accuracy, "matched_k": k,
-                                 "vs_static": {s.policy: r.accuracy - s.accuracy
+                                 "vs_static": {s.policy: float(r.accuracy - s.accuracy)
                                                for s in static.itertuples()}}
         if d is not None:
             entry["vs_default"] = {
-                "accuracy_difference": r.accuracy - d["accuracy"],
+                "accuracy_difference": float(r.accuracy - d["accuracy"]),
                 "blocks_saved": float(d["blocks_per_pass"] - r.blocks_per_pass),
                 "intervals_overlap": bool(r.ci_low <= d["ci_high"] and d["ci_low"] <= r.ci_high),
             }

@@ -275,8 +275,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
                if config["val_rows"] or epoch == cfg.epochs - 1 else None)
         metrics = flat_metrics(epoch, stats, val)
         history.append(metrics)
-        value = selection_value({"epoch": epoch, "val": val}, cfg.select)
-        if best is None or value < best["value"]:
+        select = cfg.select if config["val_rows"] else "last"  # no validation: the last
+        value = list(selection_value({"epoch": epoch, "val": val}, select))
+        if best is None or value < list(best["value"]):
             best = {"value": value, "epoch": epoch, "metrics": val or {},
                     "state": {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}}
         if rank == 0:

@@ -391,16 +391,18 @@ def max_label_edits(labels: Tensor) -> int:
     return max((edit_count(tuple(int(d) for d in row)) for row in labels.tolist()), default=0)
 
 
-def selection_value(record: Mapping[str, Any], select: str) -> float:
-    """Lower is better: the figure ``select`` of an epoch record (``val`` metrics)."""
+def selection_value(record: Mapping[str, Any], select: str) -> tuple[float, float]:
+    """Lower is better: ``(figure select, tie-break)`` of an epoch record (``val`` metrics);
+    ties on the harm score go to the lower validation loss, then the earlier epoch."""
     val = record.get("val") or {}
     if select == "last" or not val:
-        return -float(record["epoch"])
+        return (-float(record["epoch"]), 0.0)
+    loss = float(val.get("loss", 0.0))
     if select == "harm":
-        return float(val["harm"]["score"]) if "harm" in val else float(val["loss"])
+        return (float(val["harm"]["score"]), loss) if "harm" in val else (loss, 0.0)
     if select == "loss":
-        return float(val["loss"])
-    return -float(val["macro_f1"])
+        return (loss, 0.0)
+    return (-float(val["macro_f1"]), loss)
 
 
 def _resolve_device(device: torch.device | str | None) -> torch.device:
@@ -420,7 +422,7 @@ def _run_epochs(
     """The epoch loop of :func:`fit`: train, validate, keep the best epoch's weights."""
     opt, sched = make_optimizer(model, cfg, cfg.epochs * len(train_loader))
     epochs: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, Tensor]] | None = None
+    best: tuple[tuple[float, float], int, dict[str, Tensor]] | None = None
     for epoch in range(cfg.epochs):
         train_loader.set_epoch(epoch)
         stats = train_epoch(model, train_loader, opt, sched, loss_fn, grad_clip=cfg.grad_clip)
