@@ -47,10 +47,10 @@ class EvaluationConfig:
             at each ``alphas`` value), ``oracle`` (the MCTS best path of ``shards_dir``, for
             the examples it holds) and ``static`` (matched-cost skips) to run.
         routers: ``routed``: a router checkpoint directory (``python -m drllm.jobs.train``).
-        alphas: ``routed``: control knob values in ``[-1, 1]``, one policy each, at the
-            checkpoint's calibrated gate (the argmax when it has none).
+        alphas: ``routed``: control knob values in ``[-1, 1]``, one policy each (argmax of
+            the knob's probabilities, the paper's sweep).
         gates: ``routed``: gate values ``tau`` in ``[0, 1]``, one policy each (knob 0; ``1``
-            is the default path).
+            is the default path); a checkpoint's calibrated gate is always added.
         calibrate: calibration mode: run ``default`` and every gate on this (calibration)
             slice, choose the gate saving the most blocks per pass with accuracy
             ``>= default - epsilon``, and store it with its evidence in the checkpoint

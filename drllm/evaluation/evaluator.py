@@ -9,7 +9,7 @@ split into groups that share a generation budget and a policy kind:
   its own path;
 * routed rows run in one call per control knob ``alpha`` and gate: the routers choose each
   row's path block by block during prefill (:mod:`drllm.routers.decision`: the checkpoint's
-  logit adjustment and calibrated gate unless the request names a gate, the search's path
+  logit adjustment, the request's knob and gate -- ``None``: the argmax --, the search's path
   rules) (:meth:`~drllm.inference.routed.RoutedModel.block_hook`); the
   chosen decisions are recorded from the hook, and the time spent in the routers is measured.
 
@@ -29,7 +29,7 @@ import torch
 
 from drllm.distributed.evaluator import Evaluator, EvaluatorContext, EvaluatorInfo, EvaluatorSpec
 from drllm.evaluation.types import PolicyEvaluation, PolicyRequest
-from drllm.inference.routed import CALIBRATED, RoutedModel
+from drllm.inference.routed import RoutedModel
 from drllm.models.executor import PathExecutor
 from drllm.models.loading import load_source
 from drllm.paths import LayerPath
@@ -149,7 +149,7 @@ class PolicyEvaluator(Evaluator):
         if self.routed is None:
             raise ValueError("a routed request reached an evaluator built without routers "
                              "(policy_evaluator_spec(routers_dir=...))")
-        hook = self.routed.block_hook(alpha, CALIBRATED if gate is None else gate, ids)
+        hook = self.routed.block_hook(alpha, gate, ids)  # gate None: the argmax
         recorder = DecisionRecorder(hook, self.executor.num_layers, self.executor.device)
         gens = self.executor.generate(ids, None, max_new_tokens=max_new_tokens,
                                       stop_strings=stops, block_hook=recorder)

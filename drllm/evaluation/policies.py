@@ -1,8 +1,8 @@
 """The policies an evaluation compares, and how each turns an example into a request.
 
 * ``default`` -- every block once.
-* ``routed(a=...)`` -- the routers choose each row's path during prefill, control knob ``a``, at
-  the checkpoint's calibrated gate; ``routed(t=...)`` -- the same at gate ``t`` (knob 0).
+* ``routed(a=...)`` -- the routers choose each row's path during prefill, control knob ``a``
+  (argmax of the knob's probabilities); ``routed(t=...)`` -- the same at gate ``t`` (knob 0).
 * ``oracle`` -- the MCTS best path a search stored for the example (an upper bound); an
   example the shards do not hold gets no request and is counted as missing.
 * ``shortgpt(k=...)`` -- skip the ``k`` blocks of lowest block influence (ShortGPT).
@@ -43,7 +43,7 @@ class Policy:
             ``random(k=3)``).
         kind: ``default``, ``routed``, ``oracle``, ``static_importance`` or ``static_random``.
         alpha: routed: the control knob.
-        gate: routed: the gate ``tau`` (``None``: the checkpoint's calibrated gate).
+        gate: routed: the gate ``tau`` (``None``: the argmax).
         k: static: blocks skipped.
         path: default / static: the path of every example.
         oracle_paths: oracle: ``(dataset, example id) -> best path``.
@@ -96,8 +96,8 @@ def default_policy(num_layers: int) -> Policy:
 def routed_policy(alpha: float, routers_dir: str, checkpoint_id: str,
                   gate: Optional[float] = None) -> Policy:
     """``checkpoint_id``: a content hash of the checkpoint (a retrained or recalibrated one is
-    another policy). ``gate=None``: knob ``alpha`` at the checkpoint's calibrated gate, named
-    ``routed(a=...)``; a gate: named ``routed(t=...)`` (give ``alpha=0``)."""
+    another policy). ``gate=None``: knob ``alpha``, argmax, named ``routed(a=...)``; a gate:
+    named ``routed(t=...)`` (give ``alpha=0``)."""
     name = f"routed(a={alpha:+g})" if gate is None else f"routed(t={gate:g})"
     if gate is not None and alpha != 0.0:
         name = f"routed(a={alpha:+g},t={gate:g})"

@@ -175,11 +175,19 @@ class _Run:
         return float(rows["cost"].mean()) if len(rows) else None
 
 
+def run_gates(config: EvaluationConfig) -> tuple[float, ...]:
+    """The gate policies of a run: ``config.gates`` plus the checkpoint's calibrated gate."""
+    if "routed" not in config.policies:
+        return ()
+    calibrated = (read_config(config.routers).get("calibration") or {}).get("gate")
+    extra = () if calibrated is None or float(calibrated) in config.gates else (float(calibrated),)
+    return (*config.gates, *extra)
+
+
 def _matched_policies(cfg: EvaluationConfig) -> list[tuple[str, str, float]]:
     """``(label, routed policy name, alpha or gate)`` of the routed policies statics match."""
     out = [(f"{a:+g}", routed_policy(a, "", "").name, a) for a in cfg.matched_alphas]
-    if "routed" in cfg.policies:
-        out += [(f"t={g:g}", routed_policy(0.0, "", "", g).name, g) for g in cfg.gates]
+    out += [(f"t={g:g}", routed_policy(0.0, "", "", g).name, g) for g in run_gates(cfg)]
     return out
 
 
@@ -254,7 +262,8 @@ def run_evaluation(
         fixed = [default_policy(L)] if "default" in config.policies else []
         if "routed" in config.policies:
             fixed += [routed_policy(a, config.routers, routers_id) for a in config.alphas]
-            fixed += [routed_policy(0.0, config.routers, routers_id, g) for g in config.gates]
+            fixed += [routed_policy(0.0, config.routers, routers_id, g)
+                      for g in run_gates(config)]
         if "oracle" in config.policies:
             fixed.append(oracle_policy(config.shards_dir, L))
         run = _Run(pool, store, config, info.model_id, L, render, progress)
@@ -273,7 +282,9 @@ def run_evaluation(
         pool.close()
     return {"model": info.model_id, "num_layers": L, "routers": config.routers,
             "shards_dir": config.shards_dir, "policies": list(config.policies),
-            "alphas": list(config.alphas), "gates": list(config.gates), "datasets": datasets,
+            "alphas": list(config.alphas), "gates": list(run_gates(config)),
+            "calibrated_gate": (read_config(config.routers).get("calibration") or {}).get("gate")
+            if "routed" in config.policies else None, "datasets": datasets,
             "headline": headline(datasets), "results_dir": str(Path(out_dir).resolve()),
             "this_run": {"phases": run.phases, "wall_seconds": time.perf_counter() - started}}
 

@@ -21,8 +21,7 @@ class PolicyRequest(EvalRequest):
         alpha: ``None``: follow ``path`` (default, oracle and static policies); a float: let
             the evaluator's routers choose the path during prefill with this control knob
             (``path`` is then ignored).
-        gate: routed: the gate ``tau`` (``None``: the checkpoint's calibrated gate, else the
-            argmax).
+        gate: routed: the gate ``tau`` (``None``: the argmax of the knob's probabilities).
         max_new_tokens: generated tokens at most (the dataset's budget).
         stop_strings: generation stops once the text holds one of these.
     """

@@ -250,6 +250,11 @@ def test_calibration_mode_stores_the_gate_in_the_checkpoint(examples, tmp_path, 
     assert stored["gate"] == expected
     assert read_config(routers_dir)["calibration"]["gate"] == expected
     assert Routers.from_pretrained(routers_dir).meta.gate == expected
+    # a later evaluation adds the calibrated gate to its gate policies
+    later = _run(examples, tmp_path / "later", policies=("default", "routed"),
+                 routers=str(routers_dir), alphas=(), gates=())
+    assert later["calibrated_gate"] == expected and later["gates"] == [expected]
+    assert f"routed(t={expected:g})" in later["datasets"]["synthetic_arith"]["policies"]
     with pytest.raises(ValueError, match="calibrate needs"):
         EvaluationConfig(policies=("default",), calibrate=True)
 
