@@ -59,7 +59,8 @@ def _draw(ax: Any, rows: pd.DataFrame, dataset: str) -> None:
     styles = {"default": ("*", "black"), "oracle": ("P", "tab:green"),
               "static_importance": ("s", "tab:orange"), "static_random": ("x", "tab:gray")}
     for r in rows.itertuples():
-        marker, color = styles.get(r.kind, ("o", "tab:blue"))
+        marker, color = styles.get(r.kind, ("o", "tab:blue" if pd.notna(r.gate)
+                                                     else "tab:purple"))
         err = [[max(0.0, r.accuracy - r.ci_low)], [max(0.0, r.ci_high - r.accuracy)]]
         ax.errorbar(r.blocks_per_pass, r.accuracy, yerr=err, fmt=marker, color=color,
                     capsize=3, ms=8 if r.kind == "default" else 5, alpha=0.85)
