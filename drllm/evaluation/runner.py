@@ -95,7 +95,8 @@ def _row(policy: Policy, key: str, example: Example, result: EvalResult) -> dict
                         else get_grader(name).grade(ev.response, example.gold).reward >= 1.0)
     return {
         "policy_key": key, "policy": policy.name, "kind": policy.kind, "alpha": policy.alpha,
-        "gate": policy.gate, "k": policy.k, "dataset": example.dataset, "example_id": str(example.id),
+        "gate": policy.gate, "k": policy.k, "dataset": example.dataset,
+        "example_id": str(example.id),
         "gold": example.gold, "grader": example.grader, "failed": bool(ev.failed),
         "reason": ev.reason, "reward": float(ev.reward),
         "correct": bool(not ev.failed and ev.reward >= 1.0),

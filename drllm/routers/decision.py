@@ -68,10 +68,11 @@ class RouterMeta:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "RouterMeta":
         adj = config.get("logit_adjustment")
+        adjustment = None if adj is None else (float(adj[0]), float(adj[1]), float(adj[2]))
         calibration = config.get("calibration") or {}
         edits = (config.get("label_edits") or {}).get("max")
         return cls(
-            logit_adjustment=None if adj is None else tuple(float(x) for x in adj),  # type: ignore[arg-type]
+            logit_adjustment=adjustment,
             gate=check_gate(calibration.get("gate")),
             max_label_edits=None if edits is None else int(edits),
             pooling=PoolingSpec.from_dict(config.get("pooling")),

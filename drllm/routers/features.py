@@ -273,7 +273,8 @@ def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: Shards
         FeatureExtractor,
         fn_constructor_kwargs={
             "model": model, "windows": cfg.windows, "dtype": cfg.dtype,
-            "pooling": pooling.to_dict(), "expected_model_id": ident.model_id, "expected_num_layers": ident.num_layers,
+            "pooling": pooling.to_dict(), "expected_model_id": ident.model_id,
+            "expected_num_layers": ident.num_layers,
             "num_threads": None if use_gpu else cfg.num_cpus_per_actor,
             "device": "cuda" if use_gpu else None,
         },

@@ -9,7 +9,8 @@
    deadlock on a small machine. It featurizes the rows of the row filter only (``features.rows``:
    ``solved`` by default, ``all``; :mod:`drllm.routers.rows`), so training sees those rows;
 2. :func:`fit_routers` splits rows by example id, counts the **training** split's target mass
-   for the loss weights (and the logit adjustment inference applies), and runs :func:`~drllm.routers.train_worker.train_loop_per_worker` on
+   for the loss weights (and the logit adjustment inference applies), and runs
+   :func:`~drllm.routers.train_worker.train_loop_per_worker` on
    ``num_workers`` Ray Train workers (CPU by default, one GPU each when the cluster has GPUs);
 3. the routers of the best epoch (``train.select``) are written with
    :meth:`Routers.save_pretrained` to ``<output>/<checkpoint_dir>`` along with their validation
@@ -38,9 +39,8 @@ from drllm.routers.loss import class_counts
 from drllm.routers.dataset import split_by_id
 from drllm.routers.metrics import CLASS_NAMES
 from drllm.routers.module import Routers
-from drllm.routers.training import (
-    TrainConfig, loss_adjustment, max_label_edits, row_extras, train_counts,
-)
+from drllm.routers.objective import loss_adjustment, max_label_edits, row_extras, train_counts
+from drllm.routers.training import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -39,9 +39,8 @@ from drllm.routers.metrics import CLASS_NAMES
 from drllm.routers.decision import RouterMeta
 from drllm.routers.module import Routers, StackedRouters
 from drllm.routers.pooling import PoolingSpec
-from drllm.routers.training import (
-    TrainConfig, evaluate, make_loss, make_optimizer, row_extras, selection_value, train_epoch,
-)
+from drllm.routers.objective import make_loss, row_extras, selection_value
+from drllm.routers.training import TrainConfig, evaluate, make_optimizer, train_epoch
 
 logger = logging.getLogger(__name__)
 

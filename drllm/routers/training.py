@@ -30,20 +30,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from drllm.paths import edit_count
 from drllm.routers.dataset import (
     Batch, FeatureBatches, batch_targets, check_dataset, split_by_id, unpack_batch,
 )
 from drllm.routers.decision import RouterMeta
-from drllm.routers.loss import (
-    AdjustedCrossEntropy, FocalLoss, effective_number_weights, inference_adjustment, soft_counts,
-)
 from drllm.routers.metrics import (
     confusion_matrix, harm_counts, harm_from_counts, metrics_from_confusion,
 )
 from drllm.routers.module import Routers, StackedRouters
+from drllm.routers.objective import (
+    LOSS_KINDS, SELECT_KINDS, loss_adjustment, make_loss, max_label_edits, row_extras,
+    selection_value, train_counts,
+)
 from drllm.routers.optim import lr_factor, make_optimizer
-from drllm.routers.targets import row_weights, training_targets
 
 logger = logging.getLogger(__name__)
 
@@ -53,16 +52,19 @@ __all__ = [
     "evaluate",
     "fit",
     "lr_factor",
+    "loss_adjustment",
     "make_loss",
     "make_optimizer",
+    "max_label_edits",
+    "row_extras",
+    "selection_value",
+    "train_counts",
     "train_epoch",
 ]
 
 LossFn = Callable[..., Tensor]
 """``(logits [B, L, 3], targets [B, L, 3], sample weights [B, L] or None) -> scalar``."""
 
-LOSS_KINDS = ("focal", "ce")
-SELECT_KINDS = ("harm", "loss", "macro_f1", "last")
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,8 @@ class TrainConfig:
              f"select must be one of {list(SELECT_KINDS)}, got {self.select!r}"),
             (self.max_weight_ratio is None or self.max_weight_ratio >= 1,
              f"max_weight_ratio must be >= 1 or None, got {self.max_weight_ratio}"),
-            (self.negative_weight >= 0, f"negative_weight must be >= 0, got {self.negative_weight}"),
+            (self.negative_weight >= 0,
+             f"negative_weight must be >= 0, got {self.negative_weight}"),
             (self.improved_weight > 0, f"improved_weight must be > 0, got {self.improved_weight}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -290,7 +293,8 @@ def evaluate(
             loss_sum += loss_fn(logits, targets, weights).double() * features.shape[0]
         if isinstance(batch, Mapping) and "soft" in batch and "default_correct" in batch:
             preds = (logits.float() + shift).argmax(-1)
-            harm += harm_counts(preds, batch["soft"].to(device), batch["default_correct"].to(device))
+            harm += harm_counts(preds, batch["soft"].to(device),
+                                batch["default_correct"].to(device))
         count += features.shape[0]
     model.train(was_training)
     if confusion is None:
@@ -340,69 +344,6 @@ def _init_routers(num_layers: int, hidden_size: int, windows: int, cfg: TrainCon
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return Routers(num_layers, hidden_size, cfg.bottleneck, windows)
-
-
-def make_loss(counts: Sequence[float], cfg: TrainConfig) -> nn.Module:
-    """The training loss of ``cfg`` for the training split's class ``counts``: focal
-    (``cfg.gamma``) weighted by capped effective numbers unless ``cfg.class_weighting`` is off,
-    or logit-adjusted cross-entropy (``cfg.loss="ce"``)."""
-    if cfg.loss == "ce":
-        return AdjustedCrossEntropy(counts, cfg.la_tau)
-    if cfg.class_weighting:
-        return FocalLoss(effective_number_weights(counts, cfg.beta, cfg.max_weight_ratio),
-                         cfg.gamma)
-    return FocalLoss(None, cfg.gamma)
-
-
-def loss_adjustment(counts: Sequence[float], cfg: TrainConfig) -> tuple[float, ...]:
-    """The logit adjustment inference applies to routers trained by ``make_loss(counts, cfg)``."""
-    if cfg.loss == "ce":
-        return inference_adjustment(counts, "ce", tau=cfg.la_tau)
-    loss = make_loss(counts, cfg)
-    weights = loss.class_weights
-    return inference_adjustment(counts, "focal",
-                                weights=None if weights is None else weights.tolist())
-
-
-def row_extras(
-    labels: Tensor, cfg: TrainConfig, *, soft: Tensor | None = None, blame: Tensor | None = None,
-    default_correct: Tensor | None = None, improved: Tensor | None = None,
-) -> dict[str, Tensor]:
-    """Per-row batch extras: ``targets [N, L, 3]`` and ``weights [N]`` under ``cfg``, and
-    ``soft`` / ``default_correct`` for the harm figure (when known)."""
-    extras = {
-        "targets": training_targets(labels, soft, blame, use_soft=cfg.soft_targets,
-                                    negative_weight=cfg.negative_weight),
-        "weights": row_weights(improved, labels.shape[0], cfg.improved_weight),
-    }
-    if soft is not None and default_correct is not None:
-        extras.update(soft=soft.float(), default_correct=default_correct.bool())
-    return extras
-
-
-def train_counts(extras: Mapping[str, Tensor], rows: Tensor) -> list[float]:
-    """Class mass of the training rows' targets (row-weighted): the loss's class counts."""
-    return soft_counts(extras["targets"][rows], extras["weights"][rows].unsqueeze(1).expand(
-        -1, extras["targets"].shape[1]))
-
-
-def max_label_edits(labels: Tensor) -> int:
-    """The most MCTS edits any label path has (the default edit budget at inference)."""
-    return max((edit_count(tuple(int(d) for d in row)) for row in labels.tolist()), default=0)
-
-
-def selection_value(record: Mapping[str, Any], select: str) -> tuple[float, float]:
-    """Lower is better: ``(figure select, tie-break)`` of an epoch record (``val`` metrics);
-    ties on the harm score go to the lower validation loss, then the earlier epoch."""
-    val = record.get("val") or {}
-    if select == "last" or not val:
-        return (-float(record["epoch"]), 0.0)
-    loss = float(val.get("loss", 0.0))
-    if select == "harm":
-        return (float(val["harm"]["score"]), loss) if "harm" in val else (loss, 0.0)
-    if select == "loss":
-        return (loss, 0.0)
-    return (-float(val["macro_f1"]), loss)
 
 
 def _resolve_device(device: torch.device | str | None) -> torch.device:

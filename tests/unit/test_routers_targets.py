@@ -159,7 +159,8 @@ def test_harm_figure_counts_edits_no_good_path_takes() -> None:
     assert counts.tolist() == [1, 2, 4, 1, 2]
     figures = harm_from_counts(counts)
     assert figures == {"harm": 1.0, "support": 1.0, "deviations": 2.0, "score": 0.0}
-    assert selection_value({"epoch": 3, "val": {"harm": figures, "loss": 2.0}}, "harm") == (0.0, 2.0)
+    record = {"epoch": 3, "val": {"harm": figures, "loss": 2.0}}
+    assert selection_value(record, "harm") == (0.0, 2.0)
     assert selection_value({"epoch": 3, "val": {"loss": 2.0}}, "loss") == (2.0, 0.0)
     assert selection_value({"epoch": 3, "val": {}}, "harm") == (-3.0, 0.0)  # no val: the last
 
