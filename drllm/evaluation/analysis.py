@@ -43,7 +43,7 @@ def policy_table(results_dir: str | os.PathLike) -> pd.DataFrame:
         s = policy_summary(rows, str(rows["grader"].iloc[0]), num_layers, len(rows))
         shares = s["action_shares"] or {}
         out.append({"dataset": dataset, "policy": s["policy"], "kind": s["kind"],
-                    "alpha": s["alpha"], "k": s["k"], "n": s["examples"],
+                    "alpha": s["alpha"], "gate": s.get("gate"), "k": s["k"], "n": s["examples"],
                     "accuracy": s["accuracy"], "ci_low": s["ci95"][0], "ci_high": s["ci95"][1],
                     "blocks_per_pass": s["blocks_per_pass"],
                     "layers_per_answer": s["layers_per_answer"],
@@ -168,7 +168,8 @@ def throughput(routed_model: Any, prompts: Sequence[Sequence[int]], batch_sizes:
         for chunk in chunks:
             gens, s = _timed(lambda: ex.generate(chunk, None, max_new_tokens=max_new_tokens))
             default_tokens, default_s = default_tokens + sum(len(g.token_ids) for g in gens), default_s + s
-            rec = DecisionRecorder(routed_model.block_hook(alpha), ex.num_layers, ex.device)
+            rec = DecisionRecorder(routed_model.block_hook(alpha, token_ids=chunk),
+                                   ex.num_layers, ex.device)
             gens, s = _timed(lambda: ex.generate(chunk, None, max_new_tokens=max_new_tokens,
                                                  block_hook=rec))
             routed_tokens, routed_s = routed_tokens + sum(len(g.token_ids) for g in gens), routed_s + s

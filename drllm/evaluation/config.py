@@ -47,14 +47,24 @@ class EvaluationConfig:
             at each ``alphas`` value), ``oracle`` (the MCTS best path of ``shards_dir``, for
             the examples it holds) and ``static`` (matched-cost skips) to run.
         routers: ``routed``: a router checkpoint directory (``python -m drllm.jobs.train``).
-        alphas: ``routed``: control knob values in ``[-1, 1]``, one policy each.
+        alphas: ``routed``: control knob values in ``[-1, 1]``, one policy each (argmax of
+            the knob's probabilities, the paper's sweep).
+        gates: ``routed``: gate values ``tau`` in ``[0, 1]``, one policy each (knob 0; ``1``
+            is the default path); a checkpoint's calibrated gate is always added.
+        calibrate: calibration mode: run ``default`` and every gate on this (calibration)
+            slice, choose the gate saving the most blocks per pass with accuracy
+            ``>= default - epsilon``, and store it with its evidence in the checkpoint
+            (:mod:`drllm.evaluation.calibration`); routed inference then uses it by default.
+        epsilon: calibration: the accuracy the chosen gate may lose against the default
+            (absolute, 0.01 = 1 pp).
         check_model_id: require the checkpoint's ``base_model_id`` to be the evaluated model
             (``L`` and ``d`` are always checked).
         shards_dir: ``oracle``: a search's shards directory (``drllm.shards`` layout).
         static: ``static``: ``importance`` (skip the ``k`` blocks of lowest block influence
             ``1 - cos(h_in, h_out)``, ShortGPT) and / or ``random`` (``k`` seeded random blocks).
         static_alphas: the routed ``alphas`` whose average cost (blocks per forward pass)
-            the static ``k`` is matched to (``None``: every one; one ``k`` each, deduplicated).
+            the static ``k`` is matched to (``None``: every one; one ``k`` each, deduplicated;
+            every gate is matched too).
         static_k: extra explicit ``k`` values (also usable without ``routed``).
         calibration_examples: prompts of the block-influence measurement: the first ones of
             the dataset's seeded order (``skip=0``), i.e. a search slice, not the test slice.
@@ -66,6 +76,9 @@ class EvaluationConfig:
     policies: tuple[str, ...] = ("default",)
     routers: Optional[str] = None
     alphas: tuple[float, ...] = (0.0,)
+    gates: tuple[float, ...] = ()
+    calibrate: bool = False
+    epsilon: float = 0.01
     check_model_id: bool = True
     shards_dir: Optional[str] = None
     static: tuple[str, ...] = STATIC_KINDS
@@ -86,6 +99,15 @@ class EvaluationConfig:
         if bad or len(set(alphas)) != len(alphas):
             raise ValueError(f"{owner}.alphas must be distinct values in [-1, 1], got {alphas}")
         object.__setattr__(self, "alphas", alphas)
+        gates = _floats(owner, "gates", self.gates)
+        if [g for g in gates if not 0.0 <= g <= 1.0] or len(set(gates)) != len(gates):
+            raise ValueError(f"{owner}.gates must be distinct values in [0, 1], got {gates}")
+        object.__setattr__(self, "gates", gates)
+        epsilon = _floats(owner, "epsilon", [self.epsilon])[0]
+        if not 0.0 <= epsilon <= 1.0:
+            raise ValueError(f"{owner}.epsilon must be in [0, 1] (0.01 = 1 pp), got {epsilon}")
+        object.__setattr__(self, "epsilon", epsilon)
+        check_bool(owner, "calibrate", self.calibrate)
         if self.static_alphas is not None:
             chosen = _floats(owner, "static_alphas", self.static_alphas)
             missing = [a for a in chosen if a not in alphas]
@@ -111,6 +133,10 @@ class EvaluationConfig:
         if "oracle" in self.policies and not self.shards_dir:
             raise ValueError(f"{owner}.shards_dir: policy 'oracle' needs a search's shards "
                              "directory (evaluation.shards_dir=/abs/path/to/shards)")
+        if self.calibrate and not ({"default", "routed"} <= set(self.policies) and self.gates):
+            raise ValueError(f"{owner}.calibrate needs policies default and routed and a list "
+                             "of gates, e.g. evaluation.policies=[default,routed] "
+                             "evaluation.gates=[0.3,0.5,0.7,0.9,1.0] evaluation.alphas=[]")
         if "static" in self.policies and "routed" not in self.policies and not self.static_k:
             raise ValueError(f"{owner}.static_k: policy 'static' matches the routed policy's "
                              "cost; without 'routed' give explicit evaluation.static_k=[...]")

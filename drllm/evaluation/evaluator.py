@@ -7,12 +7,15 @@ split into groups that share a generation budget and a policy kind:
 
 * fixed-path rows (default, oracle, static policies) run in one executor call, each row along
   its own path;
-* routed rows run in one call per control knob ``alpha``: the routers choose each row's path
-  block by block during prefill (:meth:`~drllm.inference.routed.RoutedModel.block_hook`); the
+* routed rows run in one call per control knob ``alpha`` and gate: the routers choose each
+  row's path block by block during prefill (:mod:`drllm.routers.decision`: the checkpoint's
+  logit adjustment, the request's knob and gate -- ``None``: the argmax --, the search's path
+  rules) (:meth:`~drllm.inference.routed.RoutedModel.block_hook`); the
   chosen decisions are recorded from the hook, and the time spent in the routers is measured.
 
 Tokenized prompts are cached per (example, choice order): every policy evaluates the same
-prompts. Paths are not constrained (a static policy may skip any blocks, a router anything).
+prompts. The executor does not constrain paths (a static policy may skip any blocks); routed
+decisions obey the search's rules through the decision rule.
 """
 
 from __future__ import annotations
@@ -133,8 +136,9 @@ class PolicyEvaluator(Evaluator):
             self._ids.popitem(last=False)
         return ids
 
-    def _generate(self, alpha: Optional[float], ids: list[list[int]], paths: list[LayerPath],
-                  budget: tuple[int, tuple[str, ...]]) -> tuple[list[Generation], list, float, float]:
+    def _generate(self, alpha: Optional[float], gate: Optional[float], ids: list[list[int]],
+                  paths: list[LayerPath], budget: tuple[int, tuple[str, ...]]
+                  ) -> tuple[list[Generation], list, float, float]:
         """One executor call; ``(generations, paths followed, seconds, router seconds)``."""
         max_new_tokens, stops = budget
         start = time.perf_counter()
@@ -145,8 +149,8 @@ class PolicyEvaluator(Evaluator):
         if self.routed is None:
             raise ValueError("a routed request reached an evaluator built without routers "
                              "(policy_evaluator_spec(routers_dir=...))")
-        recorder = DecisionRecorder(self.routed.block_hook(alpha), self.executor.num_layers,
-                             self.executor.device)
+        hook = self.routed.block_hook(alpha, gate, ids)  # gate None: the argmax
+        recorder = DecisionRecorder(hook, self.executor.num_layers, self.executor.device)
         gens = self.executor.generate(ids, None, max_new_tokens=max_new_tokens,
                                       stop_strings=stops, block_hook=recorder)
         return gens, recorder.paths(), time.perf_counter() - start, recorder.seconds
@@ -158,15 +162,16 @@ class PolicyEvaluator(Evaluator):
         groups: dict[tuple, list[int]] = {}
         for n, (i, *_rest) in enumerate(rows):
             r = requests[i]
-            key = (getattr(r, "alpha", None), int(getattr(r, "max_new_tokens", 64)),
-                   tuple(getattr(r, "stop_strings", ())))
+            key = (getattr(r, "alpha", None), getattr(r, "gate", None),
+                   int(getattr(r, "max_new_tokens", 64)), tuple(getattr(r, "stop_strings", ())))
             groups.setdefault(key, []).append(n)
         done: dict[int, tuple] = {}
-        for (alpha, *budget), members in groups.items():
+        for (alpha, gate, *budget), members in groups.items():
             ids = [self._token_ids(requests[rows[n][0]].example_id, rows[n][1], rows[n][2])
                    for n in members]
             paths = [LayerPath(requests[rows[n][0]].path) for n in members]
-            gens, followed, seconds, router_s = self._generate(alpha, ids, paths, tuple(budget))
+            gens, followed, seconds, router_s = self._generate(alpha, gate, ids, paths,
+                                                               tuple(budget))
             work = [max(1, sum(p)) * (g.prompt_tokens + len(g.token_ids))
                     for g, p in zip(gens, followed)]
             total = float(sum(work)) or 1.0

@@ -2,7 +2,9 @@
 
 ``python -m drllm.jobs.evaluate`` (Hydra) composes an :class:`EvaluateJobSettings` and calls
 :func:`run_job`. Outputs under the run directory: ``results/part-*.parquet`` (one row per
-policy and example), ``summary.json`` (written atomically) and the printed table.
+policy and example), ``summary.json`` (written atomically) and the printed table. With
+``evaluation.calibrate=true`` the run is a calibration: the chosen gate and its evidence go into
+the router checkpoint and the summary (``calibration``; :mod:`drllm.evaluation.calibration`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from drllm.cluster import ClusterSettings, cluster_gpus, connect
 from drllm.data import DatasetConfig, load_examples
 from drllm.data.prompts import render_prompt
 from drllm.distributed.config import PoolConfig
+from drllm.evaluation.calibration import calibrate, format_calibration
 from drllm.evaluation.config import EvaluationConfig
 from drllm.evaluation.preflight import preflight
 from drllm.evaluation.runner import HEADLINE, EvalSet, run_evaluation
@@ -124,9 +127,13 @@ def run_job(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
     summary = run_evaluation(sets, settings.evaluation, render=render, model=settings.model,
                              out_dir=output_dir / RESULTS_DIR, pool_config=settings.pool,
                              progress=settings.progress)
+    if evaluation.calibrate:
+        summary["calibration"] = calibrate(summary, str(evaluation.routers), evaluation.epsilon)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
     print(format_table(summary))
+    if evaluation.calibrate:
+        print(format_calibration(summary["calibration"]))
     print(f"headline: {summary['headline']}")
     print(f"summary:  {output_dir / SUMMARY_FILE}")
     return summary

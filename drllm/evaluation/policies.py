@@ -1,7 +1,8 @@
 """The policies an evaluation compares, and how each turns an example into a request.
 
 * ``default`` -- every block once.
-* ``routed(a=...)`` -- the routers choose each row's path during prefill, control knob ``a``.
+* ``routed(a=...)`` -- the routers choose each row's path during prefill, control knob ``a``
+  (argmax of the knob's probabilities); ``routed(t=...)`` -- the same at gate ``t`` (knob 0).
 * ``oracle`` -- the MCTS best path a search stored for the example (an upper bound); an
   example the shards do not hold gets no request and is counted as missing.
 * ``shortgpt(k=...)`` -- skip the ``k`` blocks of lowest block influence (ShortGPT).
@@ -42,6 +43,7 @@ class Policy:
             ``random(k=3)``).
         kind: ``default``, ``routed``, ``oracle``, ``static_importance`` or ``static_random``.
         alpha: routed: the control knob.
+        gate: routed: the gate ``tau`` (``None``: the argmax).
         k: static: blocks skipped.
         path: default / static: the path of every example.
         oracle_paths: oracle: ``(dataset, example id) -> best path``.
@@ -52,6 +54,7 @@ class Policy:
     name: str
     kind: str
     alpha: Optional[float] = None
+    gate: Optional[float] = None
     k: Optional[int] = None
     path: Optional[tuple[int, ...]] = None
     oracle_paths: Mapping[tuple[str, str], tuple[int, ...]] = field(default_factory=dict)
@@ -80,6 +83,7 @@ class Policy:
             example_id=str(example.id), prompt=prompt, gold=example.gold, grader=example.grader,
             path=LayerPath(path if path is not None else (1,) * num_layers), variants=variants,
             alpha=self.alpha if self.kind == "routed" else None,
+            gate=self.gate if self.kind == "routed" else None,
             max_new_tokens=budget[0], stop_strings=budget[1],
         )
 
@@ -89,10 +93,19 @@ def default_policy(num_layers: int) -> Policy:
     return Policy("default", "default", path=path, identity={"kind": "default", "path": path})
 
 
-def routed_policy(alpha: float, routers_dir: str, checkpoint_id: str) -> Policy:
-    """``checkpoint_id``: a content hash of the checkpoint (a retrained one is another policy)."""
-    return Policy(f"routed(a={alpha:+g})", "routed", alpha=float(alpha),
-                  identity={"kind": "routed", "alpha": float(alpha), "routers": checkpoint_id})
+def routed_policy(alpha: float, routers_dir: str, checkpoint_id: str,
+                  gate: Optional[float] = None) -> Policy:
+    """``checkpoint_id``: a content hash of the checkpoint (a retrained or recalibrated one is
+    another policy). ``gate=None``: knob ``alpha``, argmax, named ``routed(a=...)``; a gate:
+    named ``routed(t=...)`` (give ``alpha=0``)."""
+    name = f"routed(a={alpha:+g})" if gate is None else f"routed(t={gate:g})"
+    if gate is not None and alpha != 0.0:
+        name = f"routed(a={alpha:+g},t={gate:g})"
+    identity = {"kind": "routed", "alpha": float(alpha), "routers": checkpoint_id}
+    if gate is not None:
+        identity["gate"] = float(gate)
+    return Policy(name, "routed", alpha=float(alpha), gate=None if gate is None else float(gate),
+                  identity=identity)
 
 
 def checkpoint_id(routers_dir: str) -> str:

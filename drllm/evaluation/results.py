@@ -29,7 +29,7 @@ KEY_COLUMNS = ["policy_key", "dataset", "example_id"]
 
 RESULT_SCHEMA = pa.schema([
     ("policy_key", pa.string()), ("policy", pa.string()), ("kind", pa.string()),
-    ("alpha", pa.float64()), ("k", pa.int64()), ("dataset", pa.string()),
+    ("alpha", pa.float64()), ("gate", pa.float64()), ("k", pa.int64()), ("dataset", pa.string()),
     ("example_id", pa.string()), ("gold", pa.string()), ("grader", pa.string()),
     ("failed", pa.bool_()), ("reason", pa.string()), ("reward", pa.float64()),
     ("correct", pa.bool_()), ("grades", pa.string()), ("response", pa.string()),

@@ -2,9 +2,9 @@
 
 :func:`run_evaluation` starts one pool of :class:`~drllm.evaluation.evaluator.PolicyEvaluator`
 workers (Ray actors, one per GPU on a cluster, CPU locally; or in process) and, per dataset,
-runs each policy over the same examples: ``default``, every ``routed`` alpha and ``oracle``
-first, then the ``static`` baselines, whose ``k`` is matched to the routed policies' measured
-cost. Requests of one policy are submitted together and batched by the pool. Rows already
+runs each policy over the same examples: ``default``, every ``routed`` alpha and gate and
+``oracle`` first, then the ``static`` baselines, whose ``k`` is matched to the routed policies'
+measured cost. Requests of one policy are submitted together and batched by the pool. Rows already
 written by an identical policy (same key, see :class:`~drllm.evaluation.policies.Policy`) are
 skipped, so rerunning resumes; the summary is computed from every row of the sample.
 """
@@ -95,7 +95,8 @@ def _row(policy: Policy, key: str, example: Example, result: EvalResult) -> dict
                         else get_grader(name).grade(ev.response, example.gold).reward >= 1.0)
     return {
         "policy_key": key, "policy": policy.name, "kind": policy.kind, "alpha": policy.alpha,
-        "k": policy.k, "dataset": example.dataset, "example_id": str(example.id),
+        "gate": policy.gate, "k": policy.k, "dataset": example.dataset,
+        "example_id": str(example.id),
         "gold": example.gold, "grader": example.grader, "failed": bool(ev.failed),
         "reason": ev.reason, "reward": float(ev.reward),
         "correct": bool(not ev.failed and ev.reward >= 1.0),
@@ -165,8 +166,9 @@ class _Run:
             "evaluated": len(requests), "skipped_done": len(done),
             "wall_seconds": time.perf_counter() - started}
 
-    def routed_cost(self, es: EvalSet, alpha: float) -> Optional[float]:
-        key = self.keys.get((es.config.name, routed_policy(alpha, "", "").name))
+    def routed_cost(self, es: EvalSet, name: str) -> Optional[float]:
+        """Mean blocks per pass of the routed policy ``name`` on ``es`` (``None``: no rows)."""
+        key = self.keys.get((es.config.name, name))
         table = self.store.load()
         ids = {str(e.id) for e in es.examples}
         rows = table[(table["policy_key"] == key) & ~table["failed"].astype(bool)
@@ -174,19 +176,35 @@ class _Run:
         return float(rows["cost"].mean()) if len(rows) else None
 
 
+def run_gates(config: EvaluationConfig) -> tuple[float, ...]:
+    """The gate policies of a run: ``config.gates`` plus the checkpoint's calibrated gate."""
+    if "routed" not in config.policies:
+        return ()
+    calibrated = (read_config(config.routers).get("calibration") or {}).get("gate")
+    extra = () if calibrated is None or float(calibrated) in config.gates else (float(calibrated),)
+    return (*config.gates, *extra)
+
+
+def _matched_policies(cfg: EvaluationConfig) -> list[tuple[str, str, float]]:
+    """``(label, routed policy name, alpha or gate)`` of the routed policies statics match."""
+    out = [(f"{a:+g}", routed_policy(a, "", "").name, a) for a in cfg.matched_alphas]
+    out += [(f"t={g:g}", routed_policy(0.0, "", "", g).name, g) for g in run_gates(cfg)]
+    return out
+
+
 def _static_policies(run: _Run, es: EvalSet) -> tuple[list[Policy], dict[str, Any]]:
-    """Static baselines of one dataset: a ``k`` per matched alpha (deduplicated), plus ``static_k``."""
+    """Static baselines of one dataset: a ``k`` per matched routed policy (alphas and gates,
+    deduplicated), plus ``static_k``."""
     cfg, L = run.config, run.num_layers
     matching, ks = {}, {k: () for k in cfg.static_k}
-    for alpha in cfg.matched_alphas:
-        cost = run.routed_cost(es, alpha)
+    for label, name, value in _matched_policies(cfg):
+        cost = run.routed_cost(es, name)
         if cost is None:
-            logger.warning("routed(a=%+g) answered nothing on %s; no static match", alpha,
-                           es.config.name)
+            logger.warning("%s answered nothing on %s; no static match", name, es.config.name)
             continue
         k = matched_k(cost, L)
-        matching[f"{alpha:+g}"] = {"routed_blocks_per_pass": cost, "k": k}
-        ks[k] = (*ks.get(k, ()), alpha)
+        matching[label] = {"policy": name, "routed_blocks_per_pass": cost, "k": k}
+        ks[k] = (*ks.get(k, ()), value)
     policies = [static_policy(kind, k, L, importance=es.importance, seed=cfg.random_seed,
                               matches=ks[k])
                 for k in sorted(ks) for kind in cfg.static]
@@ -243,8 +261,10 @@ def run_evaluation(
         if "routed" in config.policies:
             _check_routers(config, L)
         fixed = [default_policy(L)] if "default" in config.policies else []
-        fixed += [routed_policy(a, config.routers, routers_id) for a in config.alphas
-                  if "routed" in config.policies]
+        if "routed" in config.policies:
+            fixed += [routed_policy(a, config.routers, routers_id) for a in config.alphas]
+            fixed += [routed_policy(0.0, config.routers, routers_id, g)
+                      for g in run_gates(config)]
         if "oracle" in config.policies:
             fixed.append(oracle_policy(config.shards_dir, L))
         run = _Run(pool, store, config, info.model_id, L, render, progress)
@@ -263,7 +283,9 @@ def run_evaluation(
         pool.close()
     return {"model": info.model_id, "num_layers": L, "routers": config.routers,
             "shards_dir": config.shards_dir, "policies": list(config.policies),
-            "alphas": list(config.alphas), "datasets": datasets,
+            "alphas": list(config.alphas), "gates": list(run_gates(config)),
+            "calibrated_gate": (read_config(config.routers).get("calibration") or {}).get("gate")
+            if "routed" in config.policies else None, "datasets": datasets,
             "headline": headline(datasets), "results_dir": str(Path(out_dir).resolve()),
             "this_run": {"phases": run.phases, "wall_seconds": time.perf_counter() - started}}
 

@@ -67,6 +67,8 @@ def policy_summary(rows: pd.DataFrame, grader: str, num_layers: int, expected: i
         "policy": str(first["policy"]) if first is not None else "",
         "kind": str(first["kind"]) if first is not None else "",
         "alpha": None if first is None or pd.isna(first["alpha"]) else float(first["alpha"]),
+        "gate": (None if first is None or "gate" not in first or pd.isna(first["gate"])
+                 else float(first["gate"])),
         "k": None if first is None or pd.isna(first["k"]) else int(first["k"]),
         "examples": int(len(ok)),
         "failed": int(rows["failed"].astype(bool).sum()),

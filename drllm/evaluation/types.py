@@ -21,11 +21,13 @@ class PolicyRequest(EvalRequest):
         alpha: ``None``: follow ``path`` (default, oracle and static policies); a float: let
             the evaluator's routers choose the path during prefill with this control knob
             (``path`` is then ignored).
+        gate: routed: the gate ``tau`` (``None``: the argmax of the knob's probabilities).
         max_new_tokens: generated tokens at most (the dataset's budget).
         stop_strings: generation stops once the text holds one of these.
     """
 
     alpha: Optional[float] = None
+    gate: Optional[float] = None
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()
 

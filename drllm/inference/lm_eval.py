@@ -19,7 +19,8 @@ or from the shell ``python -m drllm.jobs.lm_eval --model drllm --model_args ... 
   ``gguf_file``, ``cache_dir``, ``revision``, ``trust_remote_code`` go to the spec;
 * the **policy**, at most one of: ``routers=DIR`` (a checkpoint of
   :meth:`~drllm.routers.module.Routers.save_pretrained` for this model, with ``alpha=`` in
-  [-1, 1] and ``check_model_id=``), or ``path=`` a fixed layer path of ``L`` decisions
+  [-1, 1], ``gate=`` (``tau`` in [0, 1], ``argmax``, or by default the checkpoint's calibrated
+  gate) and ``check_model_id=``), or ``path=`` a fixed layer path of ``L`` decisions
   (``[1,1,0,1,...]``, ``"1,1,0,1"``, ``1101`` or the letters ``EESE``; checked with
   :mod:`drllm.paths`: values in {0, 1, 2}, at least one block run). Default: every block once,
   which reproduces lm-eval's ``hf`` model on the same weights;
@@ -69,7 +70,7 @@ from lm_eval.models.utils import (
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
-from drllm.inference.routed import RoutedModel
+from drllm.inference.routed import CALIBRATED, RoutedModel
 from drllm.inference.scoring import PathCache, Window, fit_window, score_continuations
 from drllm.models.executor import PathExecutor
 from drllm.models.loading import DEFAULT_MODEL, LoadedModel, ModelSpec, load_model
@@ -143,6 +144,16 @@ def _device(device: str | None) -> str:
     return device
 
 
+def _gate_arg(gate: Any) -> Any:
+    """``gate=`` of the model args: ``None`` / ``calibrated`` (the checkpoint's), ``argmax``,
+    or a number in [0, 1]."""
+    if gate is None or gate == CALIBRATED:
+        return CALIBRATED
+    if str(gate).lower() in ("argmax", "none"):
+        return None
+    return float(gate)
+
+
 @register_model(MODEL_NAME)
 class DrLLMEval(TemplateLM):
     """lm-eval model over the edited-path executor; see the module docstring for the args."""
@@ -154,6 +165,7 @@ class DrLLMEval(TemplateLM):
         alpha: float = 0.0,
         path: Any = None,
         *,
+        gate: Any = None,
         batch_size: int | str = 1,
         max_batch_size: int | None = None,
         device: str | None = None,
@@ -171,8 +183,8 @@ class DrLLMEval(TemplateLM):
         super().__init__()
         if routers is not None and path is not None:
             raise ValueError("drllm model_args: pass routers= or path=, not both")
-        if routers is None and float(alpha) != 0.0:
-            raise ValueError(f"drllm model_args: alpha={alpha} needs routers=")
+        if routers is None and (float(alpha) != 0.0 or gate is not None):
+            raise ValueError(f"drllm model_args: alpha={alpha} / gate={gate} need routers=")
         self.batch_size = _batch_size(batch_size)
         del max_batch_size  # lm-eval passes it for 'auto' batch sizes, which drllm does not do
         if isinstance(pretrained, LoadedModel):
@@ -193,7 +205,8 @@ class DrLLMEval(TemplateLM):
                 expected_hidden_size=loaded.hidden_size,
                 expected_model_id=loaded.model_id if check_model_id else None,
             )
-            self.routed = RoutedModel(loaded.model, loaded.tokenizer, checkpoint, float(alpha))
+            self.routed = RoutedModel(loaded.model, loaded.tokenizer, checkpoint, float(alpha),
+                                      gate=_gate_arg(gate))
             self.executor = self.routed.executor
         else:
             self.executor = PathExecutor(
@@ -220,7 +233,7 @@ class DrLLMEval(TemplateLM):
     def policy(self) -> str:
         """``routed(DIR, alpha=A)``, ``path(EESE...)`` or ``default``."""
         if self.routed is not None:
-            return f"routed({self.routers_dir}, alpha={self.alpha:g})"
+            return f"routed({self.routers_dir}, alpha={self.alpha:g}, gate={self.routed.gate})"
         return "default" if self.path.is_default else f"path({self.path.to_str()})"
 
     @property

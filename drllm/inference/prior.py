@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from drllm.routers.decision import calibrated_probs
 from drllm.routers.features import extract_features, permissive_constraints
 from drllm.routers.module import Routers
 
@@ -58,9 +59,9 @@ def path_probs(
             result keeps the input order. A row's probabilities do not depend on its batch.
 
     Returns:
-        ``[N][L][3]`` floats: ``softmax`` of router ``i``'s logits on the pooled states
-        entering block ``i`` (``W = routers.windows`` windows) when the prompt runs through
-        every block once.
+        ``[N][L][3]`` floats: ``softmax`` of router ``i``'s logits plus the checkpoint's logit
+        adjustment on the pooled states entering block ``i`` (``W = routers.windows``
+        windows, the checkpoint's pooling) when the prompt runs through every block once.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -77,10 +78,11 @@ def path_probs(
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         features, wmask = extract_features(  # [B, L, W, d] float32, [B, W] bool
-            executor, [ids[r] for r in rows], [default] * len(rows), routers.windows
+            executor, [ids[r] for r in rows], [default] * len(rows), routers.windows,
+            routers.meta.pooling,
         )
         logits = routers(features.to(ref.device, ref.dtype), wmask.to(ref.device))  # [B, L, 3]
-        probs = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+        probs = calibrated_probs(logits, routers.meta.logit_adjustment).cpu().tolist()
         for row, p in zip(rows, probs):
             out[row] = p
     return out

@@ -5,6 +5,8 @@ JSON object as its last stdout line::
 
     python -m drllm.jobs.analyze alpha-sweep --results outputs/evaluate/<model>/<dataset>/results
     python -m drllm.jobs.analyze decisions   --results outputs/evaluate/<model>/<dataset>/results
+    python -m drllm.jobs.analyze frontier    --results outputs/evaluate/<model>/<dataset>/results \
+        [--out frontier.png] [--json frontier.json]
     python -m drllm.jobs.analyze throughput  --routers outputs/train/<model>/routers \\
         [--model smollm2-135m-instruct] [--dataset synthetic_arith] [--num-prompts 64] \\
         [--batch-sizes 1,2,4,8,16,32,64] [--max-new-tokens 16] [--alpha 0]
@@ -21,6 +23,7 @@ from typing import Sequence
 from drllm.data import DatasetConfig, load_examples
 from drllm.data.prompts import render_prompt
 from drllm.evaluation.analysis import alpha_sweep, decision_frequencies, throughput
+from drllm.evaluation.frontier import frontier
 from drllm.inference.routed import RoutedModel
 from drllm.models.loading import ModelSpec
 
@@ -33,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name)
         p.add_argument("--results", required=True, help="an evaluation's results directory")
         p.add_argument("--out", default=fig, help="figure path (PNG)")
+    p = sub.add_parser("frontier")
+    p.add_argument("--results", required=True, help="an evaluation's results directory")
+    p.add_argument("--out", default="frontier.png", help="figure path (PNG)")
+    p.add_argument("--json", default="frontier.json", help="points and comparisons (JSON)")
     p = sub.add_parser("throughput")
     p.add_argument("--routers", required=True, help="router checkpoint directory")
     p.add_argument("--model", default=ModelSpec().name, help="ModelSpec name (or local dir)")
@@ -72,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result = alpha_sweep(args.results, args.out)
     elif args.command == "decisions":
         result = decision_frequencies(args.results, args.out)
+    elif args.command == "frontier":
+        result = frontier(args.results, args.out, args.json)
     else:
         result = _throughput(args)
     print(json.dumps(result, default=str))

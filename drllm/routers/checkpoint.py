@@ -4,7 +4,10 @@
 (d), ``windows`` (W), ``bottleneck`` (b), ``num_classes``, ``class_names``, ``class_counts``
 (training split), ``train_config``, ``metrics``, ``rows`` (which supervision rows were used:
 ``{"filter", "used", "skipped_unsolved", "train", "val"}``, see :mod:`drllm.routers.rows`; or
-``null``) and the ``drllm_version`` that wrote it. Weight
+``null``), the decision settings (``logit_adjustment``, ``label_edits``, ``pooling``, and
+``calibration`` once :func:`write_calibration` chose a gate; see
+:mod:`drllm.routers.decision`), the training ``selection`` (best epoch) and the
+``drllm_version`` that wrote it. Weight
 names are those of :class:`~drllm.routers.module.Routers` (``routers.{i}.fc1.weight`` ...).
 
 Both files are written to temporary names and renamed, so an interrupted save never leaves a
@@ -70,6 +73,7 @@ def save_routers(
     train_config: Any = None,
     metrics: Mapping[str, Any] | None = None,
     rows: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save ``routers`` to ``directory`` (created if needed); returns the directory.
 
@@ -80,6 +84,8 @@ def save_routers(
         metrics: final metrics (JSON-serializable after conversion).
         rows: the supervision rows trained on (row filter and counts, e.g.
             ``{"filter": "solved", "used": N, "skipped_unsolved": M}``).
+        extra: further ``config.json`` entries (decision settings, selection); they may not
+            replace the keys above.
     """
     if not base_model_id:
         raise ValueError("base_model_id is required so the checkpoint can be matched to its model")
@@ -102,6 +108,10 @@ def save_routers(
         "rows": _jsonable(rows) if rows is not None else None,
         "drllm_version": drllm.__version__,
     }
+    clash = sorted(set(extra or {}) & set(config))
+    if clash:
+        raise ValueError(f"extra checkpoint entries {clash} would replace reserved keys")
+    config.update({str(k): _jsonable(v) for k, v in (extra or {}).items()})
     text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in routers.state_dict().items()}
     atomic_write(
@@ -110,6 +120,23 @@ def save_routers(
     atomic_write(out / CONFIG_NAME, lambda p: p.write_text(text + "\n", encoding="utf-8"))
     logger.info("saved %d routers for %s to %s", routers.num_layers, base_model_id, out)
     return out
+
+
+def write_calibration(directory: str | os.PathLike[str], calibration: Mapping[str, Any]) -> Path:
+    """Store a calibration (``{"gate": tau, ...evidence}``) in a checkpoint's ``config.json``.
+
+    The routed model and the lm-eval model then use ``calibration["gate"]`` by default. The
+    file is replaced atomically; the weights are untouched.
+    """
+    root = Path(directory)
+    config = read_config(root)
+    if "gate" not in calibration:
+        raise ValueError("a calibration needs its chosen 'gate'")
+    config["calibration"] = _jsonable(dict(calibration))
+    text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False)
+    atomic_write(root / CONFIG_NAME, lambda p: p.write_text(text + "\n", encoding="utf-8"))
+    logger.info("stored calibration gate %s in %s", calibration["gate"], root)
+    return root
 
 
 def read_config(directory: str | os.PathLike[str]) -> dict[str, Any]:

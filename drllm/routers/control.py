@@ -1,18 +1,20 @@
-"""The control knob alpha: bias routed decisions toward skipping or repeating without retraining.
+"""The control knob alpha: move routed decisions toward skip, execute or repeat without retraining.
 
-For router probabilities ``p`` over (skip, execute, repeat) and ``alpha`` in ``[-1, 1]``::
+For (calibrated) router probabilities ``p`` over (skip, execute, repeat) and ``alpha`` in
+``[-1, 1]``, the knob mixes ``p`` with a one-hot target ``e``; the cost of the routed path grows
+with ``alpha`` (``-1`` cheapest, ``+1`` dearest) and the knob passes through the default path::
 
-    p' = (1 - |alpha|) * p + |alpha| * onehot(skip if alpha < 0 else repeat)
+    alpha in [-1, 0]:    p' = (1 - |alpha|) p + |alpha| e_skip       (-1: every block skips)
+    alpha in [0, 1/2]:   p' = (1 - 2 alpha) p + 2 alpha e_execute    (1/2: the default path)
+    alpha in [1/2, 1]:   p' = (2 - 2 alpha) e_execute + (2 alpha - 1) e_repeat   (1: all repeat)
 
-* ``alpha = 0`` leaves ``p`` unchanged (the trained router's decisions).
-* ``alpha < 0`` moves mass toward skip; ``alpha = -1`` skips every block (cheapest).
-* ``alpha > 0`` moves mass toward repeat; ``alpha = 1`` repeats every block (cost ``2 L``).
+* ``alpha = 0`` leaves ``p`` unchanged (the trained routers' decisions);
+* ``alpha = 1/2`` is exactly the default path: ``p'`` is one-hot execute, whatever the routers
+  say (the execute direction the paper's knob also has);
+* past ``1/2`` every block repeats once ``2 alpha - 1`` exceeds ``2 - 2 alpha`` (or the gate).
 
-The decision is ``argmax(p')``. Since ``p'`` is a convex mixture, a row switches to skip
-(for ``alpha < 0``) exactly when ``p_skip + |alpha| / (1 - |alpha|) >= max_c p_c``; so
-``|alpha|`` is the margin, in probability units scaled by ``1 / (1 - |alpha|)``, that the
-preferred class is granted. Probabilities, not logits, are mixed, so ``p'`` stays a
-distribution and the knob is monotone in ``alpha``.
+The decision is then taken by :mod:`drllm.routers.decision` (argmax, or the gate ``tau``).
+Probabilities, not logits, are mixed, so ``p'`` stays a distribution and the knob is monotone.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ import math
 import torch
 from torch import Tensor
 
-from drllm.paths import REPEAT, SKIP
+from drllm.paths import EXECUTE, REPEAT, SKIP
+
+DEFAULT_PATH_ALPHA = 0.5
+"""The knob value whose decisions are the default path (every block executed once)."""
 
 
 def check_alpha(alpha: float) -> float:
@@ -33,16 +38,21 @@ def check_alpha(alpha: float) -> float:
     return value
 
 
+def _onehot(index: int, like: Tensor) -> Tensor:
+    out = torch.zeros(3, dtype=like.dtype, device=like.device)
+    out[index] = 1.0
+    return out
+
+
 def apply_control(probs: Tensor, alpha: float) -> Tensor:
-    """Move router probabilities toward one-hot skip (``alpha < 0``) or repeat (``alpha > 0``).
+    """Mix router probabilities with the knob's target (see the module docstring).
 
     Args:
         probs: ``[..., 3]`` probabilities over (skip, execute, repeat).
         alpha: control knob in ``[-1, 1]``.
 
     Returns:
-        ``[..., 3]`` adjusted probabilities ``(1 - |alpha|) p + |alpha| onehot``; ``probs``
-        itself when ``alpha == 0``.
+        ``[..., 3]`` adjusted probabilities; ``probs`` itself when ``alpha == 0``.
     """
     a = check_alpha(alpha)
     if probs.shape[-1] != 3:
@@ -51,6 +61,11 @@ def apply_control(probs: Tensor, alpha: float) -> Tensor:
         )
     if a == 0.0:
         return probs
-    target = torch.zeros(3, dtype=probs.dtype, device=probs.device)
-    target[SKIP if a < 0 else REPEAT] = 1.0
-    return (1.0 - abs(a)) * probs + abs(a) * target
+    if a < 0:
+        return (1.0 + a) * probs + (-a) * _onehot(SKIP, probs)
+    if a <= DEFAULT_PATH_ALPHA:
+        w = 2.0 * a
+        return (1.0 - w) * probs + w * _onehot(EXECUTE, probs)
+    v = 2.0 * a - 1.0
+    target = (1.0 - v) * _onehot(EXECUTE, probs) + v * _onehot(REPEAT, probs)
+    return target.expand_as(probs).clone()

@@ -8,7 +8,9 @@ A router dataset of ``N`` searched examples over a model with ``L`` blocks is th
 * ``labels [N, L]`` int64 -- the MCTS best-path decisions (0 skip, 1 execute, 2 repeat).
 
 Batches are dicts ``{"features", "wmask", "labels"}`` -- the same keys a Ray Data
-``iter_torch_batches`` loop would yield -- so the training loop accepts either source.
+``iter_torch_batches`` loop would yield -- so the training loop accepts either source -- plus
+any per-row ``extras`` (``targets [B, L, 3]``, ``weights [B]``, ``soft``, ``default_correct``:
+see :mod:`drllm.routers.targets`).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class FeatureBatches:
         shuffle: reshuffle rows every epoch (seeded by ``seed`` and the epoch number).
         seed: shuffle seed.
         device: where batches are moved (features cast to float32 there).
+        extras: further per-row tensors (first dimension ``N``) yielded under their names.
     """
 
     def __init__(
@@ -100,8 +103,14 @@ class FeatureBatches:
         shuffle: bool = False,
         seed: int = 0,
         device: torch.device | str | None = None,
+        extras: Mapping[str, Tensor] | None = None,
     ) -> None:
         check_dataset(features, labels, wmask)
+        self.extras = {k: v for k, v in (extras or {}).items() if v is not None}
+        for name, value in self.extras.items():
+            if value.shape[0] != features.shape[0]:
+                raise ValueError(f"extra {name!r} has {value.shape[0]} rows for "
+                                 f"{features.shape[0]} feature rows")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.features, self.wmask, self.labels = features, wmask.bool(), labels.long()
@@ -132,6 +141,7 @@ class FeatureBatches:
                 "features": layer_major.to(self.device, torch.float32).transpose(0, 1),
                 "wmask": self.wmask[rows].to(self.device, non_blocking=True),
                 "labels": self.labels[rows].to(self.device, non_blocking=True),
+                **{k: v[rows].to(self.device) for k, v in self.extras.items()},
             }
 
 
@@ -152,3 +162,19 @@ def unpack_batch(
     if device is not None:
         features, wmask, labels = features.to(device), wmask.to(device), labels.to(device)
     return features.float(), wmask.bool(), labels.long()
+
+
+def batch_targets(
+    batch: Batch | Sequence[Tensor], labels: Tensor, device: torch.device | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """``(targets [B, L, 3] float32, sample weights [B, L] or None)`` of a batch: its
+    ``targets`` / ``weights`` when it has them, else one-hot ``labels`` and no weights."""
+    extras = batch if isinstance(batch, Mapping) else {}
+    targets = extras.get("targets")
+    if targets is None:
+        targets = torch.nn.functional.one_hot(labels.long(), 3).float()
+    targets = targets.to(device or labels.device).float()
+    weights = extras.get("weights")
+    if weights is not None:
+        weights = weights.to(targets.device).float().unsqueeze(1).expand(labels.shape)
+    return targets, weights

@@ -7,7 +7,10 @@ whose readers would pick it up) holds
   in process), one row per selected example
   (the row filter, :mod:`drllm.routers.rows`: solved rows by default):
   ``example_id`` (string), ``dataset`` (string), ``num_tokens`` (int32, prompt tokens),
-  ``labels`` (``fixed_size_list<int8>[L]``, the best-path decisions), ``wmask``
+  ``labels`` (``fixed_size_list<int8>[L]``, the best-path decisions), ``soft``
+  (``fixed_size_list<float32>[L * 3]``, the share of the row's good paths per decision) and
+  ``blame`` (``fixed_size_list<float32>[L]``, negatives from the search trace), ``default_correct``
+  and ``improved`` (bool; see :mod:`drllm.routers.targets`), ``wmask``
   (``fixed_size_list<int8>[W]``, valid windows) and ``features``
   (``fixed_size_list<float16 | float32>[L * W * d]``, the pooled windows entering each block,
   row-major ``[L, W, d]``);
@@ -50,7 +53,7 @@ from drllm.shards.layout import MANIFEST_NAME, shard_files
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 3  # 2: rows are selected by a row filter; 3: a Parquet directory
+FORMAT_VERSION = 4  # 2: row filter; 3: a Parquet directory; 4: soft, blame, pooling
 COMPRESSION = "zstd"
 INFO_NAME = "_features.json"
 FEATURE_DTYPES = {
@@ -71,6 +74,10 @@ def feature_schema(num_layers: int, windows: int, hidden_size: int, dtype: str) 
             ("dataset", pa.string()),
             ("num_tokens", pa.int32()),
             ("labels", pa.list_(pa.field("element", pa.int8()), num_layers)),
+            ("soft", pa.list_(pa.field("element", pa.float32()), num_layers * 3)),
+            ("blame", pa.list_(pa.field("element", pa.float32()), num_layers)),
+            ("default_correct", pa.bool_()),
+            ("improved", pa.bool_()),
             ("wmask", pa.list_(pa.field("element", pa.int8()), windows)),
             ("features", pa.list_(pa.field("element", value_type), width)),
         ]
@@ -108,8 +115,10 @@ def feature_key(
     windows: int,
     dtype: str,
     rows: str = "solved",
+    pooling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The cache key of a feature pass (see the module docstring); ``rows`` is the row filter."""
+    """The cache key of a feature pass (see the module docstring); ``rows`` is the row filter,
+    ``pooling`` the :class:`~drllm.routers.pooling.PoolingSpec` as a dict."""
     return {
         "format_version": FORMAT_VERSION,
         "model_id": model_id,
@@ -119,6 +128,7 @@ def feature_key(
         "windows": int(windows),
         "dtype": dtype,
         "rows": check_row_filter(rows),
+        "pooling": dict(pooling or {"mode": "prompt", "prefix": [], "suffix": []}),
     }
 
 
@@ -159,6 +169,11 @@ class FeatureInfo:
     row_filter: str = "all"
     shard_rows: int = 0
     skipped_unsolved: int = 0
+
+    @property
+    def pooling(self) -> dict[str, Any]:
+        """The pooling spec the features were computed with (``PoolingSpec.from_dict``)."""
+        return dict(self.key.get("pooling") or {})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -327,6 +342,8 @@ class FeatureData:
             without them (``with_features=False``).
         wmask: ``[N, W]`` bool valid windows.
         labels: ``[N, L]`` int64 best-path decisions.
+        soft: ``[N, L, 3]`` float32 good-path shares; blame: ``[N, L]`` float32 negatives.
+        default_correct / improved: ``[N]`` bool.
         example_ids / datasets: per-row ids and dataset names.
         num_tokens: ``[N]`` int64 prompt lengths (tokens).
         info: the directory's :class:`FeatureInfo`.
@@ -339,6 +356,10 @@ class FeatureData:
     datasets: tuple[str, ...]
     num_tokens: torch.Tensor
     info: FeatureInfo
+    soft: torch.Tensor | None = None
+    blame: torch.Tensor | None = None
+    default_correct: torch.Tensor | None = None
+    improved: torch.Tensor | None = None
 
 
 def _fixed_rows(column: pa.ChunkedArray, width: int, dtype: Any) -> np.ndarray:
@@ -371,7 +392,8 @@ def load_features(
             f"no committed features in {root} (missing {INFO_NAME} or its file); run the "
             "feature pass (drllm.routers.features.run_feature_pass) first"
         )
-    columns = ["example_id", "dataset", "num_tokens", "labels", "wmask"]
+    columns = ["example_id", "dataset", "num_tokens", "labels", "wmask", "soft", "blame",
+               "default_correct", "improved"]
     if with_features:
         columns.append("features")
     table = pq.read_table(feature_files(root, info), columns=columns)
@@ -391,7 +413,14 @@ def table_data(table: pa.Table, info: FeatureInfo) -> FeatureData:
     ids = tuple(table.column("example_id").to_pylist())
     datasets = tuple(table.column("dataset").to_pylist())
     tokens = torch.from_numpy(table.column("num_tokens").to_numpy().astype(np.int64))
-    return FeatureData(features, wmask, labels, ids, datasets, tokens, info)
+    soft = torch.from_numpy(_fixed_rows(table.column("soft"), L * 3, np.float32)).view(-1, L, 3)
+    blame = torch.from_numpy(_fixed_rows(table.column("blame"), L, np.float32))
+
+    def flags(name: str) -> torch.Tensor:
+        return torch.from_numpy(table.column(name).to_numpy(zero_copy_only=False).astype(bool))
+
+    return FeatureData(features, wmask, labels, ids, datasets, tokens, info, soft, blame,
+                       flags("default_correct"), flags("improved"))
 
 
 def feature_table(
@@ -403,9 +432,14 @@ def feature_table(
     wmask: np.ndarray,
     features: np.ndarray,
     dtype: str,
+    soft: np.ndarray | None = None,
+    blame: np.ndarray | None = None,
+    default_correct: Sequence[bool] | None = None,
+    improved: Sequence[bool] | None = None,
 ) -> pa.Table:
     """A features table from numpy arrays (``labels [B, L]``, ``wmask [B, W]``,
-    ``features [B, L, W, d]``), cast to the storage ``dtype``.
+    ``features [B, L, W, d]``, ``soft [B, L, 3]``, ``blame [B, L]``), cast to the storage
+    ``dtype``. Without ``soft`` the targets are one-hot labels; without ``blame`` zero.
 
     Raises:
         ValueError: a feature is not finite after the cast (fp16 overflow: use float32).
@@ -419,6 +453,13 @@ def feature_table(
             "store them as float32 (features.dtype=float32)"
         )
     schema = feature_schema(num_layers, windows, hidden_size, dtype)
+    labels = np.asarray(labels, dtype=np.int8)
+    if soft is None:
+        soft = np.eye(3, dtype=np.float32)[labels.astype(np.int64)]
+    if blame is None:
+        blame = np.zeros((batch, num_layers), dtype=np.float32)
+    correct = [False] * batch if default_correct is None else [bool(x) for x in default_correct]
+    better = [False] * batch if improved is None else [bool(x) for x in improved]
 
     def fixed(name: str, values: np.ndarray) -> pa.FixedSizeListArray:
         return pa.FixedSizeListArray.from_arrays(
@@ -430,7 +471,11 @@ def feature_table(
             pa.array(list(example_ids), pa.string()),
             pa.array(list(datasets), pa.string()),
             pa.array(np.asarray(num_tokens, dtype=np.int32)),
-            fixed("labels", np.asarray(labels, dtype=np.int8)),
+            fixed("labels", labels),
+            fixed("soft", np.asarray(soft, dtype=np.float32)),
+            fixed("blame", np.asarray(blame, dtype=np.float32)),
+            pa.array(correct, pa.bool_()),
+            pa.array(better, pa.bool_()),
             fixed("wmask", np.asarray(wmask, dtype=np.int8)),
             fixed("features", stored),
         ],

@@ -18,7 +18,11 @@ router training never runs the LLM:
   same key reuses it.
 
 Prompts are the shards' ``rendered_prompt`` (chat template already applied), tokenized by
-:meth:`PathExecutor.encode`, which adds no special tokens (the template wrote them).
+:meth:`PathExecutor.encode`, which adds no special tokens (the template wrote them). With
+``pool="question"`` the windows cover only the question's tokens (the chat template's shared
+prefix and suffix excluded, :mod:`drllm.routers.pooling`), exactly as routed inference pools.
+Each feature row also carries its targets' evidence (:mod:`drllm.routers.targets`): the
+good-path shares and the trace's negatives.
 """
 
 from __future__ import annotations
@@ -44,16 +48,18 @@ from drllm.routers.feature_store import (
     find_reusable,
 )
 from drllm.routers.module import DEFAULT_WINDOWS, window_pool
+from drllm.routers.pooling import POOL_MODES, PoolingSpec, span_mask
 from drllm.routers.rows import (
-    SHARD_COLUMNS,
     RowSelection,
     ShardsIdentity,
     check_row_filter,
     filter_dataset,
     filter_table,
     select_rows,
+    shard_columns,
     shards_identity,
 )
+from drllm.routers.targets import row_evidence
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +78,9 @@ class FeatureConfig:
         use_gpu: one GPU per actor; ``None`` uses GPUs when the cluster has them.
         rows: which shard rows are featurized (and so trained on): ``"solved"`` (default) or
             ``"all"`` (see :mod:`drllm.routers.rows`; CLI ``features.rows=all``).
+        pool: ``"prompt"`` (every prompt token, the paper) or ``"question"`` (the chat
+            template's shared prefix and suffix excluded; :mod:`drllm.routers.pooling`). The
+            routers inherit it (checkpoint ``pooling``), so inference pools the same tokens.
     """
 
     windows: int = DEFAULT_WINDOWS
@@ -81,9 +90,13 @@ class FeatureConfig:
     num_cpus_per_actor: int = 1
     use_gpu: bool | None = None
     rows: str = "solved"
+    pool: str = "prompt"
 
     def __post_init__(self) -> None:
         check_row_filter(self.rows)
+        if self.pool not in POOL_MODES:
+            raise ValueError(f"FeatureConfig.pool must be one of {list(POOL_MODES)}, "
+                             f"got {self.pool!r}")
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(
                 f"FeatureConfig.dtype must be one of {sorted(FEATURE_DTYPES)}, got {self.dtype!r}"
@@ -120,6 +133,7 @@ def extract_features(
     token_ids: Sequence[Sequence[int]],
     paths: Sequence[Sequence[int]],
     windows: int = DEFAULT_WINDOWS,
+    pooling: PoolingSpec | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced router features of a batch.
 
@@ -129,6 +143,7 @@ def extract_features(
         token_ids: prompt token ids per row (any lengths; left-padded here).
         paths: one path of ``L`` decisions per row (the labels).
         windows: W.
+        pooling: which tokens are pooled (default: the whole prompt).
 
     Returns:
         ``(features [B, L, W, d] float32 on CPU, wmask [B, W] bool)``: ``features[b, i]`` is
@@ -139,9 +154,10 @@ def extract_features(
     num_layers = executor.num_layers
     pooled: list[torch.Tensor | None] = [None] * num_layers
     wmasks: list[torch.Tensor] = []
+    spans = (pooling or PoolingSpec()).spans(token_ids)
 
     def hook(block: int, hidden: torch.Tensor, hook_mask: torch.Tensor) -> None:
-        pooled[block], wmask = window_pool(hidden, hook_mask, windows)
+        pooled[block], wmask = window_pool(hidden, span_mask(hook_mask, spans), windows)
         wmasks.append(wmask)
         return None
 
@@ -164,6 +180,7 @@ class FeatureExtractor:
     Args:
         model: the frozen model (spec or loader), loaded once in ``__init__``.
         windows / dtype: W and the storage dtype.
+        pooling: which prompt tokens are pooled (a :class:`PoolingSpec` or its dict).
         expected_model_id / expected_num_layers: what the shards were searched with; a loaded
             model that differs raises ``ValueError`` before any row is processed.
         num_threads: torch intra-op threads (CPU actors: their CPU share).
@@ -176,6 +193,7 @@ class FeatureExtractor:
         *,
         windows: int = DEFAULT_WINDOWS,
         dtype: str = "float16",
+        pooling: PoolingSpec | dict | None = None,
         expected_model_id: str | None = None,
         expected_num_layers: int | None = None,
         num_threads: int | None = None,
@@ -198,6 +216,8 @@ class FeatureExtractor:
             )
         self.model_id = loaded.model_id
         self.windows, self.dtype = windows, dtype
+        self.pooling = (pooling if isinstance(pooling, PoolingSpec)
+                        else PoolingSpec.from_dict(pooling))
         self.executor = PathExecutor(
             loaded.model, loaded.tokenizer, permissive_constraints(loaded.num_layers)
         )
@@ -210,7 +230,10 @@ class FeatureExtractor:
         paths = label_array(batch.column("best_path"), num_layers)
         prompts = [str(p) for p in batch.column("rendered_prompt").to_pylist()]
         token_ids = self.executor.encode(prompts)
-        features, wmask = extract_features(self.executor, token_ids, paths.tolist(), self.windows)
+        features, wmask = extract_features(self.executor, token_ids, paths.tolist(), self.windows,
+                                           self.pooling)
+        rows = batch.to_pylist()
+        evidence = [row_evidence(r, num_layers) for r in rows]
         return feature_table(
             example_ids=[str(x) for x in batch.column("example_id").to_pylist()],
             datasets=[str(x) for x in batch.column("dataset").to_pylist()],
@@ -219,10 +242,26 @@ class FeatureExtractor:
             wmask=wmask.numpy(),
             features=features.numpy(),
             dtype=self.dtype,
+            soft=np.stack([e[0] for e in evidence]),
+            blame=np.stack([e[1] for e in evidence]),
+            default_correct=[e[2] for e in evidence],
+            improved=[bool(r.get("improved")) for r in rows],
         )
 
 
-def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: ShardsIdentity) -> Any:
+def pooling_spec(model: ModelSource, pool: str) -> PoolingSpec:
+    """The :class:`PoolingSpec` of ``pool`` for ``model``'s tokenizer (no weights for a spec)."""
+    if pool == "prompt":
+        return PoolingSpec()
+    if isinstance(model, ModelSpec):
+        from drllm.models.loading import load_tokenizer
+
+        return PoolingSpec.from_tokenizer(load_tokenizer(model), pool)
+    return PoolingSpec.from_tokenizer(load_source(model).tokenizer, pool)
+
+
+def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: ShardsIdentity,
+                  pooling: PoolingSpec) -> Any:
     """``ds.map_batches`` through a fixed-size pool of :class:`FeatureExtractor` actors."""
     import ray
 
@@ -234,7 +273,8 @@ def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: Shards
         FeatureExtractor,
         fn_constructor_kwargs={
             "model": model, "windows": cfg.windows, "dtype": cfg.dtype,
-            "expected_model_id": ident.model_id, "expected_num_layers": ident.num_layers,
+            "pooling": pooling.to_dict(), "expected_model_id": ident.model_id,
+            "expected_num_layers": ident.num_layers,
             "num_threads": None if use_gpu else cfg.num_cpus_per_actor,
             "device": "cuda" if use_gpu else None,
         },
@@ -285,10 +325,12 @@ def run_feature_pass(
 
     ident = shards_identity(shards_dir)
     selection = select_rows(ident, cfg.rows, shards_dir)
+    pooling = pooling_spec(model, cfg.pool)
     key = feature_key(
         model_id=ident.model_id,
         model_dtype=model.dtype if isinstance(model, ModelSpec) else None,
         shards_dir=shards_dir, windows=cfg.windows, dtype=cfg.dtype, rows=cfg.rows,
+        pooling=pooling.to_dict(),
     )
     reused = None if force else find_reusable(features_dir, key)
     if reused is not None:
@@ -300,8 +342,8 @@ def run_feature_pass(
                 "in process" if in_process else f"{cfg.num_actors} actor(s)", cfg.windows,
                 cfg.dtype)
     if in_process:
-        return _write_stream(_local_batches(model, cfg, ident), features_dir, key, ident, cfg,
-                             selection, progress)
+        return _write_stream(_local_batches(model, cfg, ident, pooling), features_dir, key,
+                             ident, cfg, selection, progress)
     if not ray.is_initialized():
         raise RuntimeError("the feature pass needs Ray: call drllm.cluster.connect(...) first, "
                            "or pass in_process=True")
@@ -313,9 +355,9 @@ def run_feature_pass(
                                selection=selection)
     try:
         ds = filter_dataset(ray.data.read_parquet([str(f) for f in ident.files]), cfg.rows)
-        ds = ds.select_columns(list(SHARD_COLUMNS))
+        ds = ds.select_columns(shard_columns(ident.files))
         # the rows go from the feature actors to Ray Data's write tasks, never to the driver
-        _map_features(ds, model, cfg, ident).write_parquet(str(writer.parts_dir))
+        _map_features(ds, model, cfg, ident, pooling).write_parquet(str(writer.parts_dir))
         return _commit(writer, selection, cfg)
     except BaseException:
         writer.abort()
@@ -333,17 +375,18 @@ def _commit(writer: FeatureFileWriter, selection: RowSelection, cfg: FeatureConf
 
 
 def _local_batches(
-    model: ModelSource, cfg: FeatureConfig, ident: ShardsIdentity
+    model: ModelSource, cfg: FeatureConfig, ident: ShardsIdentity, pooling: PoolingSpec
 ) -> Iterator[pa.Table]:
     """Feature tables computed in this process by one :class:`FeatureExtractor`."""
     import pyarrow.parquet as pq
 
     extractor = FeatureExtractor(
-        model, windows=cfg.windows, dtype=cfg.dtype, expected_model_id=ident.model_id,
-        expected_num_layers=ident.num_layers,
+        model, windows=cfg.windows, dtype=cfg.dtype, pooling=pooling,
+        expected_model_id=ident.model_id, expected_num_layers=ident.num_layers,
     )
+    columns = shard_columns(ident.files)
     for path in ident.files:
-        table = filter_table(pq.read_table(path, columns=[*SHARD_COLUMNS, "solved"]), cfg.rows)
+        table = filter_table(pq.read_table(path, columns=[*columns, "solved"]), cfg.rows)
         for start in range(0, table.num_rows, cfg.batch_size):
             yield extractor(table.slice(start, cfg.batch_size))
 

@@ -98,3 +98,43 @@ def metrics_from_confusion(confusion: Tensor) -> dict[str, Any]:
 def compute_metrics(preds: Tensor, labels: Tensor) -> dict[str, Any]:
     """:func:`metrics_from_confusion` of ``preds [N, L]`` against ``labels [N, L]``."""
     return metrics_from_confusion(confusion_matrix(preds, labels))
+
+
+HARM_FIELDS = ("unsupported", "supported", "deviations", "correct_rows", "rows")
+
+
+def harm_counts(preds: Tensor, soft: Tensor, default_correct: Tensor) -> Tensor:
+    """Counts behind :func:`harm_from_counts` (summable across workers), ``[5]`` float64.
+
+    Args:
+        preds: ``[N, L]`` decisions (e.g. the argmax of the adjusted logits).
+        soft: ``[N, L, 3]`` good-path shares of each row (:mod:`drllm.routers.targets`).
+        default_correct: ``[N]`` bool, the default path answers the row correctly.
+
+    Returns:
+        ``[unsupported, supported, deviations, correct_rows, rows]``: deviations from execute
+        that no good path takes on default-correct rows (each may break a correct answer),
+        deviations some good path takes (on any row), all deviations, default-correct rows,
+        rows.
+    """
+    deviate = preds != 1
+    taken = soft.gather(-1, preds.long().unsqueeze(-1)).squeeze(-1) > 0  # a good path does it
+    correct = default_correct.bool().unsqueeze(1)
+    return torch.stack([
+        (deviate & ~taken & correct).sum(), (deviate & taken).sum(), deviate.sum(),
+        default_correct.bool().sum(), torch.tensor(preds.shape[0], device=preds.device),
+    ]).double()
+
+
+def harm_from_counts(counts: Tensor) -> dict[str, float]:
+    """The harm figures of summed :func:`harm_counts` (per row, so splits compare).
+
+    ``harm``: unsupported deviations per default-correct row (each may break a correct
+    answer); ``support``: deviations a good path takes, per row; ``deviations`` per row;
+    ``score = harm - support`` (lower is better: the best-epoch criterion ``select="harm"``).
+    """
+    unsupported, supported, deviations, correct_rows, rows = (float(x) for x in counts)
+    harm = unsupported / correct_rows if correct_rows else 0.0
+    support = supported / rows if rows else 0.0
+    return {"harm": harm, "support": support,
+            "deviations": deviations / rows if rows else 0.0, "score": harm - support}

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from drllm.routers.checkpoint import load_routers, save_routers
-from drllm.routers.control import apply_control
+from drllm.routers.checkpoint import load_routers, read_config, save_routers
+from drllm.routers.decision import RouterMeta, calibrated_probs, gated_decisions
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,7 @@ class Routers(nn.Module):
         self.bottleneck = bottleneck
         self.windows = windows
         self.routers = nn.ModuleList(Router(hidden_size, bottleneck) for _ in range(num_layers))
+        self.meta = RouterMeta()  # what the checkpoint says about decisions (decision.py)
 
     def extra_repr(self) -> str:
         return (
@@ -216,14 +217,19 @@ class Routers(nn.Module):
         return self.logits(i, pooled, wmask)
 
     @torch.no_grad()
-    def decide(self, i: int, hidden: Tensor, mask: Tensor, alpha: float = 0.0) -> Tensor:
-        """Block ``i``'s decisions at prefill: ``LongTensor [B]``, 0 skip / 1 execute / 2 repeat.
+    def decide(
+        self, i: int, hidden: Tensor, mask: Tensor, alpha: float = 0.0,
+        gate: float | None = None, adjust: bool = True,
+    ) -> Tensor:
+        """Block ``i``'s decisions at prefill, without path rules: ``LongTensor [B]``.
 
-        ``alpha`` is the control knob (see :func:`drllm.routers.control.apply_control`);
-        ``alpha = 0`` is the plain argmax of the router.
+        Logits are adjusted by ``self.meta.logit_adjustment`` (when ``adjust``), then the knob
+        ``alpha`` and the gate apply (:mod:`drllm.routers.decision`); ``alpha = 0`` with
+        ``gate=None`` is the argmax of the calibrated probabilities.
         """
-        probs = torch.softmax(self.forward_hidden(i, hidden, mask).float(), dim=-1)
-        return apply_control(probs, alpha).argmax(dim=-1)
+        adjustment = self.meta.logit_adjustment if adjust else None
+        probs = calibrated_probs(self.forward_hidden(i, hidden, mask), adjustment)
+        return gated_decisions(probs, alpha, gate)
 
     def forward(self, features: Tensor, wmask: Tensor) -> Tensor:
         """All blocks' logits from precomputed features.
@@ -253,8 +259,13 @@ class Routers(nn.Module):
         train_config: Any = None,
         metrics: Mapping[str, Any] | None = None,
         rows: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write ``routers.safetensors`` + ``config.json`` to ``directory`` (:mod:`.checkpoint`)."""
+        """Write ``routers.safetensors`` + ``config.json`` to ``directory`` (:mod:`.checkpoint`);
+        :attr:`meta` (logit adjustment, label edits, pooling) is written with it."""
+        meta = {"logit_adjustment": self.meta.logit_adjustment,
+                "label_edits": {"max": self.meta.max_label_edits},
+                "pooling": self.meta.pooling.to_dict()}
         return save_routers(
             self,
             directory,
@@ -263,6 +274,7 @@ class Routers(nn.Module):
             train_config=train_config,
             metrics=metrics,
             rows=rows,
+            extra={**meta, **dict(extra or {})},
         )
 
     @classmethod
@@ -274,14 +286,19 @@ class Routers(nn.Module):
         expected_hidden_size: int | None = None,
         expected_model_id: str | None = None,
     ) -> "Routers":
-        """Load a checkpoint written by :meth:`save_pretrained`; mismatches raise clear errors."""
-        return load_routers(
+        """Load a checkpoint written by :meth:`save_pretrained`; mismatches raise clear errors.
+
+        :attr:`meta` is read from its ``config.json`` (logit adjustment, calibrated gate,
+        label edits, pooling)."""
+        routers = load_routers(
             directory,
             cls,
             expected_num_layers=expected_num_layers,
             expected_hidden_size=expected_hidden_size,
             expected_model_id=expected_model_id,
         )
+        routers.meta = RouterMeta.from_config(read_config(directory))
+        return routers
 
 
 class StackedRouters(nn.Module):
@@ -321,6 +338,7 @@ class StackedRouters(nn.Module):
         ref = routers.routers[0].fc1.weight
         out.to(device=ref.device, dtype=ref.dtype)
         out.load_from(routers)
+        out.meta = routers.meta
         return out
 
     @torch.no_grad()
@@ -342,6 +360,7 @@ class StackedRouters(nn.Module):
     def to_routers(self) -> Routers:
         """A per-block :class:`Routers` with a copy of these weights (same device and dtype)."""
         out = Routers(self.num_layers, self.hidden_size, self.bottleneck, self.windows)
+        out.meta = getattr(self, "meta", out.meta)
         out.to(device=self.w1.device, dtype=self.w1.dtype)
         for i, r in enumerate(out.routers):
             r.fc1.weight.copy_(self.w1[i].T)

@@ -1,4 +1,5 @@
-"""Router optimizer: AdamW with a per-step linear warmup then cosine decay to 0 (paper recipe)."""
+"""Router optimizer: AdamW with a per-step linear warmup (a fraction of the run by default) then
+cosine decay to 0 at the last step."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def warmup_steps_of(cfg: TrainConfig, total_steps: int) -> int:
+    """``cfg.warmup_steps`` when set, else ``round(cfg.warmup_fraction * total_steps)``."""
+    if cfg.warmup_steps is not None:
+        return int(cfg.warmup_steps)
+    return int(round(cfg.warmup_fraction * total_steps))
+
+
 def make_optimizer(
     model: nn.Module, cfg: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -36,15 +44,17 @@ def make_optimizer(
 
     Args:
         model: the module to train (usually :class:`StackedRouters`, possibly DDP-wrapped).
-        cfg: hyper-parameters (``lr``, ``weight_decay``, ``warmup_steps``).
+        cfg: hyper-parameters (``lr``, ``weight_decay``, ``warmup_steps`` or
+            ``warmup_fraction`` of ``total_steps``).
         total_steps: optimizer steps of the whole run (epochs x batches per epoch).
     """
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if cfg.warmup_steps >= total_steps:
+    warmup = warmup_steps_of(cfg, total_steps)
+    if warmup >= total_steps:
         logger.warning(
             "warmup_steps=%d >= total_steps=%d: the lr never reaches its peak %g",
-            cfg.warmup_steps,
+            warmup,
             total_steps,
             cfg.lr,
         )
@@ -52,6 +62,6 @@ def make_optimizer(
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: lr_factor(step, cfg.warmup_steps, total_steps)
+        opt, lambda step: lr_factor(step, warmup, total_steps)
     )
     return opt, sched

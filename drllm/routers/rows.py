@@ -28,8 +28,21 @@ logger = logging.getLogger(__name__)
 ROW_FILTERS = ("solved", "all")
 """``solved``: rows whose search reached the success reward (default); ``all``: every row."""
 
-SHARD_COLUMNS = ("example_id", "dataset", "rendered_prompt", "best_path")
-"""Shard columns the feature pass reads (``solved`` is read for the filter only)."""
+SHARD_COLUMNS = ("example_id", "dataset", "rendered_prompt", "best_path", "good_paths",
+                 "default_reward", "improved")
+"""Shard columns the feature pass reads (``solved`` is read for the filter only; ``trace`` too
+when the shards have it, see :func:`shard_columns`)."""
+
+OPTIONAL_COLUMNS = ("trace",)
+
+
+def shard_columns(files: tuple[Path, ...] | list[Path]) -> list[str]:
+    """:data:`SHARD_COLUMNS` plus the optional columns (``trace``) every shard file has."""
+    import pyarrow.parquet as pq
+
+    names = [set(pq.read_schema(f).names) for f in files]
+    extra = [c for c in OPTIONAL_COLUMNS if names and all(c in n for n in names)]
+    return [*SHARD_COLUMNS, *extra]
 
 
 class NoRowsError(ValueError):

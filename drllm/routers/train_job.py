@@ -8,13 +8,15 @@
    actors have released their CPUs before training asks for them -- the pipeline cannot
    deadlock on a small machine. It featurizes the rows of the row filter only (``features.rows``:
    ``solved`` by default, ``all``; :mod:`drllm.routers.rows`), so training sees those rows;
-2. :func:`fit_routers` splits rows by example id, counts the **training** split's labels for the
-   loss weights, and runs :func:`~drllm.routers.train_worker.train_loop_per_worker` on
+2. :func:`fit_routers` splits rows by example id, counts the **training** split's target mass
+   for the loss weights (and the logit adjustment inference applies), and runs
+   :func:`~drllm.routers.train_worker.train_loop_per_worker` on
    ``num_workers`` Ray Train workers (CPU by default, one GPU each when the cluster has GPUs);
-3. the final routers are written with :meth:`Routers.save_pretrained` to
-   ``<output>/<checkpoint_dir>`` along with the validation metrics and the rows used
-   (``config.json["rows"]``: filter, used, skipped_unsolved, train, val), which are also
-   printed.
+3. the routers of the best epoch (``train.select``) are written with
+   :meth:`Routers.save_pretrained` to ``<output>/<checkpoint_dir>`` along with their validation
+   metrics, the rows used (``config.json["rows"]``: filter, used, skipped_unsolved, train,
+   val), the logit adjustment, the labels' largest edit count, the pooling spec and the
+   selection (epoch, figure), which are also printed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from drllm.routers.loss import class_counts
 from drllm.routers.dataset import split_by_id
 from drllm.routers.metrics import CLASS_NAMES
 from drllm.routers.module import Routers
+from drllm.routers.objective import loss_adjustment, max_label_edits, row_extras, train_counts
 from drllm.routers.training import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -96,7 +99,10 @@ class TrainOutcome:
         metrics: evaluation metrics after the last epoch (validation split; the training split
             when there is none), as :func:`~drllm.routers.metrics.metrics_from_confusion`.
         history: per-epoch reports (see :func:`~drllm.routers.train_worker.flat_metrics`).
-        class_counts: training-split label counts ``(skip, execute, repeat)``.
+        class_counts: training-split label counts ``(skip, execute, repeat)`` (best paths).
+        class_mass: training-split target mass per class (soft targets, row weights): what
+            the loss weights and the logit adjustment are computed from.
+        selected_epoch: the epoch kept (1-based, ``TrainConfig.select``).
         train_rows / val_rows: examples on each side of the id split.
         rows: the row selection of the features with the split sizes: ``{"filter", "used",
             "skipped_unsolved", "train", "val"}`` (the checkpoint's ``rows`` entry).
@@ -113,6 +119,8 @@ class TrainOutcome:
     seconds: float
     checkpoint_path: str
     rows: Mapping[str, Any]
+    class_mass: tuple[float, ...] = ()
+    selected_epoch: int = 0
 
 
 def _worker_resources(settings: RayTrainSettings) -> tuple[bool, int]:
@@ -312,6 +320,9 @@ def fit_routers(
     run_name = run_name or run_name_for(data.info.digest, cfg, settings.num_workers)
     train_idx, val_idx = split_by_id(data.example_ids, cfg.val_fraction, cfg.seed)
     counts = class_counts(data.labels[train_idx])
+    extras = row_extras(data.labels, cfg, soft=data.soft, blame=data.blame,
+                        default_correct=data.default_correct, improved=data.improved)
+    mass = train_counts(extras, train_idx)
     rows = {**data.info.row_selection(), "train": len(train_idx), "val": len(val_idx)}
     logger.info("training rows (filter %s): %d used (%d train / %d val), %d unsolved skipped",
                 rows["filter"], rows["used"], rows["train"], rows["val"],
@@ -332,9 +343,11 @@ def fit_routers(
     trainer = _torch_trainer(
         loop_config(
             info=data.info, train=cfg, train_rows=len(train_idx), val_rows=len(val_idx),
-            class_counts=counts, base_model_id=base_model_id or data.info.model_id,
+            class_counts=mass, base_model_id=base_model_id or data.info.model_id,
             threads=None if use_gpu else (settings.threads or cpus),
             log_level=settings.log_level, rows=rows,
+            logit_adjustment=loss_adjustment(mass, cfg),
+            max_label_edits=max_label_edits(data.labels[train_idx]),
         ),
         settings, use_gpu, resources, run_name, storage_path, datasets,
     )
@@ -352,6 +365,7 @@ def fit_routers(
         routers=routers, metrics=out["final_metrics"], history=tuple(out["history"]),
         class_counts=tuple(counts), train_rows=len(train_idx), val_rows=len(val_idx),
         seconds=seconds, checkpoint_path=str(result.checkpoint.path), rows=rows,
+        class_mass=tuple(mass), selected_epoch=int(out.get("selected_epoch", cfg.epochs)),
     )
 
 
@@ -441,9 +455,11 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
     outcome = fit_routers(features_dir, settings.train, settings.trainer,
                           storage_path=storage, base_model_id=info.model_id)
     routers_dir = output_dir / settings.checkpoint_dir
+    selection = {"select": settings.train.select, "epoch": outcome.selected_epoch}
     outcome.routers.save_pretrained(
         routers_dir, base_model_id=info.model_id, class_counts=outcome.class_counts,
         train_config=settings.train, metrics=outcome.metrics, rows=outcome.rows,
+        extra={"class_mass": list(outcome.class_mass), "selection": selection},
     )
     summary = {
         "model_id": info.model_id,
@@ -454,6 +470,9 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
         "train_rows": outcome.train_rows,
         "val_rows": outcome.val_rows,
         "class_counts": list(outcome.class_counts),
+        "class_mass": list(outcome.class_mass),
+        "selected_epoch": outcome.selected_epoch,
+        "logit_adjustment": list(outcome.routers.meta.logit_adjustment or ()),
         "metrics": outcome.metrics,
         "history": list(outcome.history),
         "fit_seconds": outcome.seconds,
@@ -466,6 +485,8 @@ def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[st
     print(f"router metrics on the {split} split ({outcome.val_rows or outcome.train_rows} "
           f"examples x {info.num_layers} blocks):")
     print(format_metrics(outcome.metrics))
+    print(f"kept      epoch {outcome.selected_epoch} of {settings.train.epochs} "
+          f"(select={settings.train.select}); harm {outcome.metrics.get('harm')}")
     print(f"rows      {outcome.rows['used']} used (features.rows={outcome.rows['filter']}), "
           f"{outcome.rows['skipped_unsolved']} unsolved skipped")
     print(f"routers   {routers_dir}")

@@ -5,11 +5,17 @@ The building blocks are meant to be called from a Ray Train worker loop (or any 
 and :func:`evaluate`. Both loops sum their statistics across processes when
 ``torch.distributed`` is initialized (as it is under Ray Train's ``TorchTrainer``), so each
 worker can report the global numbers. :func:`fit` runs the whole recipe in-process: id-based
-split, class counts of the training split, focal loss, epochs, validation metrics.
+split, class counts of the training split, the loss, epochs, validation metrics, and the
+checkpoint of the best epoch.
 
 Training is teacher-forced along the MCTS path: router ``i`` sees the states entering block
-``i`` along the example's best path and never depends on router ``i - 1``'s output. The loss is
-one weighted mean over every (row, block) pair of a batch (see :mod:`drllm.routers.loss`).
+``i`` along the example's best path and never depends on router ``i - 1``'s output. Targets are
+soft over the example's good paths, with the search trace's negatives pushed toward execute
+(:mod:`drllm.routers.targets`). The loss is one weighted mean over every (row, block) pair of a
+batch (see :mod:`drllm.routers.loss`): focal + effective-number weights (capped), or
+logit-adjusted cross-entropy. The learning rate warms up over a fraction of the run and decays
+by a cosine to 0 at its end; the epoch kept is the best on a validation figure that measures
+harm (:func:`drllm.routers.metrics.harm_from_counts`), logged every epoch.
 """
 
 from __future__ import annotations
@@ -18,16 +24,24 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from drllm.routers.dataset import Batch, FeatureBatches, check_dataset, split_by_id, unpack_batch
-from drllm.routers.loss import FocalLoss, class_counts, effective_number_weights
-from drllm.routers.metrics import confusion_matrix, metrics_from_confusion
+from drllm.routers.dataset import (
+    Batch, FeatureBatches, batch_targets, check_dataset, split_by_id, unpack_batch,
+)
+from drllm.routers.decision import RouterMeta
+from drllm.routers.metrics import (
+    confusion_matrix, harm_counts, harm_from_counts, metrics_from_confusion,
+)
 from drllm.routers.module import Routers, StackedRouters
+from drllm.routers.objective import (
+    LOSS_KINDS, SELECT_KINDS, loss_adjustment, make_loss, max_label_edits, row_extras,
+    selection_value, train_counts,
+)
 from drllm.routers.optim import lr_factor, make_optimizer
 
 logger = logging.getLogger(__name__)
@@ -38,28 +52,52 @@ __all__ = [
     "evaluate",
     "fit",
     "lr_factor",
+    "loss_adjustment",
     "make_loss",
     "make_optimizer",
+    "max_label_edits",
+    "row_extras",
+    "selection_value",
+    "train_counts",
     "train_epoch",
 ]
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+LossFn = Callable[..., Tensor]
+"""``(logits [B, L, 3], targets [B, L, 3], sample weights [B, L] or None) -> scalar``."""
+
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Router training hyper-parameters (paper defaults).
+    """Router training hyper-parameters (the paper's, except where small data needs otherwise).
 
     Attributes:
         lr: peak AdamW learning rate.
         weight_decay: AdamW decoupled weight decay (applied to every parameter).
-        warmup_steps: optimizer steps of linear warmup before the cosine decay to 0.
+        warmup_steps: optimizer steps of linear warmup before the cosine decay to 0 at the last
+            step; ``None``: ``warmup_fraction`` of the run (the paper's 500 steps exceed a
+            small run's ~225 steps, so its lr never peaked).
+        warmup_fraction: share of the run's steps spent warming up when ``warmup_steps`` is
+            ``None``.
         epochs: passes over the training split.
         batch_size: effective (global) batch size in examples; a ``k``-worker job uses
             ``batch_size // k`` per worker (see :meth:`per_worker_batch_size`).
+        loss: ``"focal"`` (focal loss with effective-number class weights, the paper) or
+            ``"ce"`` (cross-entropy with logit adjustment ``la_tau * log prior``, unweighted).
         gamma: focal-loss focusing parameter (0 = cross-entropy).
         beta: effective-number class-weight parameter.
         class_weighting: weight classes by effective number; ``False`` for an unweighted loss.
+        max_weight_ratio: cap on a class weight over the smallest (``None``: no cap); never
+            binds at the paper's ~110k labels, tames the 15x tilt of ~4k labels.
+        la_tau: ``loss="ce"``: the logit adjustment's scale.
+        soft_targets: targets spread over the example's good paths (``False``: one-hot best
+            path).
+        negative_weight: how far a block the search trace blames (an edit that broke a
+            correct answer) moves toward execute (0: ignore negatives).
+        improved_weight: loss weight of rows whose best path beat the default path.
+        select: the epoch kept: ``"harm"`` (lowest validation harm score: edits no good path
+            takes on default-correct rows minus edits a good path takes, per row), ``"loss"``,
+            ``"macro_f1"`` or ``"last"``.
         seed: seeds router initialization, shuffling and the id split.
         val_fraction: share of example ids held out for validation.
         bottleneck: router hidden width b.
@@ -69,12 +107,20 @@ class TrainConfig:
 
     lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 500
+    warmup_steps: Optional[int] = None
+    warmup_fraction: float = 0.1
     epochs: int = 25
     batch_size: int = 16
+    loss: str = "focal"
     gamma: float = 2.0
     beta: float = 0.999
     class_weighting: bool = True
+    max_weight_ratio: Optional[float] = 5.0
+    la_tau: float = 1.0
+    soft_targets: bool = True
+    negative_weight: float = 1.0
+    improved_weight: float = 1.0
+    select: str = "harm"
     seed: int = 0
     val_fraction: float = 0.1
     bottleneck: int = 128
@@ -85,7 +131,18 @@ class TrainConfig:
         checks = [
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.warmup_steps is None or self.warmup_steps >= 0,
+             f"warmup_steps must be >= 0 or None, got {self.warmup_steps}"),
+            (0 <= self.warmup_fraction < 1,
+             f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
+            (self.loss in LOSS_KINDS, f"loss must be one of {list(LOSS_KINDS)}, got {self.loss!r}"),
+            (self.select in SELECT_KINDS,
+             f"select must be one of {list(SELECT_KINDS)}, got {self.select!r}"),
+            (self.max_weight_ratio is None or self.max_weight_ratio >= 1,
+             f"max_weight_ratio must be >= 1 or None, got {self.max_weight_ratio}"),
+            (self.negative_weight >= 0,
+             f"negative_weight must be >= 0, got {self.negative_weight}"),
+            (self.improved_weight > 0, f"improved_weight must be > 0, got {self.improved_weight}"),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}"),
@@ -162,8 +219,9 @@ def train_epoch(
 
     Args:
         model: maps ``(features [B, L, W, d], wmask [B, W])`` to logits ``[B, L, 3]``.
-        loader: batches (dicts with ``features`` / ``wmask`` / ``labels``, or tuples).
-        loss_fn: ``(logits [B, L, 3], labels [B, L]) -> scalar``.
+        loader: batches (dicts with ``features`` / ``wmask`` / ``labels`` and optionally
+            ``targets`` / ``weights``, or tuples).
+        loss_fn: ``(logits [B, L, 3], targets [B, L, 3], weights [B, L] or None) -> scalar``.
 
     Returns:
         ``{"loss": mean batch loss, "steps", "examples", "lr": lr after the epoch, "seconds"}``
@@ -176,7 +234,8 @@ def train_epoch(
     steps = examples = 0
     for batch in loader:
         features, wmask, labels = unpack_batch(batch, device)
-        loss = loss_fn(model(features, wmask), labels)
+        targets, weights = batch_targets(batch, labels, device)
+        loss = loss_fn(model(features, wmask), targets, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -204,13 +263,16 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable[Batch], loss_fn: LossFn | None = None
+    model: nn.Module, loader: Iterable[Batch], loss_fn: LossFn | None = None,
+    adjustment: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Router metrics over ``loader`` (see :func:`drllm.routers.metrics.metrics_from_confusion`).
 
-    Adds ``"loss"`` (example-weighted mean of ``loss_fn``) when ``loss_fn`` is given. Confusions
-    and loss sums are summed over processes when distributed, so every worker returns the
-    global metrics.
+    Adds ``"loss"`` (example-weighted mean of ``loss_fn``) when ``loss_fn`` is given, and
+    ``"harm"`` (:func:`~drllm.routers.metrics.harm_from_counts` of the argmax of the logits
+    plus ``adjustment``) when batches carry ``soft`` and ``default_correct``. Confusions
+    and sums are summed over processes when distributed, so every worker returns the global
+    metrics.
     """
     was_training = model.training
     model.eval()
@@ -218,13 +280,21 @@ def evaluate(
     confusion: Tensor | None = None
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
+    harm = torch.zeros(5, device=device, dtype=torch.float64)
+    shift = (torch.zeros(3, device=device) if adjustment is None
+             else torch.as_tensor(list(adjustment), dtype=torch.float32, device=device))
     for batch in loader:
         features, wmask, labels = unpack_batch(batch, device)
         logits = model(features, wmask)
         part = confusion_matrix(logits.argmax(-1), labels)
         confusion = part if confusion is None else confusion + part
         if loss_fn is not None:
-            loss_sum += loss_fn(logits, labels).double() * features.shape[0]
+            targets, weights = batch_targets(batch, labels, device)
+            loss_sum += loss_fn(logits, targets, weights).double() * features.shape[0]
+        if isinstance(batch, Mapping) and "soft" in batch and "default_correct" in batch:
+            preds = (logits.float() + shift).argmax(-1)
+            harm += harm_counts(preds, batch["soft"].to(device),
+                                batch["default_correct"].to(device))
         count += features.shape[0]
     model.train(was_training)
     if confusion is None:
@@ -233,6 +303,9 @@ def evaluate(
     if int(confusion.sum()) == 0:
         raise ValueError("evaluate got an empty loader")
     out = metrics_from_confusion(confusion)
+    harm = _global_sum(harm)
+    if float(harm[4]) > 0:
+        out["harm"] = harm_from_counts(harm)
     if loss_fn is not None:
         sums = _global_sum(torch.stack([loss_sum, count]))
         out["loss"] = float(sums[0] / sums[1])
@@ -246,20 +319,24 @@ class FitHistory:
     Attributes:
         epochs: one dict per epoch: ``epoch``, ``train`` (train_epoch stats), ``val`` (metrics,
             absent without a validation split).
-        class_counts: training-split label counts ``(skip, execute, repeat)``.
+        class_counts: training-split class mass ``(skip, execute, repeat)`` of the targets.
         class_weights: loss weights used (``None`` when unweighted).
         train_indices / val_indices: row indices of the id-based split.
-        final_metrics: validation metrics after the last epoch (training metrics if no val rows).
+        final_metrics: validation metrics of the kept epoch (training metrics if no val rows).
         seconds: wall time of the training loop (excluding the final evaluation).
+        selected_epoch: the epoch kept (0-based; see ``TrainConfig.select``).
+        logit_adjustment: what inference adds to the logits (:func:`loss_adjustment`).
     """
 
     epochs: tuple[Mapping[str, Any], ...]
-    class_counts: tuple[int, ...]
+    class_counts: tuple[float, ...]
     class_weights: tuple[float, ...] | None
     train_indices: tuple[int, ...]
     val_indices: tuple[int, ...]
     final_metrics: Mapping[str, Any]
     seconds: float
+    selected_epoch: int = -1
+    logit_adjustment: tuple[float, ...] = (0.0, 0.0, 0.0)
 
 
 def _init_routers(num_layers: int, hidden_size: int, windows: int, cfg: TrainConfig) -> Routers:
@@ -267,14 +344,6 @@ def _init_routers(num_layers: int, hidden_size: int, windows: int, cfg: TrainCon
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return Routers(num_layers, hidden_size, cfg.bottleneck, windows)
-
-
-def make_loss(counts: Sequence[int], cfg: TrainConfig) -> FocalLoss:
-    """The training loss of ``cfg``: focal (``cfg.gamma``), effective-number weighted by the
-    training split's ``counts`` unless ``cfg.class_weighting`` is off."""
-    if cfg.class_weighting:
-        return FocalLoss(effective_number_weights(counts, cfg.beta), cfg.gamma)
-    return FocalLoss(None, cfg.gamma)
 
 
 def _resolve_device(device: torch.device | str | None) -> torch.device:
@@ -287,23 +356,32 @@ def _run_epochs(
     model: nn.Module,
     train_loader: FeatureBatches,
     val_loader: FeatureBatches | None,
-    loss_fn: FocalLoss,
+    loss_fn: nn.Module,
     cfg: TrainConfig,
-) -> list[dict[str, Any]]:
-    """The epoch loop of :func:`fit`: train, then validate when there is a validation split."""
+    adjustment: Sequence[float],
+) -> tuple[list[dict[str, Any]], int, dict[str, Tensor]]:
+    """The epoch loop of :func:`fit`: train, validate, keep the best epoch's weights."""
     opt, sched = make_optimizer(model, cfg, cfg.epochs * len(train_loader))
     epochs: list[dict[str, Any]] = []
+    best: tuple[tuple[float, float], int, dict[str, Tensor]] | None = None
     for epoch in range(cfg.epochs):
         train_loader.set_epoch(epoch)
         stats = train_epoch(model, train_loader, opt, sched, loss_fn, grad_clip=cfg.grad_clip)
         record: dict[str, Any] = {"epoch": epoch, "train": stats}
         note = ""
         if val_loader is not None:
-            record["val"] = evaluate(model, val_loader, loss_fn)
+            record["val"] = evaluate(model, val_loader, loss_fn, adjustment)
             note = f", val macro-F1 {record['val']['macro_f1']:.4f}"
+            if "harm" in record["val"]:
+                note += f", harm {record['val']['harm']['harm']:.3f}"
+        value = selection_value(record, cfg.select)
+        if best is None or value < best[0]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = (value, epoch, state)
         logger.info("epoch %d/%d: train loss %.4f%s", epoch + 1, cfg.epochs, stats["loss"], note)
         epochs.append(record)
-    return epochs
+    assert best is not None
+    return epochs, best[1], best[2]
 
 
 def fit(
@@ -314,6 +392,10 @@ def fit(
     *,
     ids: Sequence[str] | None = None,
     device: torch.device | str | None = None,
+    soft: Tensor | None = None,
+    blame: Tensor | None = None,
+    default_correct: Tensor | None = None,
+    improved: Tensor | None = None,
 ) -> tuple[Routers, FitHistory]:
     """Train routers in-process on precomputed features (tests, small runs, benchmarks).
 
@@ -324,9 +406,12 @@ def fit(
         cfg: hyper-parameters; ``cfg.windows`` must equal the features' W.
         ids: example ids for the train / val split (default: row numbers as strings).
         device: where to train (default: CUDA if available, else CPU).
+        soft / blame / default_correct / improved: the rows' target evidence
+            (:mod:`drllm.routers.targets`); without it targets are one-hot labels.
 
     Returns:
-        ``(routers, history)``: trained per-block :class:`Routers` on CPU, float32.
+        ``(routers, history)``: the kept epoch's :class:`Routers` on CPU, float32, whose
+        ``meta`` holds the logit adjustment and the labels' largest edit count.
     """
     check_dataset(features, labels, wmask)
     n, num_layers, windows, hidden_size = features.shape
@@ -337,37 +422,34 @@ def fit(
         raise ValueError(f"{len(ids)} ids for {n} feature rows")
     dev = _resolve_device(device)
     train_idx, val_idx = split_by_id(ids, cfg.val_fraction, cfg.seed)
-    counts = class_counts(labels[train_idx])
+    extras = row_extras(labels, cfg, soft=soft, blame=blame, default_correct=default_correct,
+                        improved=improved)
+    counts = train_counts(extras, train_idx)
     loss_fn = make_loss(counts, cfg).to(dev)
+    adjustment = loss_adjustment(counts, cfg)
     routers = _init_routers(num_layers, hidden_size, windows, cfg)
     model = StackedRouters.from_routers(routers).to(dev)
-    batches = dict(features=features, wmask=wmask, labels=labels, device=dev)
+    batches = dict(features=features, wmask=wmask, labels=labels, device=dev, extras=extras)
     train_loader = FeatureBatches(
         indices=train_idx, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, **batches
     )
     val_loader = (
         FeatureBatches(indices=val_idx, batch_size=256, **batches) if len(val_idx) else None
     )
-    logger.info(
-        "training %d routers (d=%d, W=%d) on %d examples (%d val), class counts %s, %s",
-        num_layers,
-        hidden_size,
-        windows,
-        len(train_idx),
-        len(val_idx),
-        counts,
-        loss_fn,
-    )
+    logger.info("training %d routers (d=%d, W=%d) on %d examples (%d val), class mass %s, %s",
+                num_layers, hidden_size, windows, len(train_idx), len(val_idx),
+                [round(c, 2) for c in counts], loss_fn)
     start = time.perf_counter()
-    epochs = _run_epochs(model, train_loader, val_loader, loss_fn, cfg)
+    epochs, selected, state = _run_epochs(model, train_loader, val_loader, loss_fn, cfg,
+                                          adjustment)
     seconds = time.perf_counter() - start
+    model.load_state_dict(state)
     if val_loader is not None:
-        final = epochs[-1]["val"]
+        final = epochs[selected]["val"]
     else:
-        final = evaluate(
-            model, FeatureBatches(indices=train_idx, batch_size=256, **batches), loss_fn
-        )
-    weights = loss_fn.class_weights
+        final = evaluate(model, FeatureBatches(indices=train_idx, batch_size=256, **batches),
+                         loss_fn, adjustment)
+    weights = getattr(loss_fn, "class_weights", None)
     history = FitHistory(
         epochs=tuple(epochs),
         class_counts=tuple(counts),
@@ -376,5 +458,10 @@ def fit(
         val_indices=tuple(val_idx.tolist()),
         final_metrics=final,
         seconds=seconds,
+        selected_epoch=selected,
+        logit_adjustment=tuple(adjustment),
     )
-    return model.to_routers().to("cpu", torch.float32), history
+    out = model.to_routers().to("cpu", torch.float32)
+    out.meta = RouterMeta(logit_adjustment=tuple(adjustment),  # type: ignore[arg-type]
+                          max_label_edits=max_label_edits(labels[train_idx]))
+    return out, history

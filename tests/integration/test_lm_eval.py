@@ -263,7 +263,7 @@ def test_bad_arguments_are_clear_errors(tiny, tiny_dir, tmp_path):
         DrLLMEval(tiny, path="1,5,1,1")
     with pytest.raises(ValueError, match="routers= or path=, not both"):
         DrLLMEval(tiny, routers=str(tmp_path), path="EEEE")
-    with pytest.raises(ValueError, match="alpha=0.5 needs routers="):
+    with pytest.raises(ValueError, match="alpha=0.5 / gate=None need routers="):
         DrLLMEval(tiny, alpha=0.5)
     with pytest.raises(ValueError, match="positive integer batch_size"):
         DrLLMEval(tiny, batch_size="auto")

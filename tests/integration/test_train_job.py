@@ -69,7 +69,8 @@ def val_metrics(routers: Routers, data, cfg: TrainConfig) -> dict:
 
 
 def without_loss(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "loss"}
+    """The classification metrics (the loss and the harm figure are checked elsewhere)."""
+    return {k: v for k, v in metrics.items() if k not in ("loss", "harm")}
 
 
 def render(example: Example) -> str:
@@ -287,7 +288,8 @@ def test_hydra_config_converts_to_settings(tmp_path):
         missing = compose(config_name="train")
         plain = compose(config_name="train", overrides=[f"shards_dir={tmp_path}"])
     s = train_job_settings(cfg)
-    assert s.train.epochs == 2 and s.train.batch_size == 16 and s.train.warmup_steps == 500
+    assert s.train.epochs == 2 and s.train.batch_size == 16 and s.train.warmup_steps is None
+    assert s.train.warmup_fraction == 0.1 and s.train.select == "harm"
     assert s.trainer.num_workers == 2 and s.trainer.cpus_per_worker == 1
     assert s.features.dtype == "float32" and s.features.windows == 8
     assert s.features.rows == "all" and train_job_settings(plain).features.rows == "solved"

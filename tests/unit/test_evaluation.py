@@ -99,7 +99,7 @@ def test_default_rows_equal_direct_generation(examples, tmp_path):
 
 def test_routed_rows_follow_the_routers_and_static_k_matches(examples, tmp_path, routers_dir):
     summary = _run(examples, tmp_path, policies=("default", "routed", "static"),
-                   routers=str(routers_dir), alphas=(-1.0, 0.0))
+                   routers=str(routers_dir), alphas=(-1.0, 0.0), gates=(1.0,))
     table = load_results(tmp_path)
     loaded = LOADER()
     rm = RoutedModel(loaded.model, loaded.tokenizer, Routers.from_pretrained(routers_dir),
@@ -108,11 +108,17 @@ def test_routed_rows_follow_the_routers_and_static_k_matches(examples, tmp_path,
     expected = rm.route([render(e) for e in examples], alpha=0.0)
     for e, path in zip(examples, expected):
         assert tuple(routed.loc[str(e.id), "path"]) == tuple(path)
-    assert (table[table["policy"] == "routed(a=-1)"]["cost"] == 0).all()  # alpha=-1 skips all
+    # alpha = -1 skips all it may: at most 2 consecutive skips (the search's rule)
+    cheapest = table[table["policy"] == "routed(a=-1)"]
+    assert all(tuple(p) == (0, 0, 1, 0) for p in cheapest["path"])
+    # gate 1: the default path
+    assert all(tuple(p) == (1,) * L for p in table[table["policy"] == "routed(t=1)"]["path"])
     ds = summary["datasets"]["synthetic_arith"]
     cost0 = ds["policies"]["routed(a=+0)"]["blocks_per_pass"]
     k0 = matched_k(cost0, L)
     assert ds["static_matching"]["+0"]["k"] == k0 and ds["static_matching"]["-1"]["k"] == L - 1
+    assert ds["static_matching"]["t=1"]["k"] == 0
+    assert ds["policies"]["routed(t=1)"]["gate"] == 1.0
     static = ds["policies"][f"shortgpt(k={k0})"]
     assert static["blocks_per_pass"] == L - k0
     assert static["skipped_blocks"] == shortgpt_blocks((0.3, 0.1, 0.4, 0.2), k0)
@@ -201,3 +207,80 @@ def test_dataset_skip_gives_disjoint_slices():
     assert not set(first) & set(rest) and first + rest == both
     with pytest.raises(ValueError, match="skip"):
         DatasetConfig(skip=-1)
+
+
+def _gate_policy(gate, accuracy, blocks, n=100):
+    return {"policy": f"routed(t={gate})", "kind": "routed", "alpha": 0.0, "gate": gate,
+            "accuracy": accuracy, "ci95": [accuracy - 0.1, accuracy + 0.1], "examples": n,
+            "blocks_per_pass": blocks}
+
+
+def test_choose_gate_saves_the_most_blocks_within_epsilon():
+    from drllm.evaluation.calibration import choose_gate
+
+    default = {**_gate_policy(None, 0.50, 30.0), "policy": "default", "kind": "default"}
+    policies = {"default": default, **{p["policy"]: p for p in [
+        _gate_policy(0.3, 0.40, 25.0), _gate_policy(0.5, 0.495, 27.0),
+        _gate_policy(0.7, 0.49, 27.0), _gate_policy(0.9, 0.50, 29.5)]}}
+    choice = choose_gate({"policies": policies}, 0.01, 30)
+    assert choice["gate"] == 0.7  # 0.3 loses 10 pp; 0.5 and 0.7 tie on cost: the larger gate
+    assert choice["chosen"]["blocks_saved"] == 3.0 and len(choice["candidates"]) == 4
+    strict = choose_gate({"policies": policies}, 0.0, 30)
+    assert strict["gate"] == 0.9
+    harmful = {"default": default, "routed(t=0.5)": _gate_policy(0.5, 0.3, 20.0)}
+    assert choose_gate({"policies": harmful}, 0.01, 30)["gate"] == 1.0  # the default path
+
+
+def test_calibration_mode_stores_the_gate_in_the_checkpoint(examples, tmp_path, routers_dir):
+    import shutil
+
+    from drllm.evaluation.calibration import calibrate
+    from drllm.routers.checkpoint import read_config
+
+    routers_dir = shutil.copytree(routers_dir, tmp_path / "routers")  # written to: a copy
+    cfg = dict(policies=("default", "routed"), routers=str(routers_dir), alphas=(),
+               gates=(0.0, 1.0), calibrate=True, epsilon=0.01)
+    summary = _run(examples, tmp_path / "res", **cfg)
+    stored = calibrate(summary, str(routers_dir), 0.01)
+    policies = summary["datasets"]["synthetic_arith"]["policies"]
+    default_acc = policies["default"]["accuracy"]
+    assert policies["routed(t=1)"]["accuracy"] == default_acc  # tau = 1 is the default path
+    expected = 0.0 if (policies["routed(t=0)"]["accuracy"] >= default_acc - 0.01 and
+                       policies["routed(t=0)"]["blocks_per_pass"] < L) else 1.0
+    assert stored["gate"] == expected
+    assert read_config(routers_dir)["calibration"]["gate"] == expected
+    assert Routers.from_pretrained(routers_dir).meta.gate == expected
+    # a later evaluation adds the calibrated gate to its gate policies
+    later = _run(examples, tmp_path / "later", policies=("default", "routed"),
+                 routers=str(routers_dir), alphas=(), gates=())
+    assert later["calibrated_gate"] == expected and later["gates"] == [expected]
+    assert f"routed(t={expected:g})" in later["datasets"]["synthetic_arith"]["policies"]
+    with pytest.raises(ValueError, match="calibrate needs"):
+        EvaluationConfig(policies=("default",), calibrate=True)
+
+
+def test_frontier_places_every_policy_and_compares_matched_statics(examples, tmp_path,
+                                                                   routers_dir):
+    import json
+
+    from drllm.evaluation.frontier import frontier
+    from drllm.jobs.analyze import main as analyze
+
+    res = tmp_path / "res"
+    _run(examples, res, policies=("default", "routed", "static"), routers=str(routers_dir),
+         alphas=(-1.0,), gates=(1.0,))
+    out = analyze(["frontier", "--results", str(res), "--out", str(tmp_path / "f.png"),
+                   "--json", str(tmp_path / "f.json")])
+    assert (tmp_path / "f.png").stat().st_size > 0
+    assert json.loads((tmp_path / "f.json").read_text()) == {
+        k: v for k, v in out.items() if k != "json"}
+    ds = out["datasets"]["synthetic_arith"]
+    names = {p["policy"] for p in ds["points"]}
+    assert {"default", "routed(a=-1)", "routed(t=1)", "shortgpt(k=3)", "random(k=0)"} <= names
+    by_name = {c["policy"]: c for c in ds["routed"]}
+    gate_one = by_name["routed(t=1)"]
+    assert gate_one["matched_k"] == 0 and gate_one["vs_default"] == {
+        "accuracy_difference": 0.0, "blocks_saved": 0.0, "intervals_overlap": True}
+    assert set(by_name["routed(a=-1)"]["vs_static"]) == {"shortgpt(k=3)", "random(k=3)"}
+    assert {p["policy"]: p["k"] for p in ds["points"]}["shortgpt(k=3)"] == 3
+    assert frontier(res)["datasets"]["synthetic_arith"]["num_layers"] == L

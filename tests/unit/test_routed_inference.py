@@ -9,6 +9,7 @@ from drllm.models.executor import PathExecutor
 from drllm.models.tiny import tiny_model, tiny_tokenizer
 from drllm.inference import RoutedModel
 from drllm.paths import LayerPath
+from drllm.routers.decision import UNCONSTRAINED
 from drllm.routers.features import extract_features, permissive_constraints
 from drllm.routers.module import Routers
 
@@ -80,8 +81,12 @@ def test_repeat_and_alpha_knob(model, tok, executor):
     routed = RoutedModel(model, tok, forcing_routers(decisions))
     same_generations(routed.generate(PROMPTS[:3], NEW_TOKENS),
                      executor.generate(PROMPTS[:3], [decisions] * 3, max_new_tokens=NEW_TOKENS))
-    assert routed.route(PROMPTS[:2], alpha=-1.0) == [LayerPath([0] * L)] * 2
+    # the search's rules by default: at most 2 consecutive skips
+    assert routed.route(PROMPTS[:2], alpha=-1.0) == [LayerPath.parse("SSESSE")] * 2
+    free = RoutedModel(model, tok, forcing_routers(decisions), rules=UNCONSTRAINED)
+    assert free.route(PROMPTS[:2], alpha=-1.0) == [LayerPath([0] * L)] * 2
     assert routed.route(PROMPTS[:2], alpha=1.0) == [LayerPath([2] * L)] * 2
+    assert routed.route(PROMPTS[:2], alpha=0.5) == [LayerPath.default(L)] * 2  # execute direction
     with pytest.raises(ValueError, match="alpha"):
         RoutedModel(model, tok, forcing_routers(decisions), alpha=1.5)
 

@@ -124,9 +124,14 @@ def test_control_knob() -> None:
     assert routers.decide(0, hidden, mask, alpha=1.0).tolist() == [2] * 64
     skips = [int((routers.decide(0, hidden, mask, a) == 0).sum()) for a in (0, -0.2, -0.5, -0.9)]
     assert skips == sorted(skips)  # monotone toward skipping
+    assert routers.decide(0, hidden, mask, alpha=0.5).tolist() == [1] * 64  # the default path
+    executes = [int((routers.decide(0, hidden, mask, a) == 1).sum()) for a in (0, 0.2, 0.4, 0.5)]
+    assert executes == sorted(executes) and executes[-1] == 64  # the execute direction
     p = torch.tensor([[0.2, 0.7, 0.1]])
     torch.testing.assert_close(apply_control(p, -0.5), torch.tensor([[0.6, 0.35, 0.05]]))
-    torch.testing.assert_close(apply_control(p, 0.25), torch.tensor([[0.15, 0.525, 0.325]]))
+    torch.testing.assert_close(apply_control(p, 0.25), torch.tensor([[0.1, 0.85, 0.05]]))
+    torch.testing.assert_close(apply_control(p, 0.5), torch.tensor([[0.0, 1.0, 0.0]]))
+    torch.testing.assert_close(apply_control(p, 0.75), torch.tensor([[0.0, 0.5, 0.5]]))
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         apply_control(p, 1.5)
 
