@@ -204,7 +204,7 @@ class SyntheticArithAdapter(DatasetAdapter):
 
     name = "synthetic_arith"
     default_grader = "gsm8k_numeric"
-    default_max_new_tokens = 16  # "Reply with just the final number."
+    default_max_new_tokens = 128  # SmolLM2 reasons before the number: see the YAML
     has_levels = True
 
     def validate(self, config: DatasetConfig) -> None:

@@ -31,7 +31,7 @@ class PlausibilityGuard:
         success_reward: reward at or above which a response counts as accepted.
     """
 
-    min_mean_loglik: float | None = -2.0
+    min_mean_loglik: float | None = -1.0
     success_reward: float = 1.0
 
     def __post_init__(self) -> None:

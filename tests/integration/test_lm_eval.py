@@ -307,3 +307,42 @@ def test_smollm2_default_path_matches_the_hf_model_per_example(smollm2, tasks):
     got = evaluate(DrLLMEval(smollm2, batch_size=4), tasks)
     assert_same_results(per_doc(got), per_doc(want))
     assert got["results"][TASK]["acc,none"] == want["results"][TASK]["acc,none"]
+
+
+def _loglik_requests(shared_data, path):
+    """The task's 20 rows as the search's log-likelihood requests (reward: loglik, base)."""
+    from drllm.data import DatasetConfig
+    from drllm.data.arc import ArcAdapter
+    from drllm.types import EvalRequest
+
+    table = pq.read_table(shared_data / "ai2_arc" / "ARC-Easy" / "train.parquet").slice(0, DOCS)
+    cfg = DatasetConfig(name="arc_easy", reward="loglik", prompt_style="base",
+                        grader="mc_letter_lenient")
+    adapter = ArcAdapter("arc_easy", "ARC-Easy")
+    examples = [adapter.parse(row, i, cfg) for i, row in enumerate(table.to_pylist())]
+    return [EvalRequest(e.id, e.base_prompt, e.gold, e.grader, LayerPath(path),
+                        choices=e.choices) for e in examples]
+
+
+def test_loglik_reward_equals_lm_evals_hf_acc_on_the_default_path(tiny, shared_data, hf_default):
+    """The search's loglik reward (shared prefill) is lm-eval's acc, per document."""
+    from drllm.distributed.evaluator import ExecutorEvaluator
+
+    evaluator = ExecutorEvaluator(tiny.model, tiny.tokenizer, model_id="tiny")
+    got = evaluator.evaluate(_loglik_requests(shared_data, [1] * L))
+    want = per_doc(hf_default)
+    assert [e.reward for e in got] == [d["acc"] for d in want]
+    for e, d in zip(got, want):
+        lls, gold = d["loglik"], d["target"]
+        margin = lls[gold] - max(ll for j, ll in enumerate(lls) if j != gold)
+        assert e.margin == pytest.approx(margin, abs=1e-3)
+
+
+def test_loglik_reward_equals_the_drllm_model_on_an_edited_path(tiny, tasks, shared_data):
+    from drllm.distributed.evaluator import ExecutorEvaluator
+
+    evaluator = ExecutorEvaluator(tiny.model, tiny.tokenizer, model_id="tiny")
+    got = evaluator.evaluate(_loglik_requests(shared_data, SKIP_PATH))
+    want = per_doc(evaluate("drllm", tasks, model_args={"pretrained": tiny, "path": "1,1,0,1"},
+                            batch_size=4))
+    assert [e.reward for e in got] == [d["acc"] for d in want]
