@@ -31,7 +31,7 @@ REPORT_COLUMNS = [
     "example_id", "dataset", "gold", "grader", "num_layers", "default_reward", "default_response",
     "best_reward", "best_response", "best_path", "layers_saved", "improved", "solved",
     "label_edits", "evaluations", "failed_evaluations", "memo_hits", "transposition_hits",
-    "prior_hits", "evaluated_depths",
+    "prior_hits", "evaluated_depths", "trace",
 ]
 DECISION_NAMES = ("skip", "execute", "repeat")
 
@@ -117,7 +117,38 @@ def science_report(table: pd.DataFrame, success_reward: float = 1.0) -> dict[str
         "failed_evaluations": int(table["failed_evaluations"].sum()),
     }
     report.update(_labels(solved, num_layers))
+    if "trace" in table.columns:
+        report["trace"] = _trace_figures(table["trace"])
     return report
+
+
+def _trace_figures(traces: pd.Series) -> dict[str, Any]:
+    """What the full traces say about the reward guards (schema 3 shards)."""
+    entries = [e for trace in traces for e in (trace if trace is not None else [])]
+    defaults = [e for e in entries if e["simulation"] == 0]
+    edited = [e for e in entries if e["simulation"] != 0 and not e["failed"]]
+    implausible = [e for e in edited if e["implausible"]]
+    rows_hit = sum(any(e["implausible"] for e in (t if t is not None else [])) for t in traces)
+
+    def stats(values: list[float]) -> dict[str, float] | None:
+        return ({"n": len(values), "min": float(min(values)),
+                 "median": float(np.median(values))} if values else None)
+
+    margins = [e["margin"] for e in defaults if e["margin"] is not None]
+    return {
+        "evaluated_paths": len(entries),
+        "implausible_rejections": len(implausible),
+        "examples_with_implausible_rejections": int(rows_hit),
+        "plausibility_default_accepted": stats(
+            [e["plausibility"] for e in defaults if e["plausibility"] is not None]),
+        "plausibility_edited_accepted": stats(
+            [e["plausibility"] for e in edited
+             if e["plausibility"] is not None and not e["implausible"]]),
+        "plausibility_rejected": stats([e["plausibility"] for e in implausible]),
+        "default_loglik_margin": stats(margins),
+        "default_near_ties": int(sum(abs(m) < 0.1 for m in margins)),
+        "answer_read_at": dict(Counter(str(e["where"]) for e in defaults)),
+    }
 
 
 def load_report_table(
@@ -168,4 +199,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"{report['transposition_hits']} / {report['prior_hits']}",
         f"failed evaluations    {report['failed_evaluations']}",
     ]
+    trace = report.get("trace")
+    if trace:
+        lines.append(f"implausible (guard)   {trace['implausible_rejections']} accepted edited "
+                     f"responses rejected in {trace['examples_with_implausible_rejections']} "
+                     "examples")
     return "\n".join(lines)

@@ -98,3 +98,21 @@ def test_the_trace_round_trips_through_a_shard() -> None:
     assert trace[0]["simulation"] == 0 and trace[0]["path"] == [1] * L
     assert {t["reason"] for t in trace} == {"no stated answer"}
     assert [t["path"] for t in trace] == [list(e.path) for e in result.trace]
+
+
+def test_the_report_counts_implausible_rejections() -> None:
+    import pandas as pd
+
+    from drllm.report import _trace_figures
+    from drllm.shards.schema import trace_rows
+
+    def responses(path):
+        return (["Ben has 2 pencils left, so the answer is 2."] if all(d == 1 for d in path)
+                else ["The answer is 2. zx qq zx"])
+
+    result = run(L, scripted(responses, "2"), CONFIG)
+    figures = _trace_figures(pd.Series([trace_rows(result)]))
+    assert figures["implausible_rejections"] == result.evaluations - 1 > 0
+    assert figures["examples_with_implausible_rejections"] == 1
+    assert figures["plausibility_default_accepted"] == {"n": 1, "min": -0.3, "median": -0.3}
+    assert figures["answer_read_at"] == {"answer marker": 1}
