@@ -88,7 +88,7 @@ def test_out_of_range_values_fail_before_anything_starts(override: str, fragment
 
 def test_default_settings_build() -> None:
     s = search_job_settings(_compose([]))
-    assert s.search.num_simulations == 16 and s.generation.max_new_tokens == 16
+    assert s.search.num_simulations == 16 and s.generation.max_new_tokens == 128
     assert s.dataset.levels == (1,) and s.model.name == "smollm2-135m-instruct"
 
 

@@ -60,7 +60,7 @@ def test_chance_shuffles_only_for_multiple_choice() -> None:
 
 @pytest.mark.parametrize("name, grader, tokens", [
     ("arc_easy", None, 16), ("gsm8k", None, 512), ("math", None, 512), ("dart-3", None, 512),
-    ("synthetic_arith", None, 16), ("arc_easy", "mc_letter", 16),
+    ("synthetic_arith", None, 128), ("arc_easy", "mc_letter", 16),
 ])
 def test_generation_budget_belongs_to_the_dataset(name, grader, tokens) -> None:
     assert DatasetConfig(name=name, grader=grader).generation_budget == (tokens, ())
