@@ -54,7 +54,7 @@ _OPERATOR_RE = re.compile(r"\s*(?:[+\-/×÷^]|\*(?!\*)|\\times|\\cdot|\\div)")
 #: A first line that is just a number: markdown, currency, the number, up to three unit
 #: words, final punctuation.
 _BARE_RE = re.compile(
-    rf"[*_`\s]*(?:\\?\$\s*)?({_NUM})\s*%?(?:\s*[A-Za-z]+){{0,3}}\s*[.!]?[*_`\s]*"
+    rf"[*_`\s]*(?:\\?\$\s*)?({_NUM})%?(?:\s+[A-Za-z]+){{0,3}}\s*[.!]?[*_`\s]*"
 )
 #: A partial first line that could still become a bare number (``7``, ``$1,0``, ``**-``).
 _BARE_START_RE = re.compile(r"[*_`\s]*(?:\\?\$\s*)?-?[\d.]")
@@ -115,6 +115,8 @@ def _clause_value(clause: str, offset: int, ended: bool) -> Stated | None | _Pen
     match = _NUM_RE.match(clause, pos)
     if match is None:
         return None
+    if match.end() < len(clause) and clause[match.end()].isalpha():
+        return None  # ``2x``: part of a term, not a number
     if _OPERATOR_RE.match(clause, match.end()):
         return None
     if not _number_complete(clause, match.end(), ended):

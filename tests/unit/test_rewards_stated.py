@@ -61,6 +61,10 @@ REAL = [  # (gold, response, finish reason, strict reward, where)
     ("7", "**7 apples.**", "eos", 1.0, "bare"),
     ("7", "The answer is **7**.", "eos", 1.0, "answer marker"),
     ("7", "The answer is 6 + 1", "eos", 0.0, None),
+    # a label the search found before terms were told from numbers: "= 2x - 2" is no answer
+    ("2", "Ben gives 2 pencils to Ella, which is 2x. Ella now has 4x - 2 = 2x - 2.\n\nThe last "
+          "number is 2x - 2. So, Ben now has 4x - 2.", "eos", 0.0, None),
+    ("2", "2x", "eos", 0.0, None),
 ]
 
 
