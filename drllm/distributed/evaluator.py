@@ -366,7 +366,6 @@ class ExecutorEvaluator(Evaluator):
 
             evals = score_choices(
                 self.executor, [requests[i] for i in scored],
-                lambda r, ids: self._cached_ids(f"{r.example_id}\x1fctx", r.prompt, ids),
                 lambda text: self.executor.encode([text])[0], norm=self.generation.loglik_norm,
             )
             for i, ev in zip(scored, evals):
@@ -375,17 +374,6 @@ class ExecutorEvaluator(Evaluator):
             for i, ev in zip(generated, self._generate_and_grade([requests[i] for i in generated])):
                 out[i] = ev
         return out  # type: ignore[return-value]
-
-    def _cached_ids(self, key: str, prompt: str, ids: list[int]) -> list[int]:
-        """``ids`` of ``prompt``, kept in the prompt cache under ``key``."""
-        hit = self._prompt_ids.get(key)
-        if hit is not None and hit[0] == prompt:
-            self._prompt_ids.move_to_end(key)
-            return hit[1]
-        self._prompt_ids[key] = (prompt, ids)
-        if len(self._prompt_ids) > self._cache_size:
-            self._prompt_ids.popitem(last=False)
-        return ids
 
     def _generate_and_grade(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
         """Generated answers: one executor call, grading, the plausibility guard."""

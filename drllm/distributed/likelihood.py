@@ -7,9 +7,9 @@
   continuation is scored after the prompt along the request's path, lm-evaluation-harness
   style (``acc``: highest summed log-likelihood; ``acc_norm``: per character of the choice), and
   the reward is 1 when the gold letter's choice wins. Choices are tokenized as lm-eval's
-  ``_encode_pair`` does (the context's trailing whitespace moves to the continuation; the
-  continuation's tokens are those of ``context + continuation`` past the context's), so on the
-  default path the scores equal lm-eval's ``hf`` model's. Every choice of a request shares the
+  ``_encode_pair`` does (:func:`encode_choices`: the context's trailing whitespace moves to the
+  continuation; the continuation's tokens are those of ``context + continuation`` past the
+  context's), so on the default path the scores equal lm-eval's ``hf`` model's. Every choice of a request shares the
   prompt's prefill: the prompt runs once along the request's path and its KV cache is
   replicated per choice (:func:`drllm.models.shared_prefill.score_after_prefix`).
 
@@ -31,15 +31,15 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 Encode = Callable[[str], list[int]]
 
 
-def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """``(context ids, continuation ids)`` split as lm-eval's ``TemplateLM._encode_pair``."""
+def encode_choices(encode: Encode, context: str,
+                   continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """``(context ids, continuation ids per choice)`` split as lm-eval's
+    ``TemplateLM._encode_pair`` (the context is encoded once for all choices)."""
     spaces = len(context) - len(context.rstrip())
-    if spaces:
-        continuation = context[-spaces:] + continuation
-        context = context[:-spaces]
-    whole = encode(context + continuation)
+    moved = context[len(context) - spaces:] if spaces else ""
+    context = context[: len(context) - spaces]
     ctx = encode(context)
-    return ctx, whole[len(ctx):]
+    return ctx, [encode(context + moved + c)[len(ctx):] for c in continuations]
 
 
 def mean_logliks(executor: Any, contexts: Sequence[Sequence[int]],
@@ -63,27 +63,25 @@ def mean_logliks(executor: Any, contexts: Sequence[Sequence[int]],
     return out
 
 
-def score_choices(executor: Any, requests: Sequence[EvalRequest],
-                  context_ids: Callable[[EvalRequest, list[int]], list[int]],
-                  encode: Encode, *, norm: bool = False) -> list[Evaluation]:
+def score_choices(executor: Any, requests: Sequence[EvalRequest], encode: Encode, *,
+                  norm: bool = False) -> list[Evaluation]:
     """One :class:`Evaluation` per choice request (see the module docstring).
 
     Args:
         executor: the :class:`~drllm.models.executor.PathExecutor`.
         requests: requests with ``choices``; ``gold`` is the gold choice's letter (``A`` is
             the first choice).
-        context_ids: ``(request, ids) -> ids``: lets the caller cache the context's token ids.
         encode: text -> token ids (no special tokens), as the prompt is encoded.
         norm: rank by log-likelihood per character of the choice (lm-eval ``acc_norm``).
     """
     rows: list[tuple[int, list[int], list[int]]] = []
     for i, request in enumerate(requests):
-        for choice in request.choices:
-            ctx, cont = encode_pair(encode, request.prompt, choice)
+        ctx, conts = encode_choices(encode, request.prompt, request.choices)
+        for choice, cont in zip(request.choices, conts):
             if not cont:
                 raise ValueError(f"example {request.example_id}: choice {choice!r} has no "
                                  "tokens after the prompt")
-            rows.append((i, context_ids(request, ctx), cont))
+            rows.append((i, ctx, cont))
     from drllm.models.shared_prefill import score_after_prefix
 
     totals = score_after_prefix(
