@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from drllm.report import REPORT_COLUMNS, science_report
+from drllm.report import REPORT_COLUMNS, label_changes, science_report
 from drllm.shards import read_shard_metadata, read_shards, shard_files
 
 logger = logging.getLogger(__name__)
@@ -112,13 +112,17 @@ def _summaries(dirs: Iterable[Path]) -> list[dict[str, Any]]:
     return out
 
 
-def merged_report(patterns: Sequence[str], dataset: str | None = None) -> dict[str, Any]:
+def merged_report(patterns: Sequence[str], dataset: str | None = None,
+                  against: Sequence[str] = ()) -> dict[str, Any]:
     """The science report of every row under ``patterns`` (see the module docstring).
 
     Args:
         patterns: run directories, shards directories or globs of them
             (``outputs/search/m/ds-paper/shard-*-of-4``).
         dataset: report only this dataset (default: each dataset found).
+        against: runs of the same questions to compare labels with (e.g. searched under
+            another reward): each dataset's report gains ``label_changes``
+            (:func:`~drllm.report.label_changes`).
 
     Returns:
         ``datasets`` (name -> :func:`~drllm.report.science_report`), ``model``,
@@ -135,6 +139,11 @@ def merged_report(patterns: Sequence[str], dataset: str | None = None) -> dict[s
     success = _success_reward(meta["config"])
     datasets = {str(name): science_report(group.reset_index(drop=True), success)
                 for name, group in rows.groupby(rows["dataset"].astype(str), sort=True)}
+    if against:
+        old, _, _ = _rows(shards_dirs(against))
+        for name, science in datasets.items():
+            science["label_changes"] = label_changes(
+                rows[rows["dataset"].astype(str) == name], old, success)
     summaries = _summaries(dirs)
     for part, d in zip(parts, dirs):
         summary = next((s for s in summaries if s.get("shards_dir") == str(d.resolve())), None)

@@ -151,6 +151,51 @@ def _trace_figures(traces: pd.Series) -> dict[str, Any]:
     }
 
 
+def label_changes(new: pd.DataFrame, old: pd.DataFrame, success_reward: float = 1.0,
+                  sample: int = 10) -> dict[str, Any]:
+    """How the labels of the same questions differ between two searches (``new`` vs ``old``).
+
+    Typically the same questions searched again under another reward (the stated-answer grader
+    and plausibility guard against the last-number reading): rows are matched on
+    ``(dataset, example_id)``; a label changed when ``best_path`` differs. ``sample`` changed
+    rows are listed with both label responses verbatim.
+    """
+    def keyed(table: pd.DataFrame) -> pd.DataFrame:
+        out = table.copy()
+        out["_key"] = out["dataset"].astype(str) + "/" + out["example_id"].astype(str)
+        return out.set_index("_key")
+
+    a, b = keyed(new), keyed(old)
+    shared = a.index.intersection(b.index)
+    if not len(shared):
+        return {"shared_examples": 0}
+    a, b = a.loc[shared], b.loc[shared]
+    changed = [k for k in shared if list(a.at[k, "best_path"]) != list(b.at[k, "best_path"])]
+
+    def edited(t: pd.DataFrame) -> int:
+        return int(sum(bool(s) and any(int(d) != 1 for d in p)
+                       for s, p in zip(t["solved"], t["best_path"])))
+
+    solved_a, solved_b = a["solved"].astype(bool), b["solved"].astype(bool)
+    default_a = a["default_reward"] >= success_reward
+    default_b = b["default_reward"] >= success_reward
+    return {
+        "shared_examples": int(len(shared)),
+        "labels_changed": len(changed),
+        "solved": {"new": int(solved_a.sum()), "old": int(solved_b.sum()),
+                   "lost": int((solved_b & ~solved_a).sum()),
+                   "gained": int((solved_a & ~solved_b).sum())},
+        "default_correct": {"new": int(default_a.sum()), "old": int(default_b.sum()),
+                            "changed": int((default_a != default_b).sum())},
+        "edited_labels": {"new": edited(a), "old": edited(b)},
+        "changed_sample": [
+            {"example": k, "gold": str(a.at[k, "gold"]),
+             "new": {"solved": bool(a.at[k, "solved"]), "response": a.at[k, "best_response"]},
+             "old": {"solved": bool(b.at[k, "solved"]), "response": b.at[k, "best_response"]}}
+            for k in changed[:sample]],
+    }
+
+
 def load_report_table(
     shards_dir: Path, dataset: str, example_ids: set[str] | None = None
 ) -> pd.DataFrame:
@@ -199,6 +244,12 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"{report['transposition_hits']} / {report['prior_hits']}",
         f"failed evaluations    {report['failed_evaluations']}",
     ]
+    changes = report.get("label_changes")
+    if changes and changes.get("shared_examples"):
+        lines.append(f"labels vs --against  {changes['labels_changed']} of "
+                     f"{changes['shared_examples']} changed; solved {changes['solved']['old']} -> "
+                     f"{changes['solved']['new']}; edited labels "
+                     f"{changes['edited_labels']['old']} -> {changes['edited_labels']['new']}")
     trace = report.get("trace")
     if trace:
         lines.append(f"implausible (guard)   {trace['implausible_rejections']} accepted edited "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from drllm.checks import check_choice, check_int, check_real
+from drllm.checks import check_bool, check_choice, check_int, check_real
 from drllm.cluster import ClusterSettings, connect
 from drllm.data import DatasetConfig, LoadReport, load_examples
 from drllm.data.prompts import render_prompt
@@ -28,6 +28,8 @@ from drllm.models.loading import ModelSpec, load_tokenizer
 from drllm.report import format_report, load_report_table, science_report
 from drllm.search import MCTSConfig
 from drllm.shards import OutputLock, ShardWriter, check_resume, default_writer_id
+from drllm.shards.card import write_dataset_card
+from drllm.shards.schema import supervision_schema
 from drllm.types import Example
 
 logger = logging.getLogger(__name__)
@@ -46,15 +48,20 @@ class OutputConfig:
         dir: shards directory, relative to the run's output directory.
         rows_per_shard: rows per Parquet shard at most.
         flush_seconds: a partial shard is written once its oldest row is this old (seconds).
+        trace_text: keep the response text of every evaluated path in the ``trace`` column
+            (false: the trace keeps every path's figures -- reward, reason, extracted answer,
+            plausibility, length -- without its text; labels keep their responses either way).
     """
 
     dir: str = "shards"
     rows_per_shard: int = 64
     flush_seconds: float = 60.0
+    trace_text: bool = True
 
     def __post_init__(self) -> None:
         check_int("OutputConfig", "rows_per_shard", self.rows_per_shard, 1)
         check_real("OutputConfig", "flush_seconds", self.flush_seconds, 0.0)
+        check_bool("OutputConfig", "trace_text", self.trace_text)
 
 
 @dataclass(frozen=True)
@@ -167,6 +174,17 @@ def _load(settings: SearchJobSettings) -> tuple[LoadReport, Callable[[Example], 
     return report, render
 
 
+def _write_card(output_dir: Path, shards_dir: Path, table: Any, summary: Mapping[str, Any],
+                affecting: Mapping[str, Any]) -> None:
+    """The directory's dataset card (``README.md``), once it holds a shard."""
+    if table.empty:
+        return
+    write_dataset_card(
+        output_dir, shards_dir, schema=supervision_schema(int(table["num_layers"].iloc[0])),
+        model_id=str(summary["model"]), dataset=str(summary["dataset"]),
+        search_config=affecting, report=summary)
+
+
 def _print_report(science: Mapping[str, Any], run_totals: RunSummary, rejected: Mapping[str, int],
                   wall: float, summary_file: Path) -> None:
     print(format_report(science))
@@ -247,6 +265,7 @@ def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
             model_id=info.model_id, config=stored_config,
             rows_per_shard=settings.output.rows_per_shard, flush_seconds=settings.output.flush_seconds,
             merge_on_open=True,  # safe: this run holds the directory's lock
+            trace_text=settings.output.trace_text,
         )
 
     if report.examples:
@@ -260,5 +279,6 @@ def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
                        shards_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
+    _write_card(output_dir, shards_dir, table, summary, affecting)
     _print_report(science, run_totals, report.rejected, wall, output_dir / SUMMARY_FILE)
     return summary

@@ -7,6 +7,7 @@ the report table per dataset, then one JSON object as the last stdout line::
     python -m drllm.jobs.report 'outputs/search/<model>/<dataset>-<search>/shard-*-of-4'
     python -m drllm.jobs.report outputs/search/<model>/<dataset>-<search>      # finds its shard-k-of-N
     python -m drllm.jobs.report run_a run_b/shards --dataset gsm8k --out merged.json
+    python -m drllm.jobs.report run_strict --against run_lenient   # labels changed by a reward
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+",
                         help="run directories, shards directories, or globs of them (quoted)")
     parser.add_argument("--dataset", default=None, help="report only this dataset")
+    parser.add_argument("--against", nargs="+", default=(),
+                        help="runs of the same questions to compare labels with (e.g. searched "
+                             "under another reward): how many labels changed, verbatim samples")
     parser.add_argument("--out", default=None, help="also write the JSON report to this file")
     return parser
 
@@ -38,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        report = merged_report(args.paths, dataset=args.dataset)
+        report = merged_report(args.paths, dataset=args.dataset, against=args.against)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"report error: {err}")
     for name, science in report["datasets"].items():

@@ -106,8 +106,12 @@ def trace_type(num_layers: int) -> pa.DataType:
     ])
 
 
-def trace_rows(result: SearchResult) -> list[dict[str, Any]]:
-    """The ``trace`` cell of a result: one dict per evaluated path, in arrival order."""
+def trace_rows(result: SearchResult, text: bool = True) -> list[dict[str, Any]]:
+    """The ``trace`` cell of a result: one dict per evaluated path, in arrival order.
+
+    ``text`` False leaves each path's ``response`` null (``output.trace_text=false``: the
+    figures of every path without its text, for large searches).
+    """
     out = []
     for entry in result.trace:
         ev = entry.evaluation
@@ -118,7 +122,7 @@ def trace_rows(result: SearchResult) -> list[dict[str, Any]]:
             "extracted": ev.extracted, "where": ev.where, "plausibility": ev.plausibility,
             "implausible": bool(ev.implausible), "margin": ev.margin,
             "response_tokens": int(ev.response_tokens), "finish_reason": ev.finish_reason,
-            "response": ev.response,
+            "response": ev.response if text else None,
         })
     return out
 
@@ -241,7 +245,7 @@ def _json(value: Any, what: str, where: str) -> str:
         raise ValueError(f"{where}: {what} is not JSON-serializable: {err}") from err
 
 
-def record_to_row(record: SupervisionRecord) -> dict[str, Any]:
+def record_to_row(record: SupervisionRecord, trace_text: bool = True) -> dict[str, Any]:
     """One shard row (plain Python values keyed by column name) for ``record``.
 
     Paths become lists of ints of length L; ``messages`` and ``meta`` become JSON strings.
@@ -284,7 +288,7 @@ def record_to_row(record: SupervisionRecord) -> dict[str, Any]:
         "stopped_early": bool(res.stopped_early),
         "search_seconds": float(record.search_seconds),
         "meta": _json(dict(ex.meta), "meta", where),
-        "trace": trace_rows(res),
+        "trace": trace_rows(res, text=trace_text),
     }
 
 

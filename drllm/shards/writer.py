@@ -97,6 +97,8 @@ class ShardWriter:
         clock: monotonic clock in seconds (injectable for tests).
         merge_on_open: merge the directory's partial shards (fewer than ``rows_per_shard``
             rows, this config) left by earlier writers; only while holding the directory lock.
+        trace_text: keep each evaluated path's response text in the ``trace`` column
+            (``False``: null, the other trace figures kept).
 
     There is no timer thread: ``flush_seconds`` is checked on :meth:`add`, so a caller that may
     sit idle with rows buffered calls :meth:`flush_if_due` from its wait loop. Not thread-safe:
@@ -116,6 +118,7 @@ class ShardWriter:
         stale_inprogress_seconds: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         merge_on_open: bool = False,
+        trace_text: bool = True,
     ) -> None:
         self.writer_id = check_writer_id(writer_id)
         self.num_layers = check_num_layers(num_layers)
@@ -129,6 +132,7 @@ class ShardWriter:
         self.config_json = config_to_json(config)
         self.config_hash = config_hash(self.config_json)
         self.rows_per_shard = int(rows_per_shard)
+        self.trace_text = bool(trace_text)
         self.flush_seconds = float(flush_seconds)
         self.out_dir = Path(out_dir)
         self._clock = clock
@@ -253,7 +257,7 @@ class ShardWriter:
             logger.warning("shard writer %s: ignoring duplicate example %s/%s",
                            self.writer_id, *key)
             return
-        row = record_to_row(record)
+        row = record_to_row(record, trace_text=self.trace_text)
         self._seen.add(key)
         if not self._rows:
             self._first_buffered_at = self._clock()

@@ -60,6 +60,11 @@ def test_multirun_writes_one_dir_per_run_and_reruns_resume(tiny_dir: Path, tmp_p
         table = read_shards(run_dir / "shards")
         assert sorted(table.column("example_id").to_pylist()) == sorted(set(table.column("example_id").to_pylist()))
         assert table.num_rows == 3 and set(table.column("num_layers").to_pylist()) == {4}
+        # The run directory describes itself: its dataset card loads the shards.
+        import datasets
+        card = datasets.load_dataset(str(run_dir), cache_dir=str(tmp_path / "hf"))["train"]
+        assert sorted(card["example_id"]) == sorted(table.column("example_id").to_pylist())
+        assert "examples: 3" in (run_dir / "README.md").read_text()
     ids = [set(read_shards(sweep / f"seed{s}" / "shards").column("example_id").to_pylist()) for s in (0, 1)]
     assert ids[0] != ids[1], "different dataset seeds must sample different examples"
 

@@ -94,3 +94,17 @@ def test_command_prints_the_table_then_one_json_line(runs: Path, capsys):
     assert lines[0].startswith("== toy (dummy, L=6, 3 parts)")
     assert json.loads(lines[-1])["examples"] == 14 == report["examples"]
     assert json.loads(out.read_text())["datasets"]["toy"]["examples"] == 14
+
+
+def test_against_compares_the_labels_of_the_same_questions(runs: Path, capsys):
+    # The sharded runs searched the same questions with the same per-example seeds: no label
+    # may differ; against a run of other questions nothing is shared.
+    report = report_main([str(runs / "whole"), "--against",
+                          str(runs / "sharded" / "shard-*-of-3")])
+    changes = report["datasets"]["toy"]["label_changes"]
+    assert changes["shared_examples"] == 14 and changes["labels_changed"] == 0
+    assert changes["solved"]["lost"] == changes["solved"]["gained"] == 0
+    assert "0 of 14 changed" in capsys.readouterr().out
+    other = merged_report([str(runs / "sharded" / "shard-0-of-3")],
+                          against=[str(runs / "sharded" / "shard-1-of-3")])
+    assert other["datasets"]["toy"]["label_changes"] == {"shared_examples": 0}

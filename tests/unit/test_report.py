@@ -113,3 +113,27 @@ def test_writer_refuses_an_unsolved_row_with_an_edited_label(tmp_path) -> None:
     with ShardWriter(tmp_path, writer_id="w", num_layers=L, model_id="m", config={}) as w:
         with pytest.raises(ValueError, match="unsolved search must be labelled with the default"):
             w.add(SupervisionRecord(ex, bad, "m", "p", 0.1))
+
+
+def test_label_changes_between_two_searches_of_the_same_questions(table):
+    from drllm.report import label_changes
+
+    old = table.copy()
+    # under the old reward "c" was "solved" by a broken cheaper path, "a" kept the default
+    old.at[2, "solved"], old.at[2, "best_path"], old.at[2, "best_response"] = (
+        True, [0, 1, 1, 1], "stray 2")
+    old.at[0, "best_path"] = [1, 1, 1, 1]
+    old = pd.concat([old, pd.DataFrame([_row("z", 1.0, 1.0, [1, 1, 1, 1], True, 0, 1, [0])])],
+                    ignore_index=True)  # not in the new run: not compared
+    changes = label_changes(table, old, sample=1)
+    assert changes["shared_examples"] == 4
+    assert changes["labels_changed"] == 2
+    assert changes["solved"] == {"new": 2, "old": 3, "lost": 1, "gained": 0}
+    assert changes["edited_labels"] == {"new": 2, "old": 2}
+    assert changes["default_correct"] == {"new": 1, "old": 1, "changed": 0}
+    assert changes["changed_sample"] == [{
+        "example": "arc_easy/a", "gold": "A", "new": {"solved": True, "response": "A"},
+        "old": {"solved": True, "response": "A"}}]
+    assert "2 of 4 changed; solved 3 -> 2" in format_report(
+        {**science_report(table), "label_changes": changes})
+    assert label_changes(table, old.iloc[4:]) == {"shared_examples": 0}
