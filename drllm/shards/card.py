@@ -4,13 +4,15 @@ A search writes ``<output dir>/README.md`` beside its shards directory, so that
 
     datasets.load_dataset("<output dir>")
 
-finds the shards (the header's ``configs`` entry points at ``<shards dir>/shard-*.parquet``:
-complete shards only, never ``.inprogress`` files or the manifest) and describes itself: the
-header holds the features (from the shards' Arrow schema) and tags; the body holds the model,
-the search-affecting config, the run's science figures and what a row means.
+finds the shards and describes itself: the header's ``configs`` entry lists the complete shard
+files by name (never ``.inprogress`` files or the manifest), the features (from the shards'
+Arrow schema) and tags; the body holds the model, the search-affecting config, the run's
+science figures and what a row means.
 
-The card is rewritten at the end of every run over the directory (a resumed run's card
-describes every shard there).
+The card is rewritten at the end of every run over the directory, so a resumed run's card
+lists every shard there. Files are listed by name rather than by a glob because ``datasets``
+keys its cache on the card's patterns, not on the files they match: with a glob, a directory
+that gained shards on resume loads the old rows from the cache.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 import yaml
 
 from drllm.files import atomic_write_text
-from drllm.shards.layout import SHARD_GLOB
+from drllm.shards.layout import SHARD_GLOB, shard_files
 
 CARD_NAME = "README.md"
 
@@ -84,7 +86,8 @@ def _figures(report: Mapping[str, Any]) -> list[str]:
 
 
 def dataset_card(*, shards_subdir: str, schema: pa.Schema, model_id: str, dataset: str,
-                 search_config: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+                 search_config: Mapping[str, Any], report: Mapping[str, Any],
+                 files: Sequence[str] = ()) -> str:
     """The card's text (see the module docstring).
 
     Args:
@@ -94,12 +97,14 @@ def dataset_card(*, shards_subdir: str, schema: pa.Schema, model_id: str, datase
         dataset: the searched dataset's name.
         search_config: the search-affecting config (model, dataset, search, driver, prior).
         report: the run's summary (:func:`drllm.report.science_report` and more).
+        files: the shard file names to list (default: the ``shard-*.parquet`` glob).
     """
     header = {
         "pretty_name": f"drllm layer-path supervision: {model_id} on {dataset}",
         "tags": ["drllm", "layer-routing", "mcts", "supervision"],
         "configs": [{"config_name": "default", "data_files": [
-            {"split": "train", "path": f"{shards_subdir}/{SHARD_GLOB}"}]}],
+            {"split": "train", "path": [f"{shards_subdir}/{name}" for name in files]
+             if files else f"{shards_subdir}/{SHARD_GLOB}"}]}],
         "dataset_info": {"features": _features_yaml(schema)},
     }
     rows = "\n".join(f"| `{name}` | {text} |" for name, text in COLUMNS.items())
@@ -137,7 +142,8 @@ def write_dataset_card(output_dir: str | os.PathLike, shards_dir: str | os.PathL
         raise ValueError(f"shards directory {shards} is not inside {out}: a dataset card there "
                          "could not point at it") from err
     text = dataset_card(shards_subdir=sub, schema=schema, model_id=model_id, dataset=dataset,
-                        search_config=search_config, report=report)
+                        search_config=search_config, report=report,
+                        files=[p.name for p in shard_files(shards)])
     path = out / CARD_NAME
     atomic_write_text(path, text)
     return path

@@ -9,7 +9,7 @@ import yaml
 from drllm.paths import LayerPath
 from drllm.report import load_report_table, science_report
 from drllm.search import MCTSConfig, run
-from drllm.shards import ShardWriter, read_shards
+from drllm.shards import ShardWriter, read_shards, shard_files
 from drllm.shards.card import write_dataset_card
 from drllm.shards.schema import SupervisionRecord, supervision_schema
 from drllm.types import Evaluation, Example
@@ -49,7 +49,9 @@ def test_load_dataset_reads_the_output_directory_through_its_card(tmp_path) -> N
         report={**science_report(table), "dataset": "synthetic_arith"})
     text = card.read_text()
     header = yaml.safe_load(text.split("---")[1])
-    assert header["configs"][0]["data_files"][0]["path"] == "shards/shard-*.parquet"
+    listed = header["configs"][0]["data_files"][0]["path"]
+    assert listed == [f"shards/{p.name}" for p in shard_files(tmp_path / "shards")]
+    assert len(listed) == 2  # 3 rows, 2 per shard
     assert "examples: 3" in text and '"c": 1.8' in text
 
     loaded = datasets.load_dataset(str(tmp_path), cache_dir=str(tmp_path / "hf-cache"))["train"]
@@ -82,3 +84,21 @@ def test_trace_text_switch_keeps_figures_and_labels(tmp_path, trace_text: bool) 
         assert set(texts) == {"The answer is 0.", "The answer is 1."}
     else:
         assert texts == [None] * len(trace)
+
+
+def test_a_resumed_directory_loads_its_new_rows(tmp_path) -> None:
+    # datasets caches on the card's file patterns: the rewritten card must name the new shards.
+    datasets = pytest.importorskip("datasets")
+    cache = str(tmp_path / "hf-cache")
+
+    def card_and_load(ids: range, writer: str) -> list[str]:
+        with ShardWriter(tmp_path / "shards", writer_id=writer, num_layers=L, model_id="tiny",
+                         config={"search": {"c": 1.8}}, rows_per_shard=2) as w:
+            for i in ids:
+                w.add(_record(i))
+        write_dataset_card(tmp_path, tmp_path / "shards", schema=supervision_schema(L),
+                           model_id="tiny", dataset="d", search_config={}, report={})
+        return sorted(datasets.load_dataset(str(tmp_path), cache_dir=cache)["train"]["example_id"])
+
+    assert card_and_load(range(2), "w0") == ["q0", "q1"]
+    assert card_and_load(range(2, 5), "w1") == ["q0", "q1", "q2", "q3", "q4"]
