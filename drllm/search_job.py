@@ -146,6 +146,7 @@ def _summary(report: Mapping[str, Any], run_summary: RunSummary, settings: Searc
         "dataset": settings.dataset.name,
         "model": run_summary.model_id or settings.model.name,
         "chance_shuffles": settings.dataset.chance_shuffles,
+        "placebo": settings.dataset.placebo,
         "max_new_tokens": settings.generation.max_new_tokens,
         "rows_rejected": dict(rejected),
         "default_failed": dict(run_summary.default_failed),
@@ -186,7 +187,10 @@ def _write_card(output_dir: Path, shards_dir: Path, table: Any, summary: Mapping
 
 
 def _print_report(science: Mapping[str, Any], run_totals: RunSummary, rejected: Mapping[str, int],
-                  wall: float, summary_file: Path) -> None:
+                  wall: float, summary_file: Path, placebo: bool = False) -> None:
+    if placebo:
+        print("PLACEBO golds (dataset.placebo=true): every gold is wrong, so 'solved' and "
+              "'improved' count answers won by luck or a gamed reward")
     print(format_report(science))
     failed = run_totals.default_failed
     print(f"default path failed {len(failed)} (not written; searched again on resume)"
@@ -280,5 +284,6 @@ def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
     _write_card(output_dir, shards_dir, table, summary, affecting)
-    _print_report(science, run_totals, report.rejected, wall, output_dir / SUMMARY_FILE)
+    _print_report(science, run_totals, report.rejected, wall, output_dir / SUMMARY_FILE,
+                  settings.dataset.placebo)
     return summary

@@ -215,6 +215,9 @@ class DatasetConfig:
         min_plausibility: the plausibility guard: an edited path's accepted answer whose mean
             token log-likelihood under the default path is below this (nats per token) is
             rejected (reward 0, counted); None records the scores without rejecting.
+        placebo: a control run: every gold is replaced by a wrong one (another choice, or
+            another example's answer; :mod:`drllm.data.placebo`), so whatever the search then
+            "improves" was won without answering -- by luck or by a gamed reward.
         shard: ``"k/N"``: keep only shard ``k`` of ``N`` of the selected examples, by a stable
             hash of the example id (``None``: all); N drivers with ``0/N`` .. ``N-1/N`` search
             disjoint slices whose union is the unsharded sample (:mod:`drllm.data.sharding`).
@@ -238,6 +241,7 @@ class DatasetConfig:
     reward: str = "generate"
     answer_prefix: str | None = None
     min_plausibility: float | None = DEFAULT_MIN_PLAUSIBILITY
+    placebo: bool = False
     shard: str | None = None
 
     def __post_init__(self) -> None:
@@ -296,6 +300,8 @@ class DatasetConfig:
     def _check_reward(self) -> None:
         from drllm.rewards.plausibility import PlausibilityGuard
 
+        if not isinstance(self.placebo, bool):
+            raise ValueError(f"DatasetConfig.placebo: expected true or false, got {self.placebo!r}")
         if self.reward not in REWARD_MODES:
             raise ValueError(f"DatasetConfig.reward: expected one of {REWARD_MODES}, "
                              f"got {self.reward!r}")
@@ -481,6 +487,12 @@ def load_examples(config: DatasetConfig) -> LoadReport:
             "%s/%s: asked for %d examples, only %d usable", config.name, config.split,
             config.num_examples, len(examples),
         )
+    if config.placebo:
+        from drllm.data.placebo import placebo_examples
+
+        examples = list(placebo_examples(examples, config.seed))
+        logger.warning("%s: placebo golds (a control run): every gold is a wrong answer",
+                       config.name)
     shard = parse_shard(config.shard)
     if shard is not None:
         selected = len(examples)

@@ -59,7 +59,10 @@ def _figures(report: Mapping[str, Any]) -> list[str]:
     """Markdown lines of the run's headline figures (``report``: the search summary)."""
     if not report.get("examples"):
         return ["No example has been searched yet."]
-    lines = [
+    lines = ["- **placebo golds** (a control run): every gold is a wrong answer, so what the "
+             "search solved or improved was won by luck or a gamed reward"
+             ] if report.get("placebo") else []
+    lines += [
         f"- examples: {report['examples']} ({report.get('over', '')})",
         f"- solved: {report['solved']} ({report['solved_fraction']:.1%}); improved: "
         f"{report['improved']} ({report['improved_fraction']:.1%})",
