@@ -50,6 +50,12 @@ class MCTSConfig:
         early_stop: enable the paper's early-stop rule (see :mod:`drllm.search.policy`).
         early_stop_margin: blocks a correct path must save against the default path, when the
             default is already correct, to stop early (``cost <= L - margin``).
+        improve: search a question the default path answers wrong for a path that answers it
+            (the paper). ``False``: such a question is not searched -- its label is the default
+            path, unsolved -- and only questions the default answers are searched for cheaper
+            paths that keep the answer. For rewards under which a fix is found by luck: measure
+            with a placebo control (``dataset.placebo=true``); a search that "improves" a wrong
+            gold as often as the true one finds luck, not answers.
         success_reward: reward at or above which a path counts as correct (graders are binary:
             1.0 correct, 0.0 wrong).
         seed: seed of the tree's RNG (untried-action order and epsilon draws); same seed and
@@ -95,6 +101,7 @@ class MCTSConfig:
     min_executed: int = 1
     early_stop: bool = True
     early_stop_margin: int = 2
+    improve: bool = True
     success_reward: float = 1.0
     seed: int = 0
     expansion: str = "widening"
@@ -116,6 +123,7 @@ class MCTSConfig:
                                 ("widen_alpha", 0.0, 1.0)):
             check_real(o, name, getattr(self, name), low, high)
         check_bool(o, "early_stop", self.early_stop)
+        check_bool(o, "improve", self.improve)
         check_real(o, "widen_k", self.widen_k, 0.0, open_low=True)
         check_real(o, "prior_temperature", self.prior_temperature, 0.0, open_low=True)
         check_choice(o, "expansion", self.expansion, EXPANSIONS)

@@ -108,6 +108,7 @@ class SearchTree:
         self._depths: list[int] = []
         self._failed_paths: set[LayerPath] = set()
         self._stopped_early = False
+        self._wrong_default_kept = False  # improve=False and the default is wrong: no search
         self._default_failure: str | None = None
         self._deadline: int | None = None  # patience: no simulation starts from here on
         self._grace: set[LayerPath] = set()  # paths started during patience
@@ -175,7 +176,7 @@ class SearchTree:
     @property
     def done(self) -> bool:
         """True when no further path will be asked for and no pending result is needed."""
-        if self._stopped_early or self.default_failed:
+        if self._stopped_early or self.default_failed or self._wrong_default_kept:
             return True
         if not self._root.evaluated:
             return False
@@ -198,7 +199,7 @@ class SearchTree:
         """
         if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
             raise ValueError(f"ask(k) needs an integer k >= 1, got {k!r}")
-        if self._stopped_early or self.default_failed:
+        if self._stopped_early or self.default_failed or self._wrong_default_kept:
             return []
         if self._started == 0:
             self._started = 1
@@ -324,6 +325,8 @@ class SearchTree:
         retention = self._retention
         if is_root:
             retention.set_default(path, ev)
+            self._wrong_default_kept = (not self._config.improve
+                                        and reward < self._config.success_reward)
             return
         cfg = self._config
         self._prior_hits += int(reward >= cfg.success_reward)

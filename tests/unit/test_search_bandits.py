@@ -321,3 +321,25 @@ def test_budget_of_one_evaluates_only_the_default(mode: str) -> None:
     result = run(5, evaluate, MCTSConfig(num_simulations=1, expansion=mode))
     assert evaluate.calls == [LayerPath.default(5)] and result.simulations == 1
     assert result.best_path == LayerPath.default(5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_improve_false_keeps_a_wrong_default_and_still_searches_a_right_one(mode: str) -> None:
+    L = 6
+    fix = lambda p: 1.0 if p[2] == 0 else 0.0  # noqa: E731 - the default is wrong, a skip fixes it
+    searched = run(L, Recorder(fix), MCTSConfig(num_simulations=40, seed=0, expansion=mode))
+    assert searched.solved and searched.improved and searched.best_path[2] == 0
+
+    calls = Recorder(fix)
+    kept = run(L, calls, MCTSConfig(num_simulations=40, seed=0, expansion=mode, improve=False))
+    assert calls.calls == [LayerPath.default(L)]  # nothing but the default was evaluated
+    assert not kept.solved and not kept.improved
+    assert kept.best_path == LayerPath.default(L) and kept.evaluations == 1
+
+    # A default that is right is searched as usual for a cheaper path keeping the answer.
+    keep = lambda p: 1.0 if p[4] != 0 else 0.0  # noqa: E731
+    cheaper = run(L, Recorder(keep), MCTSConfig(num_simulations=40, seed=0, expansion=mode,
+                                                  improve=False))
+    assert cheaper.solved and cheaper.best_path.cost <= L - 2 and cheaper.best_path[4] != 0
+    with pytest.raises(ValueError, match="improve"):
+        MCTSConfig(improve="no")
