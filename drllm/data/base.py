@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from drllm.data.sharding import parse_shard
-from drllm.data.sources import load_rows
+from drllm.data.sources import MALFORMED_LINE_MODES, Rows, load_rows
 from drllm.registry import Registry
 from drllm.types import Example
 
@@ -121,10 +121,10 @@ class DatasetAdapter(ABC):
         """The level filter in force (``None``: keep every level)."""
         return config.levels
 
-    def rows(self, config: "DatasetConfig") -> tuple[Iterable[Mapping[str, Any]], int, str]:
-        """Rows to parse, their count and a human-readable source (hub id or file list)."""
-        table, source = load_rows(config, self.hub_repo, self.hub_configs, self.columns)
-        return table, len(table), source
+    def rows(self, config: "DatasetConfig") -> Rows:
+        """Rows to parse, their count, a human-readable source (hub id or file list) and the
+        lines rejected before parsing."""
+        return load_rows(config, self.hub_repo, self.hub_configs, self.columns)
 
     def level(self, row: Mapping[str, Any]) -> int | None:
         """Difficulty level 1..5 of a row, ``None`` if absent or unparseable."""
@@ -215,6 +215,9 @@ class DatasetConfig:
         min_plausibility: the plausibility guard: an edited path's accepted answer whose mean
             token log-likelihood under the default path is below this (nats per token) is
             rejected (reward 0, counted); None records the scores without rejecting.
+        malformed_lines: a ``.jsonl`` line that is not a JSON object is ``"reject"``-ed
+            (counted under ``malformed jsonl line``, its file and line logged) or an
+            ``"error"`` naming its file and line.
         shard: ``"k/N"``: keep only shard ``k`` of ``N`` of the selected examples, by a stable
             hash of the example id (``None``: all); N drivers with ``0/N`` .. ``N-1/N`` search
             disjoint slices whose union is the unsharded sample (:mod:`drllm.data.sharding`).
@@ -238,6 +241,7 @@ class DatasetConfig:
     reward: str = "generate"
     answer_prefix: str | None = None
     min_plausibility: float | None = DEFAULT_MIN_PLAUSIBILITY
+    malformed_lines: str = "reject"
     shard: str | None = None
 
     def __post_init__(self) -> None:
@@ -267,6 +271,9 @@ class DatasetConfig:
                 f"got {self.skip!r}"
             )
         self._normalize_sources()
+        if self.malformed_lines not in MALFORMED_LINE_MODES:
+            raise ValueError(f"DatasetConfig.malformed_lines: expected one of "
+                             f"{MALFORMED_LINE_MODES}, got {self.malformed_lines!r}")
         self._normalize_levels()
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(
@@ -450,8 +457,10 @@ def load_examples(config: DatasetConfig) -> LoadReport:
 
     adapter = DATASETS.get(config.name)
     grader = get_grader(config.grader_name)
-    rows, rows_read, source = adapter.rows(config)
-    scan = _scan(adapter, config, rows)
+    loaded = adapter.rows(config)
+    rows_read, source = loaded.count, loaded.source
+    scan = _scan(adapter, config, loaded.rows)
+    scan.rejected.update(loaded.rejected)
     order = list(range(len(scan.candidates)))
     random.Random(config.seed).shuffle(order)
     examples: list[Example] = []
