@@ -27,7 +27,8 @@ from drllm.interrupt import sigterm_raises
 from drllm.models.loading import ModelSpec, load_tokenizer
 from drllm.report import format_report, load_report_table, science_report
 from drllm.search import MCTSConfig
-from drllm.shards import OutputLock, ShardWriter, check_resume, default_writer_id
+from drllm.shards import (OutputLock, ShardWriter, check_resume, default_writer_id,
+                          quarantine_unreadable)
 from drllm.types import Example
 
 logger = logging.getLogger(__name__)
@@ -236,6 +237,7 @@ def _search(settings: SearchJobSettings, report: LoadReport, render: Callable[[E
 def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
                 resolved_config: Mapping[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
+    quarantined = quarantine_unreadable(shards_dir)  # named in the log; searched again
     affecting = search_affecting(resolved_config)
     check_resume(shards_dir, affecting, key=AFFECTING_KEY, force=settings.resume == "force")
     stored_config = {**resolved_config, AFFECTING_KEY: affecting}
@@ -258,6 +260,7 @@ def _run_locked(settings: SearchJobSettings, output_dir: Path, shards_dir: Path,
     science = science_report(table, settings.search.success_reward)
     summary = _summary(science, run_totals, settings, report.rejected, prior_info, wall,
                        shards_dir)
+    summary["shards_quarantined"] = [dataclasses.asdict(q) for q in quarantined]
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
     _print_report(science, run_totals, report.rejected, wall, output_dir / SUMMARY_FILE)
