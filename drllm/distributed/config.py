@@ -3,7 +3,7 @@
 These are Hydra structured configs as they stand (see :mod:`drllm.config`): ``PoolConfig`` is the
 ``pool/`` group, ``DriverConfig`` the ``driver`` key, ``WorkAvoidance`` the ``work_avoidance`` key;
 ``GenerationConfig`` is derived from the dataset's budget and those levers
-(:attr:`drllm.search_job.SearchJobSettings.generation`). Every value is checked
+(:attr:`drllm.jobs.search.SearchJobSettings.generation`). Every value is checked
 here, so a bad setting fails before Ray starts an actor.
 """
 

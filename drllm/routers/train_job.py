@@ -1,7 +1,7 @@
 """The router-training job: feature pass, then a Ray Train ``TorchTrainer`` fit, then a checkpoint.
 
 ``python -m drllm.jobs.train`` (Hydra) composes a :class:`TrainJobSettings` and calls
-:func:`run_train_job`:
+:func:`run`:
 
 1. :func:`~drllm.routers.features.run_feature_pass` runs to completion first (Ray Data actor
    pool; reused when the shards, model, ``W``, dtype and row filter are unchanged), so its
@@ -422,6 +422,9 @@ class TrainJobSettings:
         object.__setattr__(self, "shards_dir", Path(self.shards_dir).expanduser().resolve())
         if self.features_dir:
             object.__setattr__(self, "features_dir", Path(self.features_dir).expanduser().resolve())
+        if self.ray.mode == "in_process":
+            raise ValueError("ray.mode=in_process: router training runs on Ray Train; use "
+                             "ray=local (a Ray instance in this process) instead")
         if self.features.windows != self.train.windows:
             raise ValueError(f"features.windows ({self.features.windows}) must equal train.windows "
                              f"({self.train.windows})")
@@ -435,7 +438,7 @@ def _inside(path: Path, parent: Path) -> bool:
         return False
 
 
-def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[str, Any]:
+def run(settings: TrainJobSettings, output_dir: str | Path) -> dict[str, Any]:
     """Feature pass, Ray Train fit and checkpoint; returns (and writes) the job summary.
 
     Writes ``<output_dir>/<checkpoint_subdir>/`` (the routers), ``<output_dir>/ray_train/`` (the

@@ -17,7 +17,7 @@ import drllm.jobs.train  # noqa: F401 -- registers the train job's schema
 from drllm.config import ConfigError, to_library
 from drllm.routers.train_job import TrainJobSettings
 from drllm.search import MCTSConfig
-from drllm.search_job import SearchJobSettings
+from drllm.jobs.search import SearchJobSettings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))
