@@ -49,12 +49,14 @@ def executor_spec(
 
 
 def start_pool(
-    spec: EvaluatorSpec, pool_config: PoolConfig, *, in_process: bool = False
+    spec: EvaluatorSpec, pool_config: PoolConfig, *, in_process: bool = False,
+    enable_metrics: bool = True,
 ) -> EvaluationPool:
-    """A started pool of ``spec`` evaluators: Ray actors (Ray connected), or ``in_process``
-    workers run one call at a time without Ray. The caller closes it."""
+    """A started pool of ``spec`` evaluators: Ray actors (Ray connected; ``enable_metrics``:
+    they export Ray metrics), or ``in_process`` workers run one call at a time without Ray.
+    The caller closes it."""
     if not in_process:
-        return create_pool(spec, pool_config)
+        return create_pool(spec, pool_config, enable_metrics=enable_metrics)
     transport = LocalTransport(spec, pool_config.num_actors or 1, pool_config.max_restarts)
     pool = EvaluationPool(
         transport,
