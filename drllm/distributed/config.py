@@ -1,6 +1,6 @@
 """Frozen, validated configuration of the distributed search: generation, actor pool, driver.
 
-These are Hydra structured configs as they stand (see :mod:`drllm.config`): ``PoolConfig`` is the
+These are Hydra structured configs as they stand (see :mod:`drllm.hydra_schema`): ``PoolConfig`` is the
 ``pool/`` group, ``DriverConfig`` the ``driver`` key, ``WorkAvoidance`` the ``work_avoidance`` key;
 ``GenerationConfig`` is derived from the dataset's budget and those levers
 (:attr:`drllm.jobs.search.SearchJobSettings.generation`). Every value is checked

@@ -150,7 +150,7 @@ def run_search_job(
         in_process: run the evaluators in this process without Ray (``pool_config.num_actors``
             workers, run one call at a time).
         prior: example -> its tree's expansion prior (``None``: uniform), e.g. a
-            :class:`~drllm.distributed.priors.PriorPlan`.
+            :class:`~drllm.distributed.prior_plan.PriorPlan`.
 
     Returns:
         The run's :class:`RunSummary`.

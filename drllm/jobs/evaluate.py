@@ -21,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from drllm.config import job_settings, register
+from drllm.hydra_schema import job_settings, register
 from drllm.evaluation.job import HEADLINE, EvaluateJobSettings, run
 from drllm.routers.checkpoint import RouterCheckpointError
 

@@ -37,10 +37,10 @@ from drllm.data.prompts import render_prompt
 from drllm.data.sharding import parse_shard, register_resolver
 from drllm.distributed import executor_spec, search_examples, start_pool
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig, WorkAvoidance
-from drllm.distributed.priors import PriorSource, build_prior_plan
+from drllm.distributed.prior_plan import PriorSource, build_prior_plan
 from drllm.distributed.summary import RunSummary
 from drllm.files import SUMMARY_FILE, atomic_write_json
-from drllm.config import job_settings, register
+from drllm.hydra_schema import job_settings, register
 from drllm.interrupt import sigterm_raises
 from drllm.models.loading import ModelSpec, load_tokenizer
 from drllm.report import format_report, load_report_table, science_report

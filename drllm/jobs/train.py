@@ -20,7 +20,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from drllm.config import job_settings, register
+from drllm.hydra_schema import job_settings, register
 from drllm.routers.train_job import HEADLINE, TrainJobSettings, run
 
 SCHEMA = "train_job_schema"

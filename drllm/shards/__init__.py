@@ -27,7 +27,7 @@ from drllm.shards.layout import (
     read_manifest,
     shard_files,
 )
-from drllm.shards.resume import ResumeConflictError, check_resume, config_differences
+from drllm.shards.resume_guard import ResumeConflictError, check_resume, config_differences
 from drllm.shards.lock import LockHolder, OutputLock, OutputLockedError, read_holder
 from drllm.shards.quarantine import Quarantined, quarantine_unreadable
 from drllm.shards.reader import (

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from drllm.config import to_library
+from drllm.hydra_schema import to_library
 from drllm.evaluation.job import EvaluateJobSettings, run
 from drllm.evaluation.results import load_results
 from drllm.jobs.evaluate import SCHEMA  # noqa: F401 -- registers the schema

@@ -275,7 +275,7 @@ def test_hydra_config_converts_to_settings(tmp_path):
     from hydra import compose, initialize_config_dir
 
     import drllm.jobs.train  # noqa: F401 -- registers the schema
-    from drllm.config import ConfigError, to_library
+    from drllm.hydra_schema import ConfigError, to_library
 
     def train_job_settings(cfg):
         return to_library(cfg, TrainJobSettings)

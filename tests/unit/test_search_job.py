@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from drllm.config import to_library
+from drllm.hydra_schema import to_library
 from drllm.jobs.search import SearchJobSettings, run
 from drllm.shards import QUARANTINE_DIR, read_manifest, read_shards, shard_files
 
