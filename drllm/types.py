@@ -7,7 +7,7 @@ and the shard writer all exchange these objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Generic, Mapping, Optional, TypeVar
+from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
 
 from drllm.paths import LayerPath
 
@@ -51,6 +51,10 @@ class Example:
     variants: tuple["Example", ...] = ()
     answer_prefix: str = ""
     choices: tuple[str, ...] = ()
+
+
+RenderFn = Callable[[Example], str]
+"""Example -> the exact prompt text the model is fed (chat template applied)."""
 
 
 @dataclass(frozen=True)

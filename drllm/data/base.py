@@ -32,6 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from drllm.checks import check_choice, check_int
 from drllm.data.sharding import parse_shard
 from drllm.data.sources import MALFORMED_LINE_MODES, Rows, load_rows
 from drllm.registry import Registry
@@ -44,9 +45,8 @@ PROMPT_STYLES = ("chat", "base")
 #: each choice (``loglik``: lm-eval ``acc``; ``loglik_norm``: per character, ``acc_norm``).
 REWARD_MODES = ("generate", "loglik", "loglik_norm")
 #: The plausibility guard's default (nats per token under the default path): see
-#: ``DatasetConfig.min_plausibility``. Chosen from measured distributions (SmolLM2-135M, 120
-#: ``synthetic_arith`` level 1-2 questions): the default path's own responses score -0.73 at
-#: worst (median -0.37); the broken labels the old reward accepted score -1.43 to -5.5.
+#: ``DatasetConfig.min_plausibility``; chosen from measured distributions (README, *The
+#: plausibility guard*).
 DEFAULT_MIN_PLAUSIBILITY = -1.0
 MIN_LEVEL, MAX_LEVEL = 1, 5
 REJECT_DUPLICATE_ID = "duplicate id"
@@ -254,32 +254,15 @@ class DatasetConfig:
             raise ValueError(
                 f"DatasetConfig.split: expected a non-empty string, got {self.split!r}"
             )
-        if self.num_examples is not None and (
-            isinstance(self.num_examples, bool)
-            or not isinstance(self.num_examples, int)
-            or self.num_examples <= 0
-        ):
-            raise ValueError(
-                f"DatasetConfig.num_examples: expected a positive int or None (all), "
-                f"got {self.num_examples!r}"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"DatasetConfig.seed: expected an int, got {self.seed!r}")
-        if isinstance(self.skip, bool) or not isinstance(self.skip, int) or self.skip < 0:
-            raise ValueError(
-                f"DatasetConfig.skip: expected an int >= 0 (examples to leave out), "
-                f"got {self.skip!r}"
-            )
+        o = "DatasetConfig"
+        if self.num_examples is not None:  # None: all
+            check_int(o, "num_examples", self.num_examples, 1)
+        check_int(o, "seed", self.seed)
+        check_int(o, "skip", self.skip, 0)
         self._normalize_sources()
-        if self.malformed_lines not in MALFORMED_LINE_MODES:
-            raise ValueError(f"DatasetConfig.malformed_lines: expected one of "
-                             f"{MALFORMED_LINE_MODES}, got {self.malformed_lines!r}")
+        check_choice(o, "malformed_lines", self.malformed_lines, MALFORMED_LINE_MODES)
         self._normalize_levels()
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(
-                f"DatasetConfig.prompt_style: expected one of {PROMPT_STYLES}, "
-                f"got {self.prompt_style!r}"
-            )
+        check_choice(o, "prompt_style", self.prompt_style, PROMPT_STYLES)
         if self.grader is not None:
             from drllm.rewards import get_grader
 
@@ -303,9 +286,7 @@ class DatasetConfig:
     def _check_reward(self) -> None:
         from drllm.rewards.plausibility import PlausibilityGuard
 
-        if self.reward not in REWARD_MODES:
-            raise ValueError(f"DatasetConfig.reward: expected one of {REWARD_MODES}, "
-                             f"got {self.reward!r}")
+        check_choice("DatasetConfig", "reward", self.reward, REWARD_MODES)
         if self.answer_prefix is not None and not isinstance(self.answer_prefix, str):
             raise ValueError(f"DatasetConfig.answer_prefix: expected a string or null, got "
                              f"{self.answer_prefix!r}")
@@ -326,12 +307,9 @@ class DatasetConfig:
                                  f"not reward={self.reward!r}")
 
     def _normalize_generation(self) -> None:
-        counts = {"chance_shuffles": self.chance_shuffles}
+        check_int("DatasetConfig", "chance_shuffles", self.chance_shuffles, 1)
         if self.max_new_tokens is not None:
-            counts["max_new_tokens"] = self.max_new_tokens
-        for name, value in counts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DatasetConfig.{name}: expected an int >= 1, got {value!r}")
+            check_int("DatasetConfig", "max_new_tokens", self.max_new_tokens, 1)
         stops = _as_tuple(self.stop_strings)
         if stops is not None:
             if any(not isinstance(x, str) or not x for x in stops):

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
 from drllm.distributed.pool import EvaluationPool
-from drllm.distributed.driver import PriorFn, RecordSink, RenderFn, SearchDriver
+from drllm.distributed.driver import PriorFn, RecordSink, SearchDriver
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
 from drllm.distributed.evaluator import ExecutorEvaluator
 from drllm.distributed.local_transport import LocalTransport
@@ -32,7 +32,7 @@ from drllm.distributed.ray_transport import create_pool
 from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig
 from drllm.shards import ShardMismatchError, completed_keys
-from drllm.types import Example
+from drllm.types import Example, RenderFn
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -38,11 +38,10 @@ from drllm.evaluation.types import measures_of
 from drllm.report import related_graders
 from drllm.rewards import get_grader
 from drllm.routers.checkpoint import RouterCheckpointError, read_config
-from drllm.types import EvalResult, Example
+from drllm.types import EvalResult, Example, RenderFn
 
 logger = logging.getLogger(__name__)
 
-RenderFn = Callable[[Example], str]
 HEADLINE = "accuracy"
 
 

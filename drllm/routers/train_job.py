@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from drllm.checks import check_int
 from drllm.cluster import ClusterSettings, cluster_gpus, connect
 from drllm.files import atomic_write_json
 from drllm.routers.feature_store import feature_files, load_features
@@ -80,14 +81,13 @@ class RayTrainSettings:
     storage_path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.cpus_per_worker is not None and self.cpus_per_worker < 1:
-            raise ValueError(f"cpus_per_worker must be >= 1 or None, got {self.cpus_per_worker}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
-        if self.max_failures < -1:
-            raise ValueError(f"max_failures must be >= -1 (-1: unlimited), got {self.max_failures}")
+        o = "RayTrainSettings"
+        check_int(o, "num_workers", self.num_workers, 1)
+        if self.cpus_per_worker is not None:
+            check_int(o, "cpus_per_worker", self.cpus_per_worker, 1)
+        if self.threads is not None:
+            check_int(o, "threads", self.threads, 1)
+        check_int(o, "max_failures", self.max_failures, -1)  # -1: unlimited
 
 
 @dataclass(frozen=True)
