@@ -1,4 +1,9 @@
-"""Validation helpers of the config dataclasses (pure Python; errors name ``Owner.field``)."""
+"""Validation helpers of the config dataclasses (pure Python; errors name ``Owner.field``).
+
+The one validation style of a config class: its ``__post_init__`` checks each field where the
+object is built, with these helpers for numbers, bools and choices, and raises ``ValueError``
+naming ``Owner.field`` itself for anything else (a file, a mapping, a rule across fields).
+"""
 
 from __future__ import annotations
 
@@ -25,13 +30,16 @@ def check_int(owner: str, name: str, value: object, minimum: int | None = None) 
 
 
 def check_real(owner: str, name: str, value: object, low: float = -math.inf,
-               high: float = math.inf, *, open_low: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite number in ``[low, high]`` (``(low, high]``
-    with ``open_low``)."""
+               high: float = math.inf, *, open_low: bool = False,
+               open_high: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number in ``[low, high]`` (the bound
+    excluded with ``open_low`` / ``open_high``)."""
     if not is_real(value) or not math.isfinite(value):
         raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}")
     if open_low and value <= low:
         raise ValueError(f"{owner}.{name} must be > {low:g}, got {value}")
+    if open_high and value >= high:
+        raise ValueError(f"{owner}.{name} must be in [{low:g}, {high:g}), got {value}")
     if not low <= value <= high:
         bounds = f"in [{low:g}, {high:g}]" if math.isfinite(high) else f">= {low:g}"
         raise ValueError(f"{owner}.{name} must be {bounds}, got {value}")

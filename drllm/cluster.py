@@ -3,7 +3,9 @@
 ``mode="local"`` always starts a fresh instance in this process (``address="local"``), never a
 cluster that ``ray start`` (or a stale address file it left) points at. ``mode="auto"`` joins a
 running cluster and fails within ``connect_timeout_s``, naming the address it tried, when no
-cluster answers there (instead of Ray's own long reconnect loop).
+cluster answers there (instead of Ray's own long reconnect loop). ``mode="in_process"`` uses no
+Ray at all: the jobs that can run their evaluators in their own process (search, evaluate) do,
+one call at a time (debugging, tests); router training needs Ray Train and refuses it.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from drllm.checks import check_bool, check_choice, check_int, check_real
 logger = logging.getLogger(__name__)
 
 
+CLUSTER_MODES = ("local", "auto", "in_process")
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
     """How to reach Ray.
 
     Attributes:
         mode: ``"local"`` starts Ray in this process (laptop / single node); ``"auto"`` joins a
-            running cluster (``address``, ``RAY_ADDRESS`` or the cluster a Ray Job runs in).
+            running cluster (``address``, ``RAY_ADDRESS`` or the cluster a Ray Job runs in);
+            ``"in_process"``: no Ray, the evaluators run in the job's own process.
         address: cluster address for ``auto`` (``"auto"`` or ``"ray://host:10001"``...).
         num_cpus: CPUs a local Ray may use (None: all).
         include_dashboard: start the dashboard with a local Ray (http://127.0.0.1:8265).
@@ -41,7 +47,7 @@ class ClusterSettings:
     connect_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        check_choice("ClusterSettings", "mode", self.mode, ("local", "auto"))
+        check_choice("ClusterSettings", "mode", self.mode, CLUSTER_MODES)
         check_real("ClusterSettings", "connect_timeout_s", self.connect_timeout_s, 0.0,
                    open_low=True)
         if self.num_cpus is not None:
@@ -54,8 +60,11 @@ def connect(settings: ClusterSettings) -> bool:
 
     Returns:
         True if this call started/joined Ray (the caller may shut it down), False if Ray was
-        already initialized (e.g. an earlier job of a Hydra multirun): it is reused as is.
+        already initialized (e.g. an earlier job of a Hydra multirun): it is reused as is, or
+        ``settings.mode`` is ``in_process`` (no Ray).
     """
+    if settings.mode == "in_process":
+        return False
     import ray
 
     if ray.is_initialized():

@@ -37,3 +37,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, value: Any) -> None:
     """Write ``value`` as indented JSON (non-JSON values via ``str``) to ``path`` atomically."""
     atomic_write_text(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+SUMMARY_FILE = "summary.json"
+"""What the search and evaluate jobs write into their output directory at the end."""

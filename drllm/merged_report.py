@@ -21,12 +21,12 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from drllm.files import SUMMARY_FILE
 from drllm.report import REPORT_COLUMNS, label_changes, science_report
 from drllm.shards import read_shard_metadata, read_shards, shard_files
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 
 
 def _expand(patterns: Sequence[str]) -> list[Path]:

@@ -7,7 +7,7 @@ and the shard writer all exchange these objects.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
 
 from drllm.paths import LayerPath
 
@@ -53,6 +53,10 @@ class Example:
     choices: tuple[str, ...] = ()
 
 
+RenderFn = Callable[[Example], str]
+"""Example -> the exact prompt text the model is fed (chat template applied)."""
+
+
 @dataclass(frozen=True)
 class Generation:
     """One row of executor output.
@@ -92,8 +96,13 @@ class Grade:
     where: str | None = None
 
 
+X = TypeVar("X")
+"""A caller's own fields on a request or an evaluation (``EvalRequest[PolicyOptions]``, as
+mctx's ``PolicyOutput[T]``): carried through pools, transports and actors unchanged."""
+
+
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(Generic[X]):
     """Outcome of generating along one path for one example and grading it.
 
     Attributes:
@@ -116,6 +125,8 @@ class Evaluation:
         response_tokens: tokens generated (0 for log-likelihood choices).
         finish_reason: why generation stopped (``"eos"``, ``"length"``, ``"stop"``,
             ``"grader"``; ``"loglik"`` for scored choices; ``""`` when unknown).
+        extra: the evaluator's own fields of type ``X`` (``None``: none, or a failed
+            evaluation that never reached the evaluator).
     """
 
     reward: float
@@ -130,10 +141,11 @@ class Evaluation:
     margin: float | None = None
     response_tokens: int = 0
     finish_reason: str = ""
+    extra: Optional[X] = None
 
 
 @dataclass(frozen=True)
-class EvalRequest:
+class EvalRequest(Generic[X]):
     """Ask an evaluator to generate along ``path`` for one example and grade the answer.
 
     ``variants`` holds ``(rendered prompt, gold)`` of the example's other choice orders
@@ -142,7 +154,9 @@ class EvalRequest:
     ``answer_prefix`` (:attr:`Example.answer_prefix`, already at the end of ``prompt``) is put
     in front of the response before grading. With ``choices`` the evaluator generates nothing:
     it scores each choice continuation after ``prompt`` along the path, and the reward is 1
-    when the gold letter's choice scores highest (:attr:`Example.choices`).
+    when the gold letter's choice scores highest (:attr:`Example.choices`). ``extra`` holds a
+    caller's own fields of type ``X`` (the evaluation job's policy options), which only its
+    own evaluator reads.
     """
 
     example_id: str
@@ -153,6 +167,7 @@ class EvalRequest:
     variants: tuple[tuple[str, str], ...] = ()
     answer_prefix: str = ""
     choices: tuple[str, ...] = ()
+    extra: Optional[X] = None
 
 
 @dataclass(frozen=True)

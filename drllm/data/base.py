@@ -32,8 +32,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from drllm.checks import check_bool, check_choice, check_int
 from drllm.data.sharding import parse_shard
-from drllm.data.sources import load_rows
+from drllm.data.sources import MALFORMED_LINE_MODES, Rows, load_rows
 from drllm.registry import Registry
 from drllm.types import Example
 
@@ -44,9 +45,8 @@ PROMPT_STYLES = ("chat", "base")
 #: each choice (``loglik``: lm-eval ``acc``; ``loglik_norm``: per character, ``acc_norm``).
 REWARD_MODES = ("generate", "loglik", "loglik_norm")
 #: The plausibility guard's default (nats per token under the default path): see
-#: ``DatasetConfig.min_plausibility``. Chosen from measured distributions (SmolLM2-135M, 120
-#: ``synthetic_arith`` level 1-2 questions): the default path's own responses score -0.73 at
-#: worst (median -0.37); the broken labels the old reward accepted score -1.43 to -5.5.
+#: ``DatasetConfig.min_plausibility``; chosen from measured distributions (README, *The
+#: plausibility guard*).
 DEFAULT_MIN_PLAUSIBILITY = -1.0
 MIN_LEVEL, MAX_LEVEL = 1, 5
 REJECT_DUPLICATE_ID = "duplicate id"
@@ -121,10 +121,10 @@ class DatasetAdapter(ABC):
         """The level filter in force (``None``: keep every level)."""
         return config.levels
 
-    def rows(self, config: "DatasetConfig") -> tuple[Iterable[Mapping[str, Any]], int, str]:
-        """Rows to parse, their count and a human-readable source (hub id or file list)."""
-        table, source = load_rows(config, self.hub_repo, self.hub_configs, self.columns)
-        return table, len(table), source
+    def rows(self, config: "DatasetConfig") -> Rows:
+        """Rows to parse, their count, a human-readable source (hub id or file list) and the
+        lines rejected before parsing."""
+        return load_rows(config, self.hub_repo, self.hub_configs, self.columns)
 
     def level(self, row: Mapping[str, Any]) -> int | None:
         """Difficulty level 1..5 of a row, ``None`` if absent or unparseable."""
@@ -218,6 +218,9 @@ class DatasetConfig:
         placebo: a control run: every gold is replaced by a wrong one (another choice, or
             another example's answer; :mod:`drllm.data.placebo`), so whatever the search then
             "improves" was won without answering -- by luck or by a gamed reward.
+        malformed_lines: a ``.jsonl`` line that is not a JSON object is ``"reject"``-ed
+            (counted under ``malformed jsonl line``, its file and line logged) or an
+            ``"error"`` naming its file and line.
         shard: ``"k/N"``: keep only shard ``k`` of ``N`` of the selected examples, by a stable
             hash of the example id (``None``: all); N drivers with ``0/N`` .. ``N-1/N`` search
             disjoint slices whose union is the unsharded sample (:mod:`drllm.data.sharding`).
@@ -242,6 +245,7 @@ class DatasetConfig:
     answer_prefix: str | None = None
     min_plausibility: float | None = DEFAULT_MIN_PLAUSIBILITY
     placebo: bool = False
+    malformed_lines: str = "reject"
     shard: str | None = None
 
     def __post_init__(self) -> None:
@@ -254,29 +258,15 @@ class DatasetConfig:
             raise ValueError(
                 f"DatasetConfig.split: expected a non-empty string, got {self.split!r}"
             )
-        if self.num_examples is not None and (
-            isinstance(self.num_examples, bool)
-            or not isinstance(self.num_examples, int)
-            or self.num_examples <= 0
-        ):
-            raise ValueError(
-                f"DatasetConfig.num_examples: expected a positive int or None (all), "
-                f"got {self.num_examples!r}"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"DatasetConfig.seed: expected an int, got {self.seed!r}")
-        if isinstance(self.skip, bool) or not isinstance(self.skip, int) or self.skip < 0:
-            raise ValueError(
-                f"DatasetConfig.skip: expected an int >= 0 (examples to leave out), "
-                f"got {self.skip!r}"
-            )
+        o = "DatasetConfig"
+        if self.num_examples is not None:  # None: all
+            check_int(o, "num_examples", self.num_examples, 1)
+        check_int(o, "seed", self.seed)
+        check_int(o, "skip", self.skip, 0)
         self._normalize_sources()
+        check_choice(o, "malformed_lines", self.malformed_lines, MALFORMED_LINE_MODES)
         self._normalize_levels()
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(
-                f"DatasetConfig.prompt_style: expected one of {PROMPT_STYLES}, "
-                f"got {self.prompt_style!r}"
-            )
+        check_choice(o, "prompt_style", self.prompt_style, PROMPT_STYLES)
         if self.grader is not None:
             from drllm.rewards import get_grader
 
@@ -300,11 +290,8 @@ class DatasetConfig:
     def _check_reward(self) -> None:
         from drllm.rewards.plausibility import PlausibilityGuard
 
-        if not isinstance(self.placebo, bool):
-            raise ValueError(f"DatasetConfig.placebo: expected true or false, got {self.placebo!r}")
-        if self.reward not in REWARD_MODES:
-            raise ValueError(f"DatasetConfig.reward: expected one of {REWARD_MODES}, "
-                             f"got {self.reward!r}")
+        check_bool("DatasetConfig", "placebo", self.placebo)
+        check_choice("DatasetConfig", "reward", self.reward, REWARD_MODES)
         if self.answer_prefix is not None and not isinstance(self.answer_prefix, str):
             raise ValueError(f"DatasetConfig.answer_prefix: expected a string or null, got "
                              f"{self.answer_prefix!r}")
@@ -325,12 +312,9 @@ class DatasetConfig:
                                  f"not reward={self.reward!r}")
 
     def _normalize_generation(self) -> None:
-        counts = {"chance_shuffles": self.chance_shuffles}
+        check_int("DatasetConfig", "chance_shuffles", self.chance_shuffles, 1)
         if self.max_new_tokens is not None:
-            counts["max_new_tokens"] = self.max_new_tokens
-        for name, value in counts.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DatasetConfig.{name}: expected an int >= 1, got {value!r}")
+            check_int("DatasetConfig", "max_new_tokens", self.max_new_tokens, 1)
         stops = _as_tuple(self.stop_strings)
         if stops is not None:
             if any(not isinstance(x, str) or not x for x in stops):
@@ -456,8 +440,10 @@ def load_examples(config: DatasetConfig) -> LoadReport:
 
     adapter = DATASETS.get(config.name)
     grader = get_grader(config.grader_name)
-    rows, rows_read, source = adapter.rows(config)
-    scan = _scan(adapter, config, rows)
+    loaded = adapter.rows(config)
+    rows_read, source = loaded.count, loaded.source
+    scan = _scan(adapter, config, loaded.rows)
+    scan.rejected.update(loaded.rejected)
     order = list(range(len(scan.candidates)))
     random.Random(config.seed).shuffle(order)
     examples: list[Example] = []

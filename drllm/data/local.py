@@ -9,7 +9,9 @@ naming rules). The user message is ``"Question: <question>"`` plus the grader's 
 instruction (:data:`drllm.data.prompts.GRADER_INSTRUCTIONS`; none for other graders).
 Numeric golds (``42`` in jsonl) are turned into text.
 
-Rejections: ``missing question``, ``missing gold``, ``missing id``, ``duplicate id``.
+Rejections: ``missing question``, ``missing gold``, ``missing id``, ``duplicate id``, and
+``malformed jsonl line`` (a line that is not a JSON object; ``DatasetConfig.malformed_lines=error``
+stops the load naming its file and line instead).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import logging
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, RowRejected
 from drllm.data.prompts import GRADER_INSTRUCTIONS, make_example, with_instruction
-from drllm.data.sources import expand_files, files_in_root, load_files
+from drllm.data.sources import Rows, expand_files, files_in_root, load_files, select_columns
 from drllm.types import Example
 
 logger = logging.getLogger(__name__)
@@ -86,7 +88,7 @@ class LocalAdapter(DatasetAdapter):
                 "DatasetConfig.data_files: the 'local' dataset needs data_files or path"
             )
 
-    def rows(self, config: DatasetConfig) -> tuple[Iterable[Mapping[str, Any]], int, str]:
+    def rows(self, config: DatasetConfig) -> Rows:
         assert config.field_map is not None
         if config.data_files is not None:
             files = expand_files(config.data_files)
@@ -96,15 +98,9 @@ class LocalAdapter(DatasetAdapter):
             files = expand_files([str(root)]) if root.is_file() else files_in_root(
                 root, (None,), config.split
             )
-        table = load_files(files, config.split)
-        columns = sorted(set(config.field_map.values()))
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise ValueError(
-                f"DatasetConfig.field_map: columns {missing} not in {files}; "
-                f"columns present: {table.column_names}"
-            )
-        return table.select_columns(columns), len(table), f"files {files}"
+        loaded = load_files(files, config.split, config.malformed_lines)
+        return select_columns(loaded, sorted(set(config.field_map.values())),
+                              "DatasetConfig.field_map: columns")
 
     def parse(self, row: Mapping[str, Any], index: int, config: DatasetConfig) -> Example:
         fields = config.field_map

@@ -16,10 +16,13 @@ conversion and type casting as hub downloads:
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 if TYPE_CHECKING:
     import datasets
@@ -29,6 +32,28 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+#: What a malformed line of a ``.jsonl`` data file does (``DatasetConfig.malformed_lines``):
+#: ``reject`` counts it under :data:`REJECT_MALFORMED_LINE` and logs its file and line;
+#: ``error`` stops the load with a ``ValueError`` naming them.
+MALFORMED_LINE_MODES = ("reject", "error")
+REJECT_MALFORMED_LINE = "malformed jsonl line"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows an adapter reads, before parsing.
+
+    Attributes:
+        rows: the rows (a ``datasets.Dataset`` or a list of mappings).
+        count: rows read from the source, malformed lines included.
+        source: where they came from (hub repo / config, or the files read).
+        rejected: reason -> lines rejected before parsing (malformed ``.jsonl`` lines).
+    """
+
+    rows: Iterable[Mapping[str, Any]]
+    count: int
+    source: str
+    rejected: Mapping[str, int] = field(default_factory=dict)
 
 
 def builder_for(files: Sequence[str]) -> str:
@@ -61,11 +86,75 @@ def expand_files(patterns: Sequence[str]) -> list[str]:
     return [str(Path(f).resolve()) for f in files]
 
 
-def load_files(files: Sequence[str], split: str) -> "datasets.Dataset":
-    """Read ``files`` as one split through :func:`datasets.load_dataset`."""
+def _malformed_lines(path: str) -> list[tuple[int, str]]:
+    """``(line number, why)`` of each line of a ``.jsonl`` file that is not one JSON object."""
+    bad: list[tuple[int, str]] = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError as err:
+                bad.append((number, f"not JSON ({err})"))
+                continue
+            if not isinstance(value, dict):
+                bad.append((number, f"a JSON {type(value).__name__}, not an object"))
+    return bad
+
+
+def _drop_malformed(files: Sequence[str], on_malformed: str, workdir: str) -> tuple[list[str], int]:
+    """``files`` with the malformed lines of each ``.jsonl`` dropped (clean copies under
+    ``workdir``); the number of lines dropped.
+
+    Raises:
+        ValueError: ``on_malformed == "error"`` and a line is malformed (names file and line).
+    """
+    if on_malformed not in MALFORMED_LINE_MODES:
+        raise ValueError(f"malformed-line mode must be one of {MALFORMED_LINE_MODES}, "
+                         f"got {on_malformed!r}")
+    out, dropped = [], 0
+    for index, path in enumerate(files):
+        bad = _malformed_lines(path) if Path(path).suffix.lower() == ".jsonl" else []
+        if not bad:
+            out.append(path)
+            continue
+        number, why = bad[0]
+        if on_malformed == "error":
+            raise ValueError(f"{path}:{number}: {why}; {len(bad)} malformed line(s) in this "
+                             "file. Fix them, or set dataset.malformed_lines=reject to skip and "
+                             "count them")
+        for number, why in bad:
+            logger.warning("%s:%d: skipped (%s)", path, number, why)
+        skip = {number for number, _ in bad}
+        clean = Path(workdir) / f"{index}-{Path(path).name}"
+        with open(path, encoding="utf-8", errors="replace") as src, open(clean, "w") as dst:
+            dst.writelines(line for n, line in enumerate(src, start=1) if n not in skip)
+        out.append(str(clean))
+        dropped += len(bad)
+    return out, dropped
+
+
+def load_files(files: Sequence[str], split: str, on_malformed: str = "reject") -> Rows:
+    """Read ``files`` as one split through :func:`datasets.load_dataset`.
+
+    A ``.jsonl`` line that is not a JSON object is a counted rejection (``on_malformed=
+    "reject"``, logged with its file and line) or a ``ValueError`` naming them (``"error"``);
+    a file ``datasets`` cannot read at all raises ``ValueError`` naming the files.
+    """
     import datasets
 
-    return datasets.load_dataset(builder_for(files), data_files={split: list(files)}, split=split)
+    builder = builder_for(files)
+    with tempfile.TemporaryDirectory(prefix="drllm-jsonl-") as workdir:
+        readable, dropped = _drop_malformed(files, on_malformed, workdir)
+        try:
+            table = datasets.load_dataset(builder, data_files={split: readable}, split=split,
+                                          keep_in_memory=readable != list(files))
+        except Exception as err:  # the decoder's own error names neither file nor row
+            raise ValueError(f"could not read data files {list(files)} as {builder}: "
+                             f"{type(err).__name__}: {err}") from err
+    rejected = {REJECT_MALFORMED_LINE: dropped} if dropped else {}
+    return Rows(table, len(table) + dropped, f"files {list(files)}", rejected)
 
 
 def files_in_root(root: Path, hub_configs: Sequence[str | None], split: str) -> list[str]:
@@ -118,35 +207,43 @@ def load_rows(
     hub_repo: str | None,
     hub_configs: Sequence[str | None],
     columns: Sequence[str],
-) -> tuple["datasets.Dataset", str]:
+) -> Rows:
     """Load the rows ``config`` points at, keeping only ``columns`` (all if empty).
 
-    Returns:
-        ``(table, source)``: the :class:`datasets.Dataset` and a description of where it came from.
-
     Raises:
-        ValueError: a required column is missing (the message lists the columns present).
+        ValueError: a required column is missing (the message lists the columns present), or
+            a data file is malformed (see :func:`load_files`).
     """
     if config.data_files is not None:
-        files = expand_files(config.data_files)
-        table, source = load_files(files, config.split), f"files {files}"
+        loaded = load_files(expand_files(config.data_files), config.split,
+                            config.malformed_lines)
     elif config.path is not None:
         files = files_in_root(Path(os.path.expanduser(config.path)), hub_configs, config.split)
-        table, source = load_files(files, config.split), f"files {files}"
+        loaded = load_files(files, config.split, config.malformed_lines)
     elif hub_repo is not None:
         table = load_hub(hub_repo, hub_configs, config.split)
-        source = f"hub {hub_repo} {[c for c in hub_configs if c]} split {config.split}"
+        loaded = Rows(table, len(table),
+                      f"hub {hub_repo} {[c for c in hub_configs if c]} split {config.split}")
     else:
         raise ValueError(
             f"dataset {config.name!r} has no hub default; set DatasetConfig.path or data_files"
         )
-    if columns:
-        missing = [c for c in columns if c not in table.column_names]
-        if missing:
-            raise ValueError(
-                f"{config.name}: columns {missing} missing from {source}; "
-                f"columns present: {table.column_names}"
-            )
-        table = table.select_columns(list(columns))
-    logger.debug("%s: %d rows from %s", config.name, len(table), source)
-    return table, source
+    return select_columns(loaded, columns, f"{config.name}: columns")
+
+
+def select_columns(loaded: Rows, columns: Sequence[str], what: str) -> Rows:
+    """``loaded`` keeping only ``columns`` (all if empty).
+
+    Raises:
+        ValueError: a column is missing; ``what`` starts the message, which lists the columns
+            present.
+    """
+    table = loaded.rows
+    if not columns:
+        return loaded
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{what} {missing} missing from {loaded.source}; "
+                         f"columns present: {table.column_names}")
+    return Rows(table.select_columns(list(columns)), loaded.count, loaded.source,
+                loaded.rejected)

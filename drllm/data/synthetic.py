@@ -28,10 +28,11 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 from drllm.data.base import DATASETS, DatasetAdapter, DatasetConfig, MAX_LEVEL, MIN_LEVEL
 from drllm.data.prompts import ARITH_INSTRUCTION, make_example, with_instruction
+from drllm.data.sources import Rows
 from drllm.types import Example
 
 logger = logging.getLogger(__name__)
@@ -214,14 +215,14 @@ class SyntheticArithAdapter(DatasetAdapter):
                 "DatasetConfig.path / data_files: synthetic_arith is generated, it reads no files"
             )
 
-    def rows(self, config: DatasetConfig) -> tuple[Iterable[Mapping[str, Any]], int, str]:
+    def rows(self, config: DatasetConfig) -> Rows:
         levels = config.levels or tuple(range(MIN_LEVEL, MAX_LEVEL + 1))
         rows = [
             asdict(generate_problem(config.split, level, index))
             for level in levels
             for index in range(POOL_SIZE)
         ]
-        return rows, len(rows), f"generated, levels {list(levels)} x {POOL_SIZE}"
+        return Rows(rows, len(rows), f"generated, levels {list(levels)} x {POOL_SIZE}")
 
     def level(self, row: Mapping[str, Any]) -> int | None:
         return row["level"]

@@ -1,6 +1,7 @@
 """Distributed search: evaluator actors on Ray, the central MCTS driver, metrics, summary.
 
-* :func:`run_search_job` — the main job as one call (actors + driver + shard writer).
+* :func:`start_pool`, :func:`search_examples` — what the search recipe (:mod:`drllm.jobs.search`)
+  calls; :func:`run_search_job` — both in one call, for a sink the caller has opened.
 * :class:`SearchDriver` — many concurrent MCTS trees over an :class:`EvaluationPool`.
 * :class:`EvaluationPool` — batching, bounded in-flight calls, requeue and retries over a
   transport: :class:`RayTransport` (named async Ray actors) or :class:`LocalTransport`.
@@ -38,7 +39,7 @@ from drllm.distributed.evaluator import (
     WorkerLostError,
 )
 from drllm.distributed.evaluator import ExecutorEvaluator
-from drllm.distributed.job import executor_spec, run_search_job
+from drllm.distributed.job import executor_spec, run_search_job, search_examples, start_pool
 from drllm.distributed.local_transport import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
 from drllm.distributed.ray_transport import ActorResources, RayTransport, create_pool, resolve_resources
@@ -73,6 +74,8 @@ __all__ = [
     "is_error_result",
     "resolve_resources",
     "run_search_job",
+    "search_examples",
+    "start_pool",
     "tree_config",
     "tree_seed",
 ]

@@ -1,9 +1,9 @@
 """Frozen, validated configuration of the distributed search: generation, actor pool, driver.
 
-These are Hydra structured configs as they stand (see :mod:`drllm.config`): ``PoolConfig`` is the
+These are Hydra structured configs as they stand (see :mod:`drllm.hydra_schema`): ``PoolConfig`` is the
 ``pool/`` group, ``DriverConfig`` the ``driver`` key, ``WorkAvoidance`` the ``work_avoidance`` key;
 ``GenerationConfig`` is derived from the dataset's budget and those levers
-(:attr:`drllm.search_job.SearchJobSettings.generation`). Every value is checked
+(:attr:`drllm.jobs.search.SearchJobSettings.generation`). Every value is checked
 here, so a bad setting fails before Ray starts an actor.
 """
 
@@ -29,9 +29,8 @@ class WorkAvoidance:
         draft: verify the default response as a draft, teacher-forced in one pass along the
             edited path; decoding only continues after the first disagreement (needs
             ``reuse_prefix``). Off by default: on SmolLM2 it costs more than it saves at the
-            search job's batching (``bench search-work``: 1.07x vs 1.15x without it on
-            ARC-Easy, 27 of 1,509 GSM8K draft tokens accepted); worth trying on models whose
-            edited paths keep the default wording.
+            search job's batching (README, *Benchmarks*: ``search-work``); worth trying on
+            models whose edited paths keep the default wording.
         draft_tokens: draft tokens verified at most (``None``: the whole default response
             until the question's verifications show fewer are accepted, see
             :meth:`drllm.models.prefix.PrefixEntry.draft_length`).
@@ -47,8 +46,8 @@ class WorkAvoidance:
             verdict (:meth:`drllm.rewards.Grader.verdict_final`); the stored response is then
             the shorter text, graded the same.
         prefix_cache_mb: memory of the per-evaluator prefix cache (MiB; edited paths'
-            states, then least recently used questions out). SmolLM2 on ARC: ~15 MB per
-            question, ~7 MB per kept path.
+            states, then least recently used questions out; sizes per question and path:
+            README, *Benchmarks*).
         dense_steps: run every row through every block a step needs and select per row
             (``torch.where``) instead of gathering sub-batches: static shapes, for GPUs.
     """

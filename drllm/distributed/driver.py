@@ -33,12 +33,10 @@ from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig, SearchTree
 from drllm.search.prior import Prior
 from drllm.shards import SupervisionRecord
-from drllm.types import EvalRequest, EvalResult, Example
+from drllm.types import EvalRequest, EvalResult, Example, RenderFn
 
 logger = logging.getLogger(__name__)
 
-RenderFn = Callable[[Example], str]
-"""Example -> the exact prompt text the model is fed (chat template applied)."""
 
 PriorFn = Callable[[Example], Optional[Prior]]
 """Example -> the expansion prior of its search tree (``None``: uniform)."""

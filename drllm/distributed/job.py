@@ -1,28 +1,29 @@
-"""The main job as one library call: evaluator actors + the MCTS driver + the shard writer.
+"""Searching examples with evaluator actors: the library calls under the search job.
 
-``drllm.jobs.search`` (Hydra) only wires its config into :func:`run_search_job`::
+The search recipe (:mod:`drllm.jobs.search`) starts the pool (:func:`start_pool`), opens the
+shard writer once the actors report L and the model id, and searches (:func:`search_examples`).
+:func:`run_search_job` is the same in one call, for a sink the caller has opened and closes::
 
-    summary = run_search_job(
-        report.examples, rejected=report.rejected,
-        model_spec=ModelSpec(), mcts_config=MCTSConfig(num_simulations=16),
-        generation=GenerationConfig(max_new_tokens=16), pool_config=PoolConfig(),
-        driver_config=DriverConfig(max_concurrent_trees=32),
-        make_sink=lambda info: ShardWriter(out, writer_id=default_writer_id(),
-                                           num_layers=info.num_layers, model_id=info.model_id,
-                                           config=resolved),
-        render=lambda ex: render_prompt(ex, tokenizer, style="chat"),
-    )
+    with ShardWriter(out, writer_id=default_writer_id(), num_layers=L, model_id=mid,
+                     config=resolved) as writer:
+        summary = run_search_job(
+            report.examples, sink=writer, rejected=report.rejected,
+            model_spec=ModelSpec(), mcts_config=MCTSConfig(num_simulations=16),
+            generation=GenerationConfig(max_new_tokens=16), pool_config=PoolConfig(),
+            driver_config=DriverConfig(max_concurrent_trees=32),
+            render=lambda ex: render_prompt(ex, tokenizer, style="chat"),
+        )
     print(summary.format())
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
 from drllm.distributed.pool import EvaluationPool
-from drllm.distributed.driver import PriorFn, RecordSink, RenderFn, SearchDriver
+from drllm.distributed.driver import PriorFn, RecordSink, SearchDriver
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
 from drllm.distributed.evaluator import ExecutorEvaluator
 from drllm.distributed.local_transport import LocalTransport
@@ -31,12 +32,9 @@ from drllm.distributed.ray_transport import create_pool
 from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig
 from drllm.shards import ShardMismatchError, completed_keys
-from drllm.types import Example
+from drllm.types import Example, RenderFn
 
 logger = logging.getLogger(__name__)
-
-SinkFactory = Callable[[EvaluatorInfo], RecordSink]
-"""Builds the sink once the actors have loaded the model (L and model id known)."""
 
 
 def executor_spec(
@@ -50,26 +48,15 @@ def executor_spec(
     })
 
 
-def _done_keys(sink: RecordSink) -> set[tuple[str, str]]:
-    return completed_keys(sink.out_dir) if sink.out_dir is not None else set()
-
-
-def _check_sink(sink: RecordSink, info: EvaluatorInfo) -> None:
-    num_layers, model_id = sink.num_layers, sink.model_id
-    if (num_layers is not None and num_layers != info.num_layers) or (
-        model_id is not None and model_id != info.model_id
-    ):
-        raise ShardMismatchError(
-            f"the writer expects model {model_id!r} with L={num_layers}, but the evaluators "
-            f"loaded {info.model_id!r} with L={info.num_layers}; use another output directory"
-        )
-
-
-def _start_pool(
-    spec: EvaluatorSpec, pool_config: PoolConfig, in_process: bool
+def start_pool(
+    spec: EvaluatorSpec, pool_config: PoolConfig, *, in_process: bool = False,
+    enable_metrics: bool = True,
 ) -> EvaluationPool:
+    """A started pool of ``spec`` evaluators: Ray actors (Ray connected; ``enable_metrics``:
+    they export Ray metrics), or ``in_process`` workers run one call at a time without Ray.
+    The caller closes it."""
     if not in_process:
-        return create_pool(spec, pool_config)
+        return create_pool(spec, pool_config, enable_metrics=enable_metrics)
     transport = LocalTransport(spec, pool_config.num_actors or 1, pool_config.max_restarts)
     pool = EvaluationPool(
         transport,
@@ -81,12 +68,55 @@ def _start_pool(
     return pool
 
 
+def _done_keys(sink: RecordSink) -> set[tuple[str, str]]:
+    return completed_keys(sink.out_dir) if sink.out_dir is not None else set()
+
+
+def check_sink(sink: RecordSink, info: EvaluatorInfo) -> None:
+    """Raise :class:`ShardMismatchError` if ``sink`` expects another model or L than the
+    evaluators loaded."""
+    num_layers, model_id = sink.num_layers, sink.model_id
+    if (num_layers is not None and num_layers != info.num_layers) or (
+        model_id is not None and model_id != info.model_id
+    ):
+        raise ShardMismatchError(
+            f"the writer expects model {model_id!r} with L={num_layers}, but the evaluators "
+            f"loaded {info.model_id!r} with L={info.num_layers}; use another output directory"
+        )
+
+
+def search_examples(
+    pool: EvaluationPool,
+    examples: Sequence[Example],
+    sink: RecordSink,
+    *,
+    render: RenderFn,
+    mcts_config: MCTSConfig = MCTSConfig(),
+    driver_config: DriverConfig = DriverConfig(),
+    rejected: Optional[Mapping[str, int]] = None,
+    progress: bool = True,
+    in_process: bool = False,
+    prior: Optional[PriorFn] = None,
+) -> RunSummary:
+    """Search ``examples`` on a started ``pool``, one ``sink`` row per example.
+
+    Ids already in the sink's directory are skipped (resume). Raises
+    :class:`ShardMismatchError` before searching if the sink expects another model or L.
+    """
+    check_sink(sink, pool.info)
+    metrics = pool.metrics or (None if in_process else SearchMetrics(pool.info.model_id))
+    driver = SearchDriver(pool, mcts_config, driver_config, sink=sink, render=render,
+                          metrics=metrics, progress=progress, prior=prior)
+    summary = driver.run(examples, done_keys=_done_keys(sink), rejected=rejected)
+    logger.info("search finished:\n%s", summary.format())
+    return summary
+
+
 def run_search_job(
     examples: Iterable[Example],
     *,
+    sink: RecordSink,
     render: RenderFn,
-    sink: Optional[RecordSink] = None,
-    make_sink: Optional[SinkFactory] = None,
     model_spec: Any = None,
     mcts_config: MCTSConfig = MCTSConfig(),
     generation: GenerationConfig = GenerationConfig(),
@@ -98,18 +128,16 @@ def run_search_job(
     in_process: bool = False,
     prior: Optional[PriorFn] = None,
 ) -> RunSummary:
-    """Search every example with evaluator actors and write one shard row per example.
+    """Start a pool, search every example into ``sink``, close the pool.
 
     Ray must already be connected (:func:`drllm.cluster.connect`) unless ``in_process``.
 
     Args:
-        examples: questions to search; ids already in the writer's directory are skipped
+        examples: questions to search; ids already in the sink's directory are skipped
             (resume), duplicates searched once.
+        sink: a :class:`RecordSink` (e.g. a :class:`~drllm.shards.ShardWriter`) that the
+            caller opened and closes.
         render: example -> prompt text (chat template applied).
-        sink: a :class:`RecordSink` (e.g. a :class:`~drllm.shards.ShardWriter`) that the caller
-            closes; or instead
-        make_sink: a factory ``EvaluatorInfo -> sink`` called once the actors report L and the
-            model id; the sink it makes is closed here. Exactly one of the two.
         model_spec: ``drllm.models.loading.ModelSpec`` of the frozen model (ignored when
             ``evaluator`` is given).
         mcts_config: search knobs (one tree per example).
@@ -122,7 +150,7 @@ def run_search_job(
         in_process: run the evaluators in this process without Ray (``pool_config.num_actors``
             workers, run one call at a time).
         prior: example -> its tree's expansion prior (``None``: uniform), e.g. a
-            :class:`~drllm.distributed.priors.PriorPlan`.
+            :class:`~drllm.distributed.prior_plan.PriorPlan`.
 
     Returns:
         The run's :class:`RunSummary`.
@@ -132,33 +160,17 @@ def run_search_job(
             raise ValueError("run_search_job needs model_spec (or an evaluator spec)")
         evaluator = executor_spec(model_spec, generation, mcts_config)
     examples = list(examples)
-    if (sink is None) == (make_sink is None):
-        raise TypeError("run_search_job needs exactly one of sink= and make_sink=")
-    if sink is not None:
-        done = _done_keys(sink)
-        if all((ex.dataset, str(ex.id)) in done for ex in examples):
-            logger.info("all %d examples are already in %s; nothing to search",
-                        len(examples), sink.out_dir or "the sink")
-            return RunSummary(model_id=sink.model_id or "",
-                              num_layers=sink.num_layers or 0, num_workers=0,
-                              examples_given=len(examples), skipped_done=len(examples),
-                              rejected=dict(rejected or {}))
-    pool = _start_pool(evaluator, pool_config, in_process)
+    done = _done_keys(sink)
+    if all((ex.dataset, str(ex.id)) in done for ex in examples):
+        logger.info("all %d examples are already in %s; nothing to search",
+                    len(examples), sink.out_dir or "the sink")
+        return RunSummary(model_id=sink.model_id or "", num_layers=sink.num_layers or 0,
+                          num_workers=0, examples_given=len(examples),
+                          skipped_done=len(examples), rejected=dict(rejected or {}))
+    pool = start_pool(evaluator, pool_config, in_process=in_process)
     try:
-        if make_sink is not None:
-            sink = make_sink(pool.info)
-        _check_sink(sink, pool.info)
-        metrics = pool.metrics or (None if in_process else SearchMetrics(pool.info.model_id))
-        driver = SearchDriver(pool, mcts_config, driver_config, sink=sink, render=render,
-                              metrics=metrics, progress=progress, prior=prior)
-        summary = driver.run(examples, done_keys=_done_keys(sink), rejected=rejected)
+        return search_examples(pool, examples, sink, render=render, mcts_config=mcts_config,
+                               driver_config=driver_config, rejected=rejected,
+                               progress=progress, in_process=in_process, prior=prior)
     finally:
-        # The sink first: on SIGTERM (drllm.interrupt) the finished rows must reach disk
-        # before the scheduler's grace period ends; stopping the actors can wait.
-        try:
-            if make_sink is not None and sink is not None:
-                sink.close()
-        finally:
-            pool.close()
-    logger.info("search finished:\n%s", summary.format())
-    return summary
+        pool.close()

@@ -13,27 +13,29 @@ split into groups that share a generation budget and a policy kind:
   rules) (:meth:`~drllm.inference.routed.RoutedModel.block_hook`); the
   chosen decisions are recorded from the hook, and the time spent in the routers is measured.
 
-Tokenized prompts are cached per (example, choice order): every policy evaluates the same
-prompts. The executor does not constrain paths (a static policy may skip any blocks); routed
+Choice orders are expanded, graded and combined as every evaluator does
+(:mod:`drllm.choice_orders`); tokenized prompts are cached per (example, choice order): every
+policy evaluates the same prompts. The executor does not constrain paths (a static policy may skip any blocks); routed
 decisions obey the search's rules through the decision rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from drllm.choice_orders import PromptIds, combine_orders, graded_row, order_rows, per_request
 from drllm.distributed.evaluator import Evaluator, EvaluatorContext, EvaluatorInfo, EvaluatorSpec
-from drllm.evaluation.types import PolicyEvaluation, PolicyRequest
+from drllm.evaluation.types import (PolicyEvaluation, PolicyMeasures, PolicyRequest, measures_of,
+                                    options_of)
 from drllm.inference.routed import RoutedModel
 from drllm.models.executor import PathExecutor
 from drllm.models.loading import load_source
 from drllm.paths import LayerPath
-from drllm.rewards import get_grader
 from drllm.routers.features import permissive_constraints
 from drllm.routers.module import Routers
 from drllm.types import Generation
@@ -91,8 +93,7 @@ class PolicyEvaluator(Evaluator):
         self.executor = (self.routed.executor if self.routed is not None
                          else PathExecutor(model, tokenizer, constraints))
         self.model_id = model_id
-        self._cache_size = int(prompt_cache_size)
-        self._ids: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
+        self._ids = PromptIds(lambda text: self.executor.encode([text])[0], prompt_cache_size)
 
     @classmethod
     def from_options(cls, context: EvaluatorContext, *, model: Any,
@@ -124,18 +125,6 @@ class PolicyEvaluator(Evaluator):
         return EvaluatorInfo(self.name, self.model_id, self.executor.num_layers,
                              str(self.executor.device))
 
-    def _token_ids(self, example_id: str, order: int, prompt: str) -> list[int]:
-        key = f"{example_id}\x1f{order}"
-        hit = self._ids.get(key)
-        if hit is not None and hit[0] == prompt:
-            self._ids.move_to_end(key)
-            return hit[1]
-        ids = self.executor.encode([prompt])[0]
-        self._ids[key] = (prompt, ids)
-        if len(self._ids) > self._cache_size:
-            self._ids.popitem(last=False)
-        return ids
-
     def _generate(self, alpha: Optional[float], gate: Optional[float], ids: list[list[int]],
                   paths: list[LayerPath], budget: tuple[int, tuple[str, ...]]
                   ) -> tuple[list[Generation], list, float, float]:
@@ -157,52 +146,42 @@ class PolicyEvaluator(Evaluator):
 
     def evaluate(self, requests: Sequence[PolicyRequest]) -> list[PolicyEvaluation]:
         """Group the rows (one per request and choice order), generate, grade, combine."""
-        rows = [(i, j, prompt, gold) for i, r in enumerate(requests)
-                for j, (prompt, gold) in enumerate(((r.prompt, r.gold), *r.variants))]
+        rows = order_rows(requests)
         groups: dict[tuple, list[int]] = {}
-        for n, (i, *_rest) in enumerate(rows):
-            r = requests[i]
-            key = (getattr(r, "alpha", None), getattr(r, "gate", None),
-                   int(getattr(r, "max_new_tokens", 64)), tuple(getattr(r, "stop_strings", ())))
+        for n, row in enumerate(rows):
+            opts = options_of(requests[row.index])
+            key = (opts.alpha, opts.gate, opts.max_new_tokens, tuple(opts.stop_strings))
             groups.setdefault(key, []).append(n)
-        done: dict[int, tuple] = {}
+        graded: list[Optional[PolicyEvaluation]] = [None] * len(rows)
         for (alpha, gate, *budget), members in groups.items():
-            ids = [self._token_ids(requests[rows[n][0]].example_id, rows[n][1], rows[n][2])
-                   for n in members]
-            paths = [LayerPath(requests[rows[n][0]].path) for n in members]
+            ids = [self._ids.get(requests[rows[n].index].example_id, rows[n].order,
+                                 rows[n].prompt) for n in members]
+            paths = [LayerPath(requests[rows[n].index].path) for n in members]
             gens, followed, seconds, router_s = self._generate(alpha, gate, ids, paths,
                                                                tuple(budget))
             work = [max(1, sum(p)) * (g.prompt_tokens + len(g.token_ids))
                     for g, p in zip(gens, followed)]
             total = float(sum(work)) or 1.0
             for n, gen, path, w in zip(members, gens, followed, work, strict=True):
-                share = w / total
-                done[n] = (gen, path, seconds * share, router_s * share)
-        by_request: dict[int, list] = {}
-        for n, (i, _j, _prompt, gold) in enumerate(rows):
-            gen, path, seconds, router_s = done[n]
-            grade = get_grader(requests[i].grader).grade(
-                gen.text, gold, ended=gen.finish_reason != "length")
-            by_request.setdefault(i, []).append((grade, gen, path, seconds, router_s))
-        return [_combine(by_request[i]) for i in range(len(requests))]
+                row = rows[n]
+                measures = PolicyMeasures(path=tuple(path), prompt_tokens=int(gen.prompt_tokens),
+                                          seconds=seconds * w / total,
+                                          router_seconds=router_s * w / total)
+                graded[n] = dataclasses.replace(
+                    graded_row(requests[row.index], row.gold, gen), extra=measures)
+        return [_combine(orders) for orders in per_request(rows, graded, len(requests))]
 
     def close(self) -> None:
         self._ids.clear()
 
 
-def _combine(graded: list) -> PolicyEvaluation:
-    """Correct only if every choice order's answer is; the rest is the first order's."""
-    grade, gen, path, _, _ = graded[0]
-    right = sum(g.reward >= 1.0 for g, *_ in graded)
-    reason = grade.reason if len(graded) == 1 else (
-        f"{grade.reason}; {right}/{len(graded)} choice orders correct")
-    return PolicyEvaluation(
-        reward=min(float(g.reward) for g, *_ in graded), response=gen.text,
-        layers_executed=int(gen.layers_executed), reason=reason, path=tuple(path),
-        tokens=len(gen.token_ids), prompt_tokens=int(gen.prompt_tokens),
-        finish_reason=gen.finish_reason, seconds=sum(s for *_, s, _ in graded),
-        router_seconds=sum(r for *_, r in graded),
-    )
+def _combine(orders: list[PolicyEvaluation]) -> PolicyEvaluation:
+    """:func:`~drllm.choice_orders.combine_orders`, with the time of every order summed."""
+    combined = combine_orders(orders)
+    measures = [measures_of(ev) for ev in orders]
+    return dataclasses.replace(combined, extra=dataclasses.replace(
+        measures[0], seconds=sum(m.seconds for m in measures),
+        router_seconds=sum(m.router_seconds for m in measures)))
 
 
 def policy_evaluator_spec(model: Any, routers_dir: Optional[str] = None, *,

@@ -1,7 +1,7 @@
 """The evaluation job end to end: load the samples, connect Ray, evaluate, write summary.json.
 
 ``python -m drllm.jobs.evaluate`` (Hydra) composes an :class:`EvaluateJobSettings` and calls
-:func:`run_job`. Outputs under the run directory: ``results/part-*.parquet`` (one row per
+:func:`run`. Outputs under the run directory: ``results/part-*.parquet`` (one row per
 policy and example), ``summary.json`` (written atomically) and the printed table. With
 ``evaluation.calibrate=true`` the run is a calibration: the chosen gate and its evidence go into
 the router checkpoint and the summary (``calibration``; :mod:`drllm.evaluation.calibration`).
@@ -25,12 +25,11 @@ from drllm.evaluation.config import EvaluationConfig
 from drllm.evaluation.preflight import preflight
 from drllm.evaluation.runner import HEADLINE, EvalSet, run_evaluation
 from drllm.evaluation.summary import format_table
-from drllm.files import atomic_write_json
+from drllm.files import SUMMARY_FILE, atomic_write_json
 from drllm.models.loading import ModelSpec, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
 RESULTS_DIR = "results"
 
 
@@ -106,7 +105,7 @@ def _eval_set(cfg: DatasetConfig, evaluation: EvaluationConfig, render: Any) -> 
     return EvalSet(cfg, report.examples, calibration, overlap)
 
 
-def run_job(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
+def run(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
     """Run the evaluation; returns (and writes to ``output_dir/summary.json``) its summary."""
     output_dir = output_dir.resolve()
     tokenizer = load_tokenizer(settings.model)
@@ -116,8 +115,9 @@ def run_job(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
         return render_prompt(ex, tokenizer, style=styles[ex.dataset])
 
     sets = [_eval_set(cfg, settings.evaluation, render) for cfg in settings.datasets]
+    in_process = settings.ray.mode == "in_process"
     connect(settings.ray)
-    use_gpu = settings.pool.use_gpu is not False and cluster_gpus() > 0
+    use_gpu = not in_process and settings.pool.use_gpu is not False and cluster_gpus() > 0
     evaluation = settings.evaluation
     importances = preflight(
         settings.model, routers_dir=evaluation.routers if "routed" in evaluation.policies else None,
@@ -126,7 +126,7 @@ def run_job(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
     sets = [dataclasses.replace(es, importance=tuple(imp)) for es, imp in zip(sets, importances)]
     summary = run_evaluation(sets, settings.evaluation, render=render, model=settings.model,
                              out_dir=output_dir / RESULTS_DIR, pool_config=settings.pool,
-                             progress=settings.progress)
+                             in_process=in_process, progress=settings.progress)
     if evaluation.calibrate:
         summary["calibration"] = calibrate(summary, str(evaluation.routers), evaluation.epsilon)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -139,4 +139,4 @@ def run_job(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["EvaluateJobSettings", "HEADLINE", "SUMMARY_FILE", "run_job"]
+__all__ = ["EvaluateJobSettings", "HEADLINE", "SUMMARY_FILE", "run"]

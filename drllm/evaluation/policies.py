@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from drllm.data import DatasetConfig
-from drllm.evaluation.types import PolicyRequest
+from drllm.evaluation.types import PolicyOptions, PolicyRequest
 from drllm.paths import LayerPath
 from drllm.shards import decode_path, read_shards, shard_files
 from drllm.types import Example
@@ -82,9 +82,9 @@ class Policy:
         return PolicyRequest(
             example_id=str(example.id), prompt=prompt, gold=example.gold, grader=example.grader,
             path=LayerPath(path if path is not None else (1,) * num_layers), variants=variants,
-            alpha=self.alpha if self.kind == "routed" else None,
-            gate=self.gate if self.kind == "routed" else None,
-            max_new_tokens=budget[0], stop_strings=budget[1],
+            extra=PolicyOptions(alpha=self.alpha if self.kind == "routed" else None,
+                                gate=self.gate if self.kind == "routed" else None,
+                                max_new_tokens=budget[0], stop_strings=budget[1]),
         )
 
 

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -24,9 +24,8 @@ from tqdm.auto import tqdm
 from drllm.data import DatasetConfig
 from drllm.distributed.config import PoolConfig
 from drllm.distributed.evaluator import EvaluatorSpec
-from drllm.distributed.local_transport import LocalTransport
+from drllm.distributed.job import start_pool
 from drllm.distributed.pool import EvaluationPool
-from drllm.distributed.ray_transport import create_pool
 from drllm.evaluation.config import EvaluationConfig
 from drllm.evaluation.evaluator import policy_evaluator_spec
 from drllm.evaluation.policies import (
@@ -35,15 +34,14 @@ from drllm.evaluation.policies import (
 )
 from drllm.evaluation.results import ResultStore
 from drllm.evaluation.summary import policy_summary
-from drllm.evaluation.types import PolicyEvaluation
+from drllm.evaluation.types import measures_of
 from drllm.report import related_graders
 from drllm.rewards import get_grader
 from drllm.routers.checkpoint import RouterCheckpointError, read_config
-from drllm.types import EvalResult, Example
+from drllm.types import EvalResult, Example, RenderFn
 
 logger = logging.getLogger(__name__)
 
-RenderFn = Callable[[Example], str]
 HEADLINE = "accuracy"
 
 
@@ -65,18 +63,6 @@ class EvalSet:
     importance: tuple[float, ...] = field(default=())
 
 
-def _start_pool(spec: EvaluatorSpec, pool_config: PoolConfig, in_process: bool) -> EvaluationPool:
-    if not in_process:
-        return create_pool(spec, pool_config, enable_metrics=False)
-    pool = EvaluationPool(LocalTransport(spec, pool_config.num_actors or 1,
-                                         pool_config.max_restarts),
-                          max_batch_size=pool_config.max_batch_size,
-                          max_in_flight_per_worker=pool_config.max_in_flight_per_actor,
-                          max_request_retries=pool_config.max_request_retries)
-    pool.start()
-    return pool
-
-
 def _check_routers(config: EvaluationConfig, num_layers: int) -> None:
     """Cheap check of the checkpoint's L against the loaded model (``d`` is checked on load)."""
     stored = int(read_config(config.routers)["num_layers"])
@@ -88,7 +74,8 @@ def _check_routers(config: EvaluationConfig, num_layers: int) -> None:
 
 def _row(policy: Policy, key: str, example: Example, result: EvalResult) -> dict[str, Any]:
     ev = result.evaluation
-    path = list(getattr(ev, "path", ()) or ([] if policy.kind == "routed" else result.path))
+    measures = measures_of(ev)
+    path = list(measures.path or ([] if policy.kind == "routed" else result.path))
     grades = {}
     for name in related_graders(example.grader):
         grades[name] = (ev.reward >= 1.0 if name == example.grader
@@ -102,11 +89,9 @@ def _row(policy: Policy, key: str, example: Example, result: EvalResult) -> dict
         "correct": bool(not ev.failed and ev.reward >= 1.0),
         "grades": json.dumps({k: bool(v) for k, v in grades.items()}),
         "response": ev.response, "path": path, "cost": int(sum(path)),
-        "layers_executed": int(ev.layers_executed), "tokens": int(getattr(ev, "tokens", 0)),
-        "prompt_tokens": int(getattr(ev, "prompt_tokens", 0)),
-        "finish_reason": str(getattr(ev, "finish_reason", "")),
-        "seconds": float(getattr(ev, "seconds", 0.0)),
-        "router_seconds": float(getattr(ev, "router_seconds", 0.0)),
+        "layers_executed": int(ev.layers_executed), "tokens": int(ev.response_tokens),
+        "prompt_tokens": int(measures.prompt_tokens), "finish_reason": ev.finish_reason,
+        "seconds": float(measures.seconds), "router_seconds": float(measures.router_seconds),
     }
 
 
@@ -254,7 +239,7 @@ def run_evaluation(
         model, config.routers if "routed" in config.policies else None,
         check_model_id=config.check_model_id)
     store = ResultStore(Path(out_dir), config.flush_rows)
-    pool = _start_pool(spec, pool_config, in_process)
+    pool = start_pool(spec, pool_config, in_process=in_process, enable_metrics=False)
     try:
         info = pool.info
         L = info.num_layers

@@ -1,8 +1,10 @@
 """What crosses the actor boundary during an evaluation: a policy's request and its answer.
 
-Both extend the search's types (:class:`~drllm.types.EvalRequest`,
-:class:`~drllm.types.Evaluation`) with optional fields, so the evaluation pool, its transports
-and actors carry them unchanged. Imports neither torch nor ray.
+Both are the search's own types (:class:`~drllm.types.EvalRequest`,
+:class:`~drllm.types.Evaluation`) parameterised by the evaluation's extra fields
+(``EvalRequest[PolicyOptions]``, ``Evaluation[PolicyMeasures]``, as mctx's
+``PolicyOutput[T]``), so the evaluation pool, its transports and actors carry them unchanged
+and every reader gets typed fields. Imports neither torch nor ray.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from drllm.types import EvalRequest, Evaluation
 
 
 @dataclass(frozen=True)
-class PolicyRequest(EvalRequest):
-    """Generate for one example under one policy and grade the answer.
+class PolicyOptions:
+    """How a policy generates (the ``extra`` of a :data:`PolicyRequest`).
 
     Attributes:
-        alpha: ``None``: follow ``path`` (default, oracle and static policies); a float: let
-            the evaluator's routers choose the path during prefill with this control knob
-            (``path`` is then ignored).
+        alpha: ``None``: follow the request's ``path`` (default, oracle and static policies);
+            a float: let the evaluator's routers choose the path during prefill with this
+            control knob (``path`` is then ignored).
         gate: routed: the gate ``tau`` (``None``: the argmax of the knob's probabilities).
         max_new_tokens: generated tokens at most (the dataset's budget).
         stop_strings: generation stops once the text holds one of these.
@@ -37,23 +39,39 @@ class PolicyRequest(EvalRequest):
 
 
 @dataclass(frozen=True)
-class PolicyEvaluation(Evaluation):
-    """An :class:`~drllm.types.Evaluation` with what the evaluation job reports per example.
+class PolicyMeasures:
+    """What the evaluation job reports per answer beyond an :class:`~drllm.types.Evaluation`
+    (the ``extra`` of a :data:`PolicyEvaluation`).
 
     Attributes:
         path: the path the answer was generated along (the routers' choice for a routed
             request; the first choice order's with chance shuffles).
-        tokens: tokens generated (EOS included).
         prompt_tokens: prompt tokens.
-        finish_reason: ``"eos"``, ``"length"`` or ``"stop"``.
-        seconds: this row's share of its executor call's wall time (seconds; a call's time is
-            split over its rows in proportion to their block-token work).
-        router_seconds: this row's share of the time spent in the routers (0 for fixed paths).
+        seconds: this answer's share of its executor calls' wall time (seconds; a call's time
+            is split over its rows in proportion to their block-token work; summed over the
+            choice orders).
+        router_seconds: its share of the time spent in the routers (0 for fixed paths).
     """
 
     path: tuple[int, ...] = ()
-    tokens: int = 0
     prompt_tokens: int = 0
-    finish_reason: str = ""
     seconds: float = 0.0
     router_seconds: float = 0.0
+
+
+PolicyRequest = EvalRequest[PolicyOptions]
+"""Generate for one example under one policy and grade the answer."""
+PolicyEvaluation = Evaluation[PolicyMeasures]
+"""A policy's graded answer with its :class:`PolicyMeasures`."""
+
+
+def options_of(request: EvalRequest) -> PolicyOptions:
+    """A request's policy options (``PolicyOptions()``: a plain request follows its path)."""
+    return request.extra if isinstance(request.extra, PolicyOptions) else PolicyOptions()
+
+
+def measures_of(evaluation: Evaluation) -> PolicyMeasures:
+    """An evaluation's measures (``PolicyMeasures()`` for one that never reached a policy
+    evaluator, e.g. a failed one)."""
+    extra = evaluation.extra
+    return extra if isinstance(extra, PolicyMeasures) else PolicyMeasures()

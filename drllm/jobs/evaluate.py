@@ -21,8 +21,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from drllm.config import job_settings, register
-from drllm.evaluation.job import HEADLINE, EvaluateJobSettings, run_job
+from drllm.hydra_schema import job_settings, register
+from drllm.evaluation.job import HEADLINE, EvaluateJobSettings, run
 from drllm.routers.checkpoint import RouterCheckpointError
 
 SCHEMA = "evaluate_job_schema"
@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> float:
     """Compose, validate, run; returns the headline accuracy (a sweeper's objective)."""
     settings = job_settings(cfg, EvaluateJobSettings)
     try:
-        summary = run_job(settings, Path(HydraConfig.get().runtime.output_dir))
+        summary = run(settings, Path(HydraConfig.get().runtime.output_dir))
     except (RouterCheckpointError, FileNotFoundError) as err:
         sys.exit(f"evaluation error: {err}")
     value = summary["headline"][HEADLINE]

@@ -20,8 +20,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from drllm.config import job_settings, register
-from drllm.routers.train_job import HEADLINE, TrainJobSettings, run_train_job
+from drllm.hydra_schema import job_settings, register
+from drllm.routers.train_job import HEADLINE, TrainJobSettings, run
 
 SCHEMA = "train_job_schema"
 register(SCHEMA, TrainJobSettings)
@@ -31,7 +31,7 @@ register(SCHEMA, TrainJobSettings)
 def main(cfg: DictConfig) -> float:
     """Compose, validate, run; returns the routers' macro-F1 (a sweeper's objective, maximize)."""
     settings = job_settings(cfg, TrainJobSettings)
-    summary = run_train_job(settings, Path(HydraConfig.get().runtime.output_dir))
+    summary = run(settings, Path(HydraConfig.get().runtime.output_dir))
     return float(summary["metrics"][HEADLINE])
 
 

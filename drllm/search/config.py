@@ -70,17 +70,8 @@ class MCTSConfig:
             through another order of edits is a new node answered from the memo).
         widen_k: ``k`` of the widening limit (> 0). Default ``k = 1, alpha = 0.5``: a node
             with ``N`` visits holds at most ``ceil(sqrt(N))`` children, so after 50
-            simulations the root holds 8 and a child with ~6 visits 3; with ``L = 30`` (89 root
-            edits) the search then reaches depth 3-4 (flat rewards) where ``full`` stays at 1.
-            Measured on the L = 30 bandits of ``tests/unit/test_search_depth.py``: depth-2
-            labels found in 44 % of seeds, depth-3 in 14 % (82 % with a layer-importance
-            prior), ``full`` 0 %. Wider settings (``k = 2`` or ``alpha >= 0.6``) find depth 2
-            more often (56-70 %) but depth 3 at most 6 % (0 % with the prior at ``k = 2``: the
-            root keeps 11-15 children, each of which fills its own quota before the search
-            goes deeper); narrower ones (``alpha <= 0.3``) lose breadth (depth 2: 26 %). The
-            price, at small ``L`` (<= 10, 26-29 root edits that ``full`` enumerates within
-            the budget): shallow targets in a flat landscape are found in 50-96 % of seeds
-            instead of all (``tests/unit/test_search_bandits.py``).
+            simulations the root holds 8 and a child with ~6 visits 3 (how deep labels are
+            found with each setting: README, *Search depth*).
         widen_alpha: ``alpha`` of the widening limit, in ``[0, 1]``.
         patience: simulations still started after the first path that meets the early-stop
             rule before the search stops (their results awaited); a cheaper correct path found

@@ -2,7 +2,9 @@
 
 One row per searched example (schema: :func:`supervision_schema`), one Parquet file per shard,
 written atomically by :class:`ShardWriter`; complete shards are ``shard-*.parquet`` in the
-output directory, listed in ``_manifest.jsonl``. Any Parquet reader works on the glob
+output directory, listed in ``_manifest.jsonl``; a shard file that cannot be read is named
+(:class:`UnreadableShardError`) and, by a search rerun, moved to ``_quarantine/``
+(:func:`quarantine_unreadable`). Any Parquet reader works on the glob
 (pyarrow, pandas, DuckDB, HF ``datasets``, Ray Data); :func:`read_shards` and
 :func:`completed_example_ids` are the project's own readers (the latter serves resume).
 
@@ -17,6 +19,7 @@ Example::
 
 from drllm.shards.layout import (
     MANIFEST_NAME,
+    QUARANTINE_DIR,
     SHARD_GLOB,
     default_writer_id,
     inprogress_files,
@@ -24,9 +27,11 @@ from drllm.shards.layout import (
     read_manifest,
     shard_files,
 )
-from drllm.shards.resume import ResumeConflictError, check_resume, config_differences
+from drllm.shards.resume_guard import ResumeConflictError, check_resume, config_differences
 from drllm.shards.lock import LockHolder, OutputLock, OutputLockedError, read_holder
+from drllm.shards.quarantine import Quarantined, quarantine_unreadable
 from drllm.shards.reader import (
+    UnreadableShardError,
     completed_example_ids,
     completed_keys,
     duplicates_dropped,
@@ -51,6 +56,10 @@ __all__ = [
     "check_resume",
     "config_differences",
     "MANIFEST_NAME",
+    "QUARANTINE_DIR",
+    "Quarantined",
+    "UnreadableShardError",
+    "quarantine_unreadable",
     "SCHEMA_VERSION",
     "SHARD_GLOB",
     "ShardMismatchError",

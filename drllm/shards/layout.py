@@ -5,7 +5,11 @@ A shard directory holds
 * ``shard-{writer}-{seq:06d}.parquet``: complete shards (the only files readers look at);
 * ``.shard-{writer}-{seq:06d}.parquet.inprogress``: a shard being written (dot-prefixed, so
   pyarrow datasets, pandas and ``shard-*.parquet`` globs never see it);
-* ``_manifest.jsonl``: one JSON line per completed shard, appended after the rename.
+* ``_manifest.jsonl``: one JSON line per completed shard, appended after the rename; a line
+  ``{"file": name, "quarantined": "_quarantine/name", "reason": ...}`` withdraws a shard that
+  turned out unreadable (:mod:`drllm.shards.quarantine`), so the manifest lists exactly the
+  complete shards;
+* ``_quarantine/``: shard files moved aside because they cannot be read.
 
 Manifest lines are appended with a single ``write`` on an ``O_APPEND`` descriptor and fsynced.
 A crash can still leave a torn last line: readers drop it, writers truncate it on open.
@@ -26,6 +30,8 @@ logger = logging.getLogger(__name__)
 SHARD_GLOB = "shard-*.parquet"
 MANIFEST_NAME = "_manifest.jsonl"
 INPROGRESS_GLOB = ".shard-*.parquet.inprogress"
+QUARANTINE_DIR = "_quarantine"
+"""Sub-directory of a shards directory where unreadable shard files are moved aside."""
 _WRITER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _SHARD_RE = re.compile(r"^shard-(?P<writer>.+)-(?P<seq>\d{6,})\.parquet$")
 
@@ -118,22 +124,24 @@ def read_manifest(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Entries of ``out_dir/_manifest.jsonl`` in append order, one per completed shard.
 
     A torn (unparsable) last line is dropped with a warning; a duplicate entry for the same file
-    keeps the first; entries of shards that a merged shard ``replaces`` are dropped. Returns
-    ``[]`` if there is no manifest.
+    keeps the first; entries of shards that a merged shard ``replaces`` are dropped, and so are
+    those of shards a later ``quarantined`` line withdrew. Returns ``[]`` if there is no
+    manifest.
     """
     path = Path(out_dir) / MANIFEST_NAME
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
-    entries, seen = [], set()
+    entries: dict[str, dict[str, Any]] = {}
     parsed = _parse_manifest_lines(data.split(b"\n"), path)
     replaced = {str(name) for e in parsed for name in (e.get("replaces") or ())}
     for entry in parsed:
-        if entry["file"] not in seen and entry["file"] not in replaced:
-            seen.add(entry["file"])
-            entries.append(entry)
-    return entries
+        if entry.get("quarantined"):
+            entries.pop(entry["file"], None)
+        elif entry["file"] not in entries and entry["file"] not in replaced:
+            entries[entry["file"]] = entry
+    return list(entries.values())
 
 
 def repair_manifest_tail(out_dir: Path) -> None:

@@ -13,13 +13,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drllm.shards.compact import drop_duplicate_rows
-from drllm.shards.layout import inprogress_files, shard_files
+from drllm.shards.layout import QUARANTINE_DIR, inprogress_files, shard_files
 from drllm.shards.schema import (
     META_CONFIG,
     META_CONFIG_HASH,
@@ -32,6 +32,7 @@ from drllm.shards.schema import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 META_DUPLICATES = b"drllm.duplicates_dropped"
 """Schema metadata of :func:`read_shards`' table: rows dropped as duplicates (decimal text)."""
@@ -48,13 +49,38 @@ _META_KEYS = {
 }
 
 
+class UnreadableShardError(ValueError):
+    """A ``shard-*.parquet`` file that is not a readable drllm shard (truncated, a foreign
+    Parquet file, not Parquet at all). The message names the file and the fix."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(
+            f"{path} is not a readable drllm shard ({why}). A search rerun into "
+            f"{path.parent} moves such files to {QUARANTINE_DIR}/ and keeps the other shards; "
+            "or move it out of the directory yourself"
+        )
+        self.path = path
+        self.why = why
+
+
+def _read(path: Path, read: Callable[[Path], T]) -> T:
+    """``read(path)``, with Arrow's decoder errors turned into :class:`UnreadableShardError`
+    (a vanished file still raises ``FileNotFoundError``: a merge replaced it)."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError) as err:
+        raise UnreadableShardError(path, f"{type(err).__name__}: {err}") from err
+
+
 def _decode_metadata(raw: dict[bytes, bytes] | None, where: Path) -> dict[str, Any]:
     raw = raw or {}
     out: dict[str, Any] = {}
     for key, name in _META_KEYS.items():
         value = raw.get(key.encode())
         if value is None:
-            raise ValueError(f"{where} lacks file metadata {key!r}; it is not a drllm shard")
+            raise UnreadableShardError(where, f"no file metadata {key!r}: not a drllm shard")
         out[name] = value.decode("utf-8")
     if out["schema_version"] not in SUPPORTED_SCHEMA_VERSIONS:
         raise ValueError(
@@ -76,7 +102,7 @@ def read_shard_metadata(path: str | os.PathLike) -> dict[str, Any]:
     ``writer_id`` and ``rows`` (int, from the Parquet footer).
     """
     path = Path(path)
-    footer = pq.read_metadata(path)
+    footer = _read(path, pq.read_metadata)
     out = _decode_metadata(footer.metadata, path)
     out["rows"] = footer.num_rows
     return out
@@ -120,6 +146,7 @@ def read_shards(
 
     Raises:
         FileNotFoundError: no complete shard in ``out_dir``.
+        UnreadableShardError: a shard file cannot be read (names it and the fix).
         ValueError: shards disagree on model or L, or have an unsupported schema version.
     """
     for attempt in range(LIST_RETRIES):
@@ -131,8 +158,8 @@ def read_shards(
                 + (f"; {pending} in-progress file(s) are not readable yet" if pending else "")
             )
         try:
-            tables = [pq.read_table(f, columns=list(columns) if columns is not None else None)
-                      for f in files]
+            wanted = list(columns) if columns is not None else None
+            tables = [_read(f, lambda p: pq.read_table(p, columns=wanted)) for f in files]
             break
         except FileNotFoundError:  # a merge replaced some files meanwhile: list again
             if attempt == LIST_RETRIES - 1:
@@ -166,7 +193,7 @@ def completed_keys(out_dir: str | os.PathLike) -> set[tuple[str, str]]:
     """``(dataset, example_id)`` of every row in the complete shards of ``out_dir``."""
     keys: set[tuple[str, str]] = set()
     for path in shard_files(out_dir):
-        table = pq.read_table(path, columns=["dataset", "example_id"])
+        table = _read(path, lambda p: pq.read_table(p, columns=["dataset", "example_id"]))
         datasets = table.column("dataset").cast(pa.string()).to_pylist()
         keys.update(zip(datasets, table.column("example_id").to_pylist()))
     return keys
@@ -188,5 +215,6 @@ def completed_example_ids(
         return {eid for ds, eid in completed_keys(out_dir) if ds == dataset}
     ids: set[str] = set()
     for path in shard_files(out_dir):
-        ids.update(pq.read_table(path, columns=["example_id"]).column(0).to_pylist())
+        table = _read(path, lambda p: pq.read_table(p, columns=["example_id"]))
+        ids.update(table.column(0).to_pylist())
     return ids

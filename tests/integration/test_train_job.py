@@ -35,7 +35,7 @@ from drllm.routers.train_job import (
     RayTrainSettings,
     TrainJobSettings,
     fit_routers,
-    run_train_job,
+    run,
 )
 from drllm.routers.training import TrainConfig
 from drllm.search import MCTSConfig
@@ -162,7 +162,7 @@ def test_train_job_end_to_end(shards, features, tmp_path, capsys):
         shards_dir=shards, features_dir=features, progress=False,
     )
     info = read_info(features)
-    summary = run_train_job(settings, tmp_path / "out")
+    summary = run(settings, tmp_path / "out")
     assert read_info(features) == info  # same shards, model, W, dtype: features reused
     data = load_features(features)
 
@@ -192,7 +192,7 @@ def test_train_job_end_to_end(shards, features, tmp_path, capsys):
     assert without_loss(metrics) == val_metrics(routers, data, cfg)
 
     # rerun: training resumes the finished run from its checkpoint (no new epochs)
-    again = run_train_job(settings, tmp_path / "out")
+    again = run(settings, tmp_path / "out")
     assert again["history"] == summary["history"] and again["metrics"] == summary["metrics"]
 
 
@@ -224,9 +224,9 @@ def test_train_job_trains_on_solved_rows_by_default(mixed_shards, tmp_path, caps
     solved_ids = sorted(f"e{i}" for i in range(N) if i not in UNSOLVED)
     for rows, used, ids in (("solved", N - len(UNSOLVED), solved_ids),
                             ("all", N, sorted(f"e{i}" for i in range(N)))):
-        run = dataclasses.replace(settings, features=dataclasses.replace(default, rows=rows),
-                                  features_dir=tmp_path / f"features-{rows}")
-        summary = run_train_job(run, tmp_path / f"out-{rows}")
+        these = dataclasses.replace(settings, features=dataclasses.replace(default, rows=rows),
+                                    features_dir=tmp_path / f"features-{rows}")
+        summary = run(these, tmp_path / f"out-{rows}")
         data = load_features(tmp_path / f"features-{rows}", with_features=False)
         assert sorted(data.example_ids) == ids  # the Ray Data read kept the filter's rows
         config = read_config(tmp_path / f"out-{rows}" / "routers")
@@ -275,7 +275,7 @@ def test_hydra_config_converts_to_settings(tmp_path):
     from hydra import compose, initialize_config_dir
 
     import drllm.jobs.train  # noqa: F401 -- registers the schema
-    from drllm.config import ConfigError, to_library
+    from drllm.hydra_schema import ConfigError, to_library
 
     def train_job_settings(cfg):
         return to_library(cfg, TrainJobSettings)

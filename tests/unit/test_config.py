@@ -14,10 +14,10 @@ from omegaconf.errors import ValidationError
 
 import drllm.jobs.search  # noqa: F401 -- registers the search job's schema
 import drllm.jobs.train  # noqa: F401 -- registers the train job's schema
-from drllm.config import ConfigError, to_library
+from drllm.hydra_schema import ConfigError, to_library
 from drllm.routers.train_job import TrainJobSettings
 from drllm.search import MCTSConfig
-from drllm.search_job import SearchJobSettings
+from drllm.jobs.search import SearchJobSettings
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml"))

@@ -54,7 +54,7 @@ def test_arc_variants_keep_the_answer_text_under_each_order() -> None:
 def test_chance_shuffles_only_for_multiple_choice() -> None:
     with pytest.raises(ValueError, match="chance_shuffles: dataset 'gsm8k' is not multiple"):
         DatasetConfig(name="gsm8k", chance_shuffles=3)
-    with pytest.raises(ValueError, match="chance_shuffles: expected an int >= 1"):
+    with pytest.raises(ValueError, match="DatasetConfig.chance_shuffles must be >= 1"):
         DatasetConfig(name="arc_easy", chance_shuffles=0)
 
 
@@ -69,7 +69,7 @@ def test_generation_budget_belongs_to_the_dataset(name, grader, tokens) -> None:
 
 
 def test_generation_budget_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="max_new_tokens: expected an int >= 1"):
+    with pytest.raises(ValueError, match="DatasetConfig.max_new_tokens must be >= 1"):
         DatasetConfig(max_new_tokens=0)
     with pytest.raises(ValueError, match="stop_strings: expected non-empty strings"):
         DatasetConfig(stop_strings=[""])

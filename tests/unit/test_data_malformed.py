@@ -228,9 +228,51 @@ def test_local_parquet_without_id_column(tmp_path: Path) -> None:
     ids = {e.gold: e.id for e in other.examples}
     assert ids["a0"] == content_id("q0", "a0") and ids["x"] not in {e.id for e in by_files.examples}
     assert len(set(ids.values())) == 6
-    with pytest.raises(ValueError, match=r"DatasetConfig.field_map: columns \['body'\] not in"):
+    with pytest.raises(ValueError, match=r"DatasetConfig.field_map: columns \['body'\] missing from"):
         load_examples(DatasetConfig(name="local", data_files=str(f), grader="exact",
                                     field_map={"question": "body", "gold": "answer"}))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_examples(DatasetConfig(name="local", data_files=str(tmp_path / "nope.jsonl"),
                                     grader="exact", field_map={"question": "q", "gold": "a"}))
+
+
+def _jsonl_with_a_broken_line(tmp_path: Path) -> Path:
+    f = tmp_path / "qs.jsonl"
+    f.write_text(json.dumps({"q": "What is 6 * 7?", "a": 42}) + "\n"
+                 + "{not json\n"
+                 + json.dumps({"q": "Half of 5?", "a": 2.5}) + "\n"
+                 + "[1, 2]\n"
+                 + json.dumps({"q": "3 + 4?", "a": 7}) + "\n")
+    return f
+
+
+def test_local_jsonl_malformed_lines_are_counted_rejections(tmp_path: Path, caplog) -> None:
+    f = _jsonl_with_a_broken_line(tmp_path)
+    cfg = DatasetConfig(name="local", data_files=str(f), grader="gsm8k_numeric", num_examples=None,
+                        field_map={"question": "q", "gold": "a"})
+    with caplog.at_level("WARNING", logger="drllm.data.sources"):
+        report = load_examples(cfg)
+    assert sorted(e.gold for e in report.examples) == ["2.5", "42", "7"]
+    assert report.rejected == {"malformed jsonl line": 2} and report.rows_read == 5
+    assert f"{f}:2: skipped (not JSON" in caplog.text
+    assert f"{f}:4: skipped (a JSON list, not an object)" in caplog.text
+
+
+def test_local_jsonl_malformed_line_as_an_error_names_file_and_line(tmp_path: Path) -> None:
+    f = _jsonl_with_a_broken_line(tmp_path)
+    cfg = DatasetConfig(name="local", data_files=str(f), grader="gsm8k_numeric",
+                        field_map={"question": "q", "gold": "a"}, malformed_lines="error")
+    with pytest.raises(ValueError, match=rf"{f}:2: not JSON .*2 malformed line\(s\).*"
+                                         "malformed_lines=reject"):
+        load_examples(cfg)
+    with pytest.raises(ValueError, match="DatasetConfig.malformed_lines"):
+        DatasetConfig(name="local", data_files=str(f), grader="exact",
+                      field_map={"question": "q", "gold": "a"}, malformed_lines="ignore")
+
+
+def test_an_unreadable_data_file_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "set.parquet"
+    f.write_bytes(b"PAR1xyz")  # a truncated copy
+    with pytest.raises(ValueError, match=rf"could not read data files \['{f}'\] as parquet"):
+        load_examples(DatasetConfig(name="local", data_files=str(f), grader="exact",
+                                    field_map={"question": "q", "gold": "a"}))

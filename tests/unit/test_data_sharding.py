@@ -8,7 +8,7 @@ import pytest
 from drllm.data import DatasetConfig, load_examples
 from drllm.data.sharding import ShardSpec, parse_shard, shard_dir_suffix, shard_of
 from drllm.distributed.config import PoolConfig
-from drllm.search_job import search_affecting, shard_pool
+from drllm.jobs.search import search_affecting, shard_pool
 
 
 @pytest.mark.parametrize("text, expected", [("0/4", ShardSpec(0, 4)), ("3-of-4", ShardSpec(3, 4)),

@@ -226,11 +226,9 @@ def test_run_search_job_in_process_writes_shards_and_resumes(tmp_path):
                   in_process=True, pool_config=PoolConfig(num_actors=2, max_batch_size=4),
                   driver_config=DriverConfig(max_concurrent_trees=4))
 
-    def writer(info):
-        return ShardWriter(tmp_path, writer_id="w0", num_layers=info.num_layers,
-                           model_id=info.model_id, config={"test": 1}, rows_per_shard=2)
-
-    first = run_search_job(examples[:4], make_sink=writer, **kwargs)
+    with ShardWriter(tmp_path, writer_id="w0", num_layers=L, model_id="dummy",
+                     config={"test": 1}, rows_per_shard=2) as w:
+        first = run_search_job(examples[:4], sink=w, **kwargs)
     assert first.searched == 4
     with ShardWriter(tmp_path, writer_id="w1", num_layers=L, model_id="dummy",
                      config={"test": 1}) as w:
@@ -279,17 +277,19 @@ def test_an_example_whose_default_path_fails_is_not_written_and_is_retried_on_re
     kwargs = dict(render=render, mcts_config=MCTS, progress=False, in_process=True,
                   pool_config=PoolConfig(num_actors=1, max_batch_size=4, max_request_retries=1))
 
-    def writer(info):
-        return ShardWriter(tmp_path, writer_id="w0", num_layers=info.num_layers,
-                           model_id=info.model_id, config={"test": 1})
+    def writer():
+        return ShardWriter(tmp_path, writer_id="w0", num_layers=L, model_id="dummy",
+                           config={"test": 1})
 
-    first = run_search_job(examples, make_sink=writer, evaluator=spec, **kwargs)
+    with writer() as w:
+        first = run_search_job(examples, sink=w, evaluator=spec, **kwargs)
     assert first.searched == 3 and list(first.default_failed) == ["q2"]
     assert "InjectedFault" in first.default_failed["q2"]
     assert "q2" not in read_shards(tmp_path).column("example_id").to_pylist()
     assert first.improved <= first.searched  # q2 is never counted as improved
     healed = EvaluatorSpec(DummyEvaluator, {"num_layers": L})
-    second = run_search_job(examples, make_sink=writer, evaluator=healed, **kwargs)
+    with writer() as w:
+        second = run_search_job(examples, sink=w, evaluator=healed, **kwargs)
     assert second.searched == 1 and second.skipped_done == 3 and not second.default_failed
     assert sorted(read_shards(tmp_path).column("example_id").to_pylist()) == [
         "q0", "q1", "q2", "q3"]

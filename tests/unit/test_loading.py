@@ -1,4 +1,4 @@
-"""Model loading (drllm.models.loading) and the converted-model cache (drllm.models.cache)."""
+"""Model loading (drllm.models.loading) and the converted-model cache (drllm.models.weight_cache)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from gguf import GGUFWriter
 from transformers import GPT2Config, GPT2LMHeadModel
 
-import drllm.models.cache as cache_mod
-from drllm.models.cache import (
+import drllm.models.weight_cache as cache_mod
+from drllm.models.weight_cache import (
     atomic_directory,
     cache_root,
     ensure_gguf_converted,

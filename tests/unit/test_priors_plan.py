@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from drllm.distributed.priors import build_prior_plan
+from drllm.distributed.prior_plan import build_prior_plan
 from drllm.models.executor import PathExecutor
 from drllm.models.importance import layer_importance
 from drllm.models.loading import ModelSpec

@@ -565,3 +565,42 @@ def test_heartbeat_refreshes_and_detects_a_take_over(tmp_path):
     assert read_holder(tmp_path) == other.holder
     with pytest.raises(ValueError, match="twice heartbeat_s"):
         OutputLock(tmp_path, heartbeat_s=60, stale_after_s=100)
+
+
+def _with_a_bad_shard(tmp_path, content: bytes):
+    with open_writer(tmp_path, rows_per_shard=2) as w:
+        for i in range(4):
+            w.add(make_record(i))
+    good = shard_files(tmp_path)
+    assert len(good) == 2
+    good[0].write_bytes(content)  # a disk-full copy: the first bytes of a shard
+    return good[0], good[1]
+
+
+@pytest.mark.parametrize("content", [b"PAR1xyz", b"not parquet at all", None])
+def test_an_unreadable_shard_is_named_then_quarantined_and_the_good_rows_kept(tmp_path, content):
+    from drllm.shards import QUARANTINE_DIR, UnreadableShardError, quarantine_unreadable
+
+    if content is None:  # a foreign Parquet file under a shard's name
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table({"x": [1, 2]}), sink)
+        content = sink.getvalue().to_pybytes()
+    bad, good = _with_a_bad_shard(tmp_path, content)
+    for read in (read_shards, completed_example_ids, lambda d: read_shard_metadata(bad)):
+        with pytest.raises(UnreadableShardError, match=rf"(?s){bad}.*moves such files to "
+                                                        rf"{QUARANTINE_DIR}/"):
+            read(tmp_path)
+    moved = quarantine_unreadable(tmp_path)
+    assert [(q.file, q.moved_to) for q in moved] == [(bad.name, f"{QUARANTINE_DIR}/{bad.name}")]
+    assert (tmp_path / QUARANTINE_DIR / bad.name).read_bytes() == content
+    assert shard_files(tmp_path) == [good]
+    assert [e["file"] for e in read_manifest(tmp_path)] == [good.name]  # complete shards only
+    assert completed_example_ids(tmp_path) == {"ex-2", "ex-3"}
+    assert quarantine_unreadable(tmp_path) == []
+    with open_writer(tmp_path) as w:  # a rerun writes the lost rows again
+        for i in range(4):
+            w.add(make_record(i))
+        assert w.duplicates_skipped == 2
+    assert sorted(read_shards(tmp_path).column("example_id").to_pylist()) == [
+        f"ex-{i}" for i in range(4)]
+    assert len(read_manifest(tmp_path)) == len(shard_files(tmp_path)) == 2

@@ -86,7 +86,7 @@ def _measure(model_spec: Any, prompts: Sequence[str], routers_dir: Optional[str]
     ids = executor.encode(list(prompts))
     if routers_dir is None:
         return layer_importance(executor, ids)
-    from drllm.inference.prior import router_path_probs
+    from drllm.inference.router_probs import router_path_probs
 
     return router_path_probs(routers_dir, loaded, ids)
 
