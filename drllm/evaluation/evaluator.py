@@ -13,6 +13,11 @@ split into groups that share a generation budget and a policy kind:
   rules) (:meth:`~drllm.inference.routed.RoutedModel.block_hook`); the
   chosen decisions are recorded from the hook, and the time spent in the routers is measured.
 
+Requests with ``choices`` (``reward: loglik`` / ``loglik_norm``) are scored, not generated:
+each choice's log-likelihood after the prompt along the request's path -- for a routed policy
+the path the routers choose in a prefill of the context -- as the search's reward and the
+lm-eval ``drllm`` model score them (:func:`drllm.distributed.likelihood.score_choices`).
+
 Choice orders are expanded, graded and combined as every evaluator does
 (:mod:`drllm.choice_orders`); tokenized prompts are cached per (example, choice order): every
 policy evaluates the same prompts. The executor does not constrain paths (a static policy may skip any blocks); routed
@@ -36,7 +41,7 @@ from drllm.inference.routed import RoutedModel
 from drllm.models.executor import PathExecutor
 from drllm.models.loading import load_source
 from drllm.paths import LayerPath
-from drllm.routers.features import permissive_constraints
+from drllm.routers.features import left_pad, permissive_constraints
 from drllm.routers.module import Routers
 from drllm.types import Generation
 
@@ -145,6 +150,59 @@ class PolicyEvaluator(Evaluator):
         return gens, recorder.paths(), time.perf_counter() - start, recorder.seconds
 
     def evaluate(self, requests: Sequence[PolicyRequest]) -> list[PolicyEvaluation]:
+        """Generated requests: :meth:`_generated`; requests with choices: :meth:`_scored`."""
+        scored = [i for i, r in enumerate(requests) if r.choices]
+        if not scored:
+            return self._generated(requests)
+        out: list[Optional[PolicyEvaluation]] = [None] * len(requests)
+        generated = [i for i, r in enumerate(requests) if not r.choices]
+        for part, evaluate in ((scored, self._scored), (generated, self._generated)):
+            if part:
+                for i, ev in zip(part, evaluate([requests[i] for i in part]), strict=True):
+                    out[i] = ev
+        return out  # type: ignore[return-value]
+
+    def _route(self, alpha: float, gate: Optional[float], ids: list[list[int]]
+               ) -> tuple[list[LayerPath], float]:
+        """The routers' path for each context (one prefill) and the seconds in the routers."""
+        if self.routed is None:
+            raise ValueError("a routed request reached an evaluator built without routers "
+                             "(policy_evaluator_spec(routers_dir=...))")
+        recorder = DecisionRecorder(self.routed.block_hook(alpha, gate, ids),
+                                    self.executor.num_layers, self.executor.device)
+        input_ids, mask = left_pad(ids, self.executor.pad_token_id, self.executor.device)
+        self.executor.prefill_states(input_ids, mask, block_hook=recorder)
+        return [LayerPath(p) for p in recorder.paths()], recorder.seconds
+
+    def _scored(self, requests: Sequence[PolicyRequest]) -> list[PolicyEvaluation]:
+        """Multiple choice by log-likelihood, grouped by knob, gate and ``loglik_norm``."""
+        from drllm.distributed.likelihood import encode_choices, score_choices
+
+        def encode(text: str) -> list[int]:
+            return self.executor.encode([text])[0]
+
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            opts = options_of(r)
+            groups.setdefault((opts.alpha, opts.gate, opts.loglik_norm), []).append(i)
+        out: list[Optional[PolicyEvaluation]] = [None] * len(requests)
+        for (alpha, gate, norm), members in groups.items():
+            start = time.perf_counter()
+            reqs = [requests[i] for i in members]
+            contexts = [encode_choices(encode, r.prompt, r.choices)[0] for r in reqs]
+            router_s = 0.0
+            if alpha is not None:
+                paths, router_s = self._route(alpha, gate, contexts)
+                reqs = [dataclasses.replace(r, path=p) for r, p in zip(reqs, paths)]
+            evaluations = score_choices(self.executor, reqs, encode, norm=norm)
+            share = (time.perf_counter() - start) / len(reqs)
+            for i, r, ctx, ev in zip(members, reqs, contexts, evaluations, strict=True):
+                out[i] = dataclasses.replace(ev, extra=PolicyMeasures(
+                    path=tuple(r.path), prompt_tokens=len(ctx), seconds=share,
+                    router_seconds=router_s / len(reqs)))
+        return out  # type: ignore[return-value]
+
+    def _generated(self, requests: Sequence[PolicyRequest]) -> list[PolicyEvaluation]:
         """Group the rows (one per request and choice order), generate, grade, combine."""
         rows = order_rows(requests)
         groups: dict[tuple, list[int]] = {}

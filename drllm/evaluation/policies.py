@@ -74,17 +74,23 @@ class Policy:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def request(self, example: Example, prompt: str, variants: tuple[tuple[str, str], ...],
-                budget: tuple[int, tuple[str, ...]], num_layers: int) -> Optional[PolicyRequest]:
-        """The request of ``example`` under this policy, or ``None`` (oracle, not held)."""
+                budget: tuple[int, tuple[str, ...]], num_layers: int,
+                loglik_norm: bool = False) -> Optional[PolicyRequest]:
+        """The request of ``example`` under this policy, or ``None`` (oracle, not held).
+
+        An example with ``choices`` is scored by choice log-likelihood (per character with
+        ``loglik_norm``), not generated."""
         path = self.path_for(example)
         if self.kind != "routed" and path is None:
             return None
         return PolicyRequest(
             example_id=str(example.id), prompt=prompt, gold=example.gold, grader=example.grader,
             path=LayerPath(path if path is not None else (1,) * num_layers), variants=variants,
+            answer_prefix=example.answer_prefix, choices=example.choices,
             extra=PolicyOptions(alpha=self.alpha if self.kind == "routed" else None,
                                 gate=self.gate if self.kind == "routed" else None,
-                                max_new_tokens=budget[0], stop_strings=budget[1]),
+                                max_new_tokens=budget[0], stop_strings=budget[1],
+                                loglik_norm=loglik_norm),
         )
 
 
@@ -197,4 +203,5 @@ def context_of(model_id: str, dataset: DatasetConfig) -> dict[str, Any]:
             "prompt_style": dataset.prompt_style, "system_prompt": dataset.system_prompt,
             "grader": dataset.grader_name, "chance_shuffles": dataset.chance_shuffles,
             "max_new_tokens": max_new_tokens, "stop_strings": list(stops),
+            "reward": dataset.reward, "answer_prefix": dataset.answer_prefix,
             "path": dataset.path, "data_files": dataset.data_files, "levels": dataset.levels}

@@ -134,7 +134,8 @@ class _Run:
             if str(ex.id) in done:
                 continue
             variants = tuple((self.render(v), v.gold) for v in ex.variants)
-            req = policy.request(ex, self.render(ex), variants, budget, self.num_layers)
+            req = policy.request(ex, self.render(ex), variants, budget, self.num_layers,
+                                 loglik_norm=es.config.reward == "loglik_norm")
             if req is not None:
                 requests[req.example_id] = req
         started = time.perf_counter()

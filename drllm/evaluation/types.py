@@ -26,12 +26,14 @@ class PolicyOptions:
         gate: routed: the gate ``tau`` (``None``: the argmax of the knob's probabilities).
         max_new_tokens: generated tokens at most (the dataset's budget).
         stop_strings: generation stops once the text holds one of these.
+        loglik_norm: a request with choices ranks them per character (lm-eval ``acc_norm``).
     """
 
     alpha: Optional[float] = None
     gate: Optional[float] = None
     max_new_tokens: int = 64
     stop_strings: tuple[str, ...] = ()
+    loglik_norm: bool = False
 
     @property
     def routed(self) -> bool:

@@ -27,6 +27,7 @@ from drllm.evaluation.summary import wilson_interval
 from drllm.inference.routed import RoutedModel
 from drllm.models.executor import PathExecutor
 from drllm.models.tiny import tiny_tokenizer
+from drllm.paths import LayerPath
 from drllm.routers.checkpoint import RouterCheckpointError
 from drllm.routers.features import permissive_constraints
 from drllm.routers.module import Routers
@@ -284,3 +285,50 @@ def test_frontier_places_every_policy_and_compares_matched_statics(examples, tmp
     assert set(by_name["routed(a=-1)"]["vs_static"]) == {"shortgpt(k=3)", "random(k=3)"}
     assert {p["policy"]: p["k"] for p in ds["points"]}["shortgpt(k=3)"] == 3
     assert frontier(res)["datasets"]["synthetic_arith"]["num_layers"] == L
+
+
+def test_loglik_policies_score_choices_as_the_search_does(tmp_path, routers_dir, shared_data):
+    # reward: loglik in the evaluate job: no generation; the default policy's verdict and
+    # margin are the search reward's on the default path; a routed policy scores along the
+    # path its routers choose from the context (gate 1: the default path).
+    from drllm.distributed.likelihood import encode_choices, score_choices
+    from drllm.types import EvalRequest
+
+    data = DatasetConfig(name="arc_easy", path=str(shared_data / "ai2_arc"), num_examples=5,
+                         reward="loglik", prompt_style="base")
+    arc = load_examples(data).examples
+    tok = tiny_tokenizer()
+
+    def render_base(example):
+        return render_prompt(example, tok, style="base")
+
+    es = EvalSet(data, tuple(arc), importance=(0.3, 0.1, 0.4, 0.2))
+    run_evaluation([es], EvaluationConfig(policies=("default", "routed"), routers=str(routers_dir),
+                                          alphas=(0.0,), gates=(1.0,)),
+                   render=render_base, model=LOADER, out_dir=tmp_path, pool_config=POOL,
+                   in_process=True, progress=False)
+    table = load_results(tmp_path)
+    loaded = LOADER()
+    executor = PathExecutor(loaded.model, loaded.tokenizer, permissive_constraints(L))
+
+    def encode(text):
+        return executor.encode([text])[0]
+
+    rm = RoutedModel(loaded.model, loaded.tokenizer, Routers.from_pretrained(routers_dir),
+                     constraints=permissive_constraints(L))
+    contexts = [encode_choices(encode, render_base(e), e.choices)[0] for e in arc]
+    routed_paths = rm.route(contexts, alpha=0.0)
+    for policy, paths in (("default", [(1,) * L] * len(arc)), ("routed(t=1)", [(1,) * L] * len(arc)),
+                          ("routed(a=+0)", routed_paths)):
+        rows = table[table["policy"] == policy].set_index("example_id")
+        assert len(rows) == len(arc)
+        expected = score_choices(executor, [
+            EvalRequest(str(e.id), render_base(e), e.gold, e.grader, LayerPath(p),
+                        choices=e.choices) for e, p in zip(arc, paths)], encode)
+        for e, p, ev in zip(arc, paths, expected):
+            row = rows.loc[str(e.id)]
+            assert tuple(row["path"]) == tuple(p), policy
+            assert (row["reward"], row["response"], row["reason"]) == (
+                ev.reward, ev.response, ev.reason), policy
+            assert row["finish_reason"] == "loglik" and row["tokens"] == 0
+    assert any(tuple(p) != (1,) * L for p in routed_paths)  # the routed case is not trivial
