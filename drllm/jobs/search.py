@@ -40,7 +40,7 @@ from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig,
 from drllm.distributed.prior_plan import PriorSource, build_prior_plan
 from drllm.distributed.summary import RunSummary
 from drllm.files import SUMMARY_FILE, atomic_write_json
-from drllm.hydra_schema import job_settings, register
+from drllm.hydra_schema import job_settings, register, schema_of
 from drllm.interrupt import sigterm_raises
 from drllm.models.loading import ModelSpec, load_tokenizer
 from drllm.report import format_report, load_report_table, science_report
@@ -158,6 +158,13 @@ def search_affecting(resolved: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def default_affecting() -> dict[str, Any]:
+    """:func:`search_affecting` of the default settings: the value a field added since a shard
+    was written had, in effect, for the code that wrote it."""
+    return search_affecting(OmegaConf.to_container(
+        OmegaConf.structured(schema_of(SearchJobSettings)), resolve=True))
+
+
 def shard_pool(pool: PoolConfig, shard: str | None) -> PoolConfig:
     """The pool of one dataset shard's driver: its actors are named after the shard
     (``{name_prefix}-shard-k-of-N-{i}``), so that N drivers can share one Ray cluster."""
@@ -190,7 +197,8 @@ def run(settings: SearchJobSettings, output_dir: Path,
     with OutputLock(shards_dir):
         quarantined = quarantine_unreadable(shards_dir)
         affecting = search_affecting(resolved_config)
-        check_resume(shards_dir, affecting, key=AFFECTING_KEY, force=settings.resume == "force")
+        check_resume(shards_dir, affecting, key=AFFECTING_KEY, force=settings.resume == "force",
+                     defaults=default_affecting())
         data, render = _load_data(settings)
         if data.examples:
             totals, prior_info = _search(settings, data, render, shards_dir,

@@ -35,11 +35,20 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``"key: stored -> current"`` for every flattened key whose value differs."""
+def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any],
+                       defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """``"key: stored -> current"`` for every flattened key whose value differs.
+
+    A key absent from ``stored`` whose current value is its value in ``defaults`` is no
+    difference: a field added since the shard was written, at the default that reproduces
+    what the older code did.
+    """
     a, b = flatten(stored), flatten(current)
+    d = flatten(defaults or {})
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
-            for k in sorted(a.keys() | b.keys()) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+            for k in sorted(a.keys() | b.keys())
+            if a.get(k, "<absent>") != b.get(k, "<absent>")
+            and not (k not in a and k in b and k in d and b[k] == d[k])]
 
 
 def check_resume(
@@ -48,11 +57,14 @@ def check_resume(
     *,
     key: str = "search_affecting",
     force: bool = False,
+    defaults: Mapping[str, Any] | None = None,
 ) -> int:
     """Refuse to resume ``shards_dir`` with another search-affecting config.
 
     Each shard's metadata holds the resolved config it was written with; its ``key`` entry is
-    compared with ``affecting``. Returns the number of shards checked (0: a fresh directory).
+    compared with ``affecting``; a key the shard does not record is no conflict while its
+    current value is its value in ``defaults`` (a field added since, at its default). Returns
+    the number of shards checked (0: a fresh directory).
 
     Raises:
         ResumeConflictError: a shard was written with a different ``affecting`` part, and
@@ -64,7 +76,7 @@ def check_resume(
         if stored is None:
             diffs = [f"{key}: <not recorded> (written by an older drllm)"]
         else:
-            diffs = config_differences(stored, affecting)
+            diffs = config_differences(stored, affecting, defaults)
         if not diffs:
             continue
         message = (

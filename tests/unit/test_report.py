@@ -98,6 +98,15 @@ def test_resume_refuses_another_search_config(tmp_path) -> None:
     assert check_resume(tmp_path, other, key="aff", force=True) == 1
     with pytest.raises(ResumeConflictError, match="not recorded"):
         check_resume(tmp_path, affecting, key="another_key")
+    # A field added since the shards were written resumes at its default, not at another value.
+    added = {**affecting, "dataset": {"name": "toy", "placebo": False}}
+    defaults = {"dataset": {"placebo": False}}
+    assert check_resume(tmp_path, added, key="aff", defaults=defaults) == 1
+    with pytest.raises(ResumeConflictError, match=r"dataset.placebo: '<absent>' -> False"):
+        check_resume(tmp_path, added, key="aff")
+    changed = {**affecting, "dataset": {"name": "toy", "placebo": True}}
+    with pytest.raises(ResumeConflictError, match=r"dataset.placebo: '<absent>' -> True"):
+        check_resume(tmp_path, changed, key="aff", defaults=defaults)
 
 
 def test_writer_refuses_an_unsolved_row_with_an_edited_label(tmp_path) -> None:
