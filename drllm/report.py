@@ -37,12 +37,14 @@ DECISION_NAMES = ("skip", "execute", "repeat")
 
 
 def related_graders(name: str) -> list[str]:
-    """The configured grader, then its strict and lenient counterparts (each once)."""
+    """The configured grader, then the others that read the same answers more or less strictly
+    (those sharing its lenient counterpart), then the lenient one (each once)."""
     from drllm.rewards import GRADERS, lenient_counterpart
 
-    out = [name]
-    out += [g for g in GRADERS.names() if g != name and lenient_counterpart(g) == name]
     lenient = lenient_counterpart(name)
+    out = [name]
+    out += [g for g in GRADERS.names()
+            if g != name and lenient_counterpart(g) in {name, lenient} - {None} and g != lenient]
     if lenient:
         out.append(lenient)
     return list(dict.fromkeys(out))

@@ -149,6 +149,7 @@ GRADER_MAX_NEW_TOKENS = {
     "mc_letter_lenient": 16,
     "math_boxed": 512,
     "gsm8k_numeric": 512,
+    "gsm8k_numeric_consistent": 512,
     "exact": 64,
 }
 FALLBACK_MAX_NEW_TOKENS = 256

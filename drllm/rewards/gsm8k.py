@@ -11,6 +11,11 @@ only appears inside restated question text or after the answer is not read, and 
 by the token budget before it stated an answer is wrong. Stopping a row once its first stated
 answer is complete is exact (:meth:`GSM8KGrader.verdict_final`).
 
+``gsm8k_numeric_consistent`` is ``gsm8k_numeric`` whose answer must also be worked out: a
+response that writes a false equation before its stated answer (``4 + 5 = 6``, so "6") is wrong
+whatever it states (:mod:`drllm.rewards.working`). A search against a placebo gold wins with
+such accidents; the working that led to the answer is what this grader also reads.
+
 ``gsm8k_numeric_lenient`` reads what the model may have meant: the last ``\\boxed{}``, else the
 first number after the last ``####``, else the **last number anywhere** in the text. A search
 must not optimise it (it labels ``' neighb common 5, 6, 1, 1, 1'`` correct for the gold 1);
@@ -28,6 +33,7 @@ from decimal import Decimal
 from drllm.rewards.base import GRADERS, Grader
 from drllm.rewards.extract import gsm8k_gold, last_boxed, last_number, parse_number
 from drllm.rewards.stated import Stated, first_stated, stated_number
+from drllm.rewards.working import false_equation
 from drllm.types import Grade
 
 logger = logging.getLogger(__name__)
@@ -101,6 +107,29 @@ class GSM8KGrader(_NumericGrader):
     def verdict_final(self, response_prefix: str) -> bool:
         """True once the prefix's first stated answer is complete: nothing after it is read."""
         return isinstance(first_stated(response_prefix, ended=False), Stated)
+
+
+@GRADERS.register("gsm8k_numeric_consistent")
+class ConsistentGSM8KGrader(GSM8KGrader):
+    """The stated numeric answer, refused when an equation written before it is false.
+
+    Only the text up to the end of the stated answer is checked, so stopping a row at its
+    stated answer stays exact (:meth:`verdict_final` is the strict grader's).
+    """
+
+    name = "gsm8k_numeric_consistent"
+    lenient_name = "gsm8k_numeric_lenient"
+
+    def _grade(self, response: str, gold: str, ended: bool = True) -> Grade:
+        grade = super()._grade(response, gold, ended)
+        if grade.reward < 1.0:
+            return grade
+        stated = stated_number(response, ended)
+        upto = response if stated is None else response[: stated.start + len(stated.text)]
+        equation = false_equation(upto)
+        if equation is None:
+            return grade
+        return Grade(0.0, f"false working: {equation}", grade.extracted, grade.where)
 
 
 @GRADERS.register("gsm8k_numeric_lenient")

@@ -22,7 +22,8 @@ from drllm.types import Grade
 
 GOLD_FOR = {"exact": "42", "mc_letter": "B", "mc_letter_lenient": "B",
             "math_boxed": r"\frac{1}{2}", "math_boxed_lenient": r"\frac{1}{2}",
-            "gsm8k_numeric": "#### 1,080", "gsm8k_numeric_lenient": "#### 1,080"}
+            "gsm8k_numeric": "#### 1,080", "gsm8k_numeric_lenient": "#### 1,080",
+            "gsm8k_numeric_consistent": "#### 1,080"}
 
 
 def test_registry_lists_every_grader_and_rejects_unknown() -> None:

@@ -19,6 +19,7 @@ from drllm.rewards.base import Grader
 EXPECTED_COUNTERPARTS = {
     "exact": None,
     "gsm8k_numeric": "gsm8k_numeric_lenient",
+    "gsm8k_numeric_consistent": "gsm8k_numeric_lenient",
     "gsm8k_numeric_lenient": "gsm8k_numeric_lenient",
     "math_boxed": "math_boxed_lenient",
     "math_boxed_lenient": "math_boxed_lenient",

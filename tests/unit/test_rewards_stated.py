@@ -86,9 +86,10 @@ def test_first_stated_of_a_prefix_waits_until_the_answer_is_complete() -> None:
 PIECES = ["7", "1", " ", ".", "\n", "The answer is ", "####", " = ", "+", "x", "**"]
 
 
-def test_stopping_at_the_stated_answer_is_exact() -> None:
+@pytest.mark.parametrize("grader", ["gsm8k_numeric", "gsm8k_numeric_consistent"])
+def test_stopping_at_the_stated_answer_is_exact(grader: str) -> None:
     """verdict_final(prefix) => every continuation grades the same, ended or cut."""
-    g = get_grader("gsm8k_numeric")
+    g = get_grader(grader)
     for n in (1, 2, 3):
         for parts in itertools.product(PIECES, repeat=n):
             prefix = "".join(parts)
