@@ -8,9 +8,9 @@ driver know evaluators only through :class:`Evaluator` and the picklable factory
 reference), so the model-backed :class:`ExecutorEvaluator` (below) and the test double
 :class:`drllm.testing.DummyEvaluator` are interchangeable.
 
-:class:`ExecutorEvaluator` holds one frozen model, the edited-path executor and the graders:
-the rows of a batch carry their own paths and run in one executor call; each response is
-graded with the example's grader. Tokenized prompts are cached per example, since a search
+:class:`ExecutorEvaluator` holds one frozen model, its evaluator engine (:mod:`drllm.engine`)
+and the graders: it tokenizes, submits the rows of a batch (each with its own path) to the
+engine and grades each response with the example's grader. Tokenized prompts are cached per example, since a search
 evaluates the same prompt along many paths. torch and transformers are imported lazily
 (inside the model-loading path) so that importing this module stays cheap in the driver.
 """
@@ -21,7 +21,7 @@ import abc
 import dataclasses
 import functools
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
@@ -232,22 +232,22 @@ def _prefixed_final(final: Any, prefix: str, text: str) -> bool:
 
 
 class ExecutorEvaluator(Evaluator):
-    """Generate greedily along each request's path with :class:`PathExecutor` and grade it.
+    """Generate greedily along each request's path with the evaluator engine and grade it.
 
     Args:
         model: a frozen HF causal LM the executor can drive.
         tokenizer: its tokenizer.
         model_id: id reported in :class:`EvaluatorInfo` and written to shards.
-        generation: max new tokens and stop strings.
+        generation: max new tokens, stop strings, the reuse levers and the engine's knobs.
         constraints: path rules the executor enforces; give the search's
             (``MCTSConfig.constraints``) so every path the search proposes is accepted.
         prompt_cache_size: tokenized prompts kept (one per example, least recently used out).
 
-    Work avoidance (``generation``'s levers, on by default, all exact): per (question, choice
-    order, grader) the default path's prefix entry is kept in :attr:`prefix_cache`
-    (``generation.prefix_cache_mb``); an edited request resumes from it (first edited block,
-    draft verification), a default request is answered from it, and a miss computes the
-    default path first. Grader-aware stopping stores the shorter response, graded the same.
+    The evaluator tokenizes, submits to its :class:`~drllm.engine.Engine` and grades. Work
+    avoidance (all exact) lives in the engine: with ``generation.reuse_prefix`` each row
+    carries a :class:`~drllm.engine.ReuseKey` per (question, choice order, grader stop rule),
+    and the engine's cache manager answers default requests and resumes edited ones from the
+    default path's states (:mod:`drllm.engine.reuse`).
     """
 
     name = "executor"
@@ -262,8 +262,9 @@ class ExecutorEvaluator(Evaluator):
         constraints: PathConstraints = DEFAULT_CONSTRAINTS,
         prompt_cache_size: int = 4096,
     ) -> None:
+        from drllm.engine import Engine
+        from drllm.engine.reuse import ReuseOptions
         from drllm.models.executor import PathExecutor
-        from drllm.models.prefix import PrefixCache
 
         if not isinstance(generation, GenerationConfig):
             raise TypeError(
@@ -271,25 +272,26 @@ class ExecutorEvaluator(Evaluator):
             )
         if prompt_cache_size < 1:
             raise ValueError(f"prompt_cache_size must be >= 1, got {prompt_cache_size}")
-        self.executor = PathExecutor(model, tokenizer, constraints,
-                                     dense_steps=generation.dense_steps)
-        self.prefix_cache = PrefixCache(int(generation.prefix_cache_mb * 2**20))
+        self.executor = PathExecutor(model, tokenizer, constraints)
+        g = generation
+        self.engine = Engine(self.executor, max_batch_tokens=g.max_batch_tokens,
+                             max_rows=g.max_rows, prefill_chunk=g.prefill_chunk,
+                             reuse=ReuseOptions(
+                                 draft=g.draft, draft_tokens=g.draft_tokens,
+                                 draft_pool=g.draft_pool, reuse_paths=g.reuse_paths,
+                                 paths_per_question=g.paths_per_question,
+                                 cache_bytes=int(g.prefix_cache_mb * 2**20),
+                                 max_defaults=prompt_cache_size))
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.generation = generation
         self._device = _model_device(model)
         self._cache_size = prompt_cache_size
         self._prompt_ids: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
-        #: The default path's generation per prefix key (small; kept after its entry is
-        #: evicted, so a later miss rebuilds the entry with one teacher-forced pass).
-        self._defaults: OrderedDict[tuple, Generation] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
-        #: Edited rows resumed from stored states: how many, how many from another edited
-        #: path's states, prompt blocks reused of all, draft tokens verified and accepted.
-        self.resume_counts: Counter[str] = Counter()
-        #: The executor's generations of the last :meth:`evaluate` call, one per row (request
-        #: and choice order), for benchmarks and tests.
+        #: The generations of the last :meth:`evaluate` call, one per row (request and choice
+        #: order), for benchmarks and tests.
         self.last_generations: list[Generation] = []
         #: Plausibility scores by (prompt ids, response ids): the default response's score is
         #: reused by every edited path that reproduces it.
@@ -383,16 +385,9 @@ class ExecutorEvaluator(Evaluator):
         prompts = [self._token_ids(r, prompt, j) for r, prompt, _, j in rows]
         paths = [LayerPath(r.path) for r, _, _, _ in rows]
         finals = [self._final(r.grader, r.answer_prefix) for r, _, _, _ in rows]
-        if self.generation.reuse_prefix:
-            keys = [(r.example_id, j, r.grader, tuple(ids))
-                    for (r, _, _, j), ids in zip(rows, prompts)]
-            generations = self._generate_reusing(keys, paths, finals)
-        else:
-            generations = self.executor.generate(
-                prompts, paths, finals=finals,
-                max_new_tokens=self.generation.max_new_tokens,
-                stop_strings=self.generation.stop_strings,
-            )
+        keys = [f"{r.example_id}/{j}" for r, _, _, j in rows]
+        generations = self._generate(prompts, paths, finals, keys,
+                                     [f"{r.grader}\x1f{r.answer_prefix}" for r, _, _, _ in rows])
         self.last_generations = generations
         graded = [graded_row(r, gold, gen) for (r, _, gold, _), gen
                   in zip(rows, generations, strict=True)]
@@ -443,106 +438,27 @@ class ExecutorEvaluator(Evaluator):
             return functools.partial(_prefixed_final, instance.verdict_final, prefix)
         return instance.verdict_final
 
-    def _generate_reusing(self, keys: list[tuple], paths: list[LayerPath],
-                          finals: list[Any]) -> list[Any]:
-        """Rows from the default path's prefix entries (computed first on a miss): a default
-        row is its entry's generation, an edited row resumes from the entry (exact)."""
-        from drllm.models.drafts import accept
+    def _generate(self, prompts: list[list[int]], paths: list[LayerPath], finals: list[Any],
+                  questions: list[str], stop_rules: list[str]) -> list[Generation]:
+        """One engine run over the rows; with ``reuse_prefix`` each carries its reuse key
+        (question and choice order, prompt, settings, grader stop rule)."""
+        from drllm.engine import EngineRequest, ReuseKey, Settings
 
-        entries: dict[tuple, Any] = {}
-        missing: dict[tuple, Any] = {}
-        for key, final in zip(keys, finals):
-            if key in entries or key in missing:
-                continue
-            entry = self.prefix_cache.get(key)
-            if entry is None:
-                missing[key] = final
-            else:
-                entries[key] = entry
-        known = {key: self._defaults[key] for key in missing if key in self._defaults}
-        unknown = {key: final for key, final in missing.items() if key not in known}
-        if unknown:  # the default path's output is needed first: generate it
-            prompts = [list(key[3]) for key in unknown]
-            gens = self.executor.generate(
-                prompts, None, finals=list(unknown.values()),
-                max_new_tokens=self.generation.max_new_tokens,
-                stop_strings=self.generation.stop_strings,
-            )
-            known.update(zip(unknown, gens))
-        if known:  # one teacher-forced pass rebuilds the states (an evicted entry: no decode)
-            prompts = [list(key[3]) for key in known]
-            gens = list(known.values())
-            for key, gen, entry in zip(known, gens, self.executor.record_prefixes(prompts, gens)):
-                entries[key] = entry
-                self.prefix_cache.put(key, entry)
-                self._defaults[key] = gen
-                self._defaults.move_to_end(key)
-            while len(self._defaults) > self._cache_size:
-                self._defaults.popitem(last=False)
-        out: list[Any] = [None] * len(keys)
-        edited = []
-        for i, (key, path) in enumerate(zip(keys, paths)):
-            if all(d == 1 for d in path):
-                e = entries[key]
-                out[i] = Generation(text=e.text, token_ids=e.tokens,
-                                    layers_executed=len(path) * len(e.tokens),
-                                    prompt_tokens=len(e.prompt), finish_reason=e.reason)
-            else:
-                edited.append(i)
-        if edited:
-            rows = [self._resume_row(entries[keys[i]], tuple(paths[i]), finals[i])
-                    for i in edited]
-            resumed, states = self.executor.resume(
-                rows, max_new_tokens=self.generation.max_new_tokens,
-                stop_strings=self.generation.stop_strings,
-                keep_states=self.generation.reuse_paths,
-            )
-            counts = self.resume_counts
-            for i, row, gen, st in zip(edited, rows, resumed, states):
-                out[i] = gen
-                entry = entries[keys[i]]
-                entry.remember(gen.token_ids)
-                counts["rows"] += 1
-                counts["from_path"] += row.base is not None
-                counts["prompt_blocks_reused"] += row.begin
-                counts["prompt_blocks"] += len(row.path)
-                if row.draft:
-                    accepted = accept(gen.token_ids, entry.tokens[: row.draft])
-                    entry.note_draft(accepted)
-                    counts["draft_tokens"] += row.draft
-                    counts["draft_accepted"] += accepted
-                if st is not None:
-                    entry.add_path(st, self.generation.paths_per_question)
-            for key in {keys[i] for i in edited}:
-                self.prefix_cache.refit(key)
-        return out
-
-    def _resume_row(self, entry: Any, path: tuple[int, ...], final: Any) -> Any:
-        """How an edited row resumes: from the stored path sharing the most leading blocks
-        with it (no draft), or from the default path with the default response as a draft
-        while verifications of this question accept tokens (:meth:`PrefixEntry.drafting_pays`).
-        """
-        from drllm.models.resume import ResumeRow
-
-        gen = self.generation
-        pool = gen.draft and gen.draft_pool
-        base, start = entry.base_for(path) if gen.reuse_paths else (None, 0)
-        if base is not None and not (gen.draft and entry.drafting_pays()):
-            return ResumeRow(path, entry, 0, final, pool=pool, base=base, start=start)
-        draft = 0
-        if gen.draft:
-            draft = entry.draft_length()
-            if gen.draft_tokens is not None:
-                draft = min(draft, gen.draft_tokens)
-        return ResumeRow(path, entry, draft, final, pool=pool)
+        settings = Settings(self.generation.max_new_tokens, tuple(self.generation.stop_strings))
+        requests = []
+        for ids, path, final, question, rule in zip(prompts, paths, finals, questions,
+                                                    stop_rules, strict=True):
+            key = (ReuseKey(question, tuple(ids), settings, rule)
+                   if self.generation.reuse_prefix else None)
+            requests.append(EngineRequest(tuple(ids), tuple(path), settings, final, key))
+        return self.engine.run(requests)
 
     def stats(self) -> dict[str, Any]:
-        """Prompt-cache and prefix-cache counters (hits, misses, bytes)."""
+        """Prompt-cache counters, the engine's counters and its reuse cache's."""
         return {"prompt_cache_hits": self.cache_hits, "prompt_cache_misses": self.cache_misses,
-                "prefix_cache": self.prefix_cache.stats(), "resumed": dict(self.resume_counts)}
+                "engine": dataclasses.asdict(self.engine.stats), **self.engine.cache.stats()}
 
     def close(self) -> None:
         logger.info("executor evaluator: %s", self.stats())
         self._prompt_ids.clear()
-        self._defaults.clear()
-        self.prefix_cache.clear()
+        self.engine.cache.clear()

@@ -62,7 +62,8 @@ class EngineStats:
         steps: scheduler steps; decode_steps: forward calls decoding running rows.
         prefill_tokens, decode_tokens: token positions fed by prefill / verification passes
             and by decode steps.
-        rows: rows generated (fresh or resumed); answered: requests answered from the cache.
+        rows: rows generated (fresh or resumed); answered: requests answered from the cache;
+            defaults: default-path rows generated for the cache (their states captured).
         prefill_s, decode_s: seconds in prefill (and verification) and in decode steps.
         peak_rows: most rows running at once.
     """
@@ -73,6 +74,7 @@ class EngineStats:
     decode_tokens: int = 0
     rows: int = 0
     answered: int = 0
+    defaults: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
     peak_rows: int = 0
@@ -247,6 +249,7 @@ class Engine:
         row = _Row(request, self._rule(request.settings), rids)
         if capture:
             row.capture = Capture(self.ex.num_layers)
+            self.stats.defaults += 1
             self._defaults[request.reuse] = row  # type: ignore[index]
         if len(request.ids) > self.prefill_chunk:
             self._chunked.append(_Chunked(row, SlotKVCache(
