@@ -1,6 +1,7 @@
 """``search-engine``: a real search run twice, with the per-call evaluator and with the engine.
 
-The same in-process search (same questions, seed, ``search=paper`` MCTS config, the dataset's
+The same in-process search (same questions, seed, ``search=paper`` MCTS config (``--num-simulations``
+for quick runs), the dataset's
 generation budget, SmolLM2-135M-Instruct, one evaluator worker, no Ray) runs with
 
 * ``plain``: :class:`~drllm.bench.call_evaluator.CallEvaluator`, the evaluator before the
@@ -38,14 +39,15 @@ TASKS = {
 
 
 def _search(evaluator_cls: type, examples: list, render: Any, generation: Any,
-            model_spec: Any, batch: int, trees: int) -> tuple[list, float, dict]:
+            model_spec: Any, batch: int, trees: int, simulations: int
+            ) -> tuple[list, float, dict]:
     """One in-process search; its records, wall seconds and the evaluator's stats."""
     from drllm.distributed import (
         DriverConfig, EvaluationPool, EvaluatorSpec, ListSink, LocalTransport, SearchDriver,
     )
     from drllm.search import MCTSConfig
 
-    mcts = MCTSConfig()
+    mcts = MCTSConfig(num_simulations=simulations)
     spec = EvaluatorSpec(evaluator_cls, {"model": model_spec, "generation": generation,
                                          "constraints": mcts.constraints})
     transport = LocalTransport(spec, 1)
@@ -80,7 +82,8 @@ def _fingerprint(record: Any) -> tuple:
 
 
 def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int | None = None,
-             batch_plain: int = 16, batch_engine: int = 64, trees: int = 32) -> dict[str, Any]:
+             batch_plain: int = 16, batch_engine: int = 64, trees: int = 32,
+             simulations: int = 50) -> dict[str, Any]:
     """Search one task with both evaluators; the JSON line's fields."""
     import torch
 
@@ -102,9 +105,9 @@ def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int 
                                   min_plausibility=config.min_plausibility)
     render = lambda ex: prompts[ex.id]  # noqa: E731
     plain, plain_s, plain_stats = _search(CallEvaluator, examples, render, generation,
-                                          model_spec, batch_plain, trees)
+                                          model_spec, batch_plain, trees, simulations)
     engine, engine_s, engine_stats = _search(ExecutorEvaluator, examples, render, generation,
-                                             model_spec, batch_engine, trees)
+                                             model_spec, batch_engine, trees, simulations)
     a = sorted(map(_fingerprint, plain))
     b = sorted(map(_fingerprint, engine))
     n_plain, n_engine = plain_stats["evaluations"], engine_stats["evaluations"]
@@ -116,7 +119,7 @@ def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int 
         "speedup": round((n_engine / engine_s) / (n_plain / plain_s), 3),
         "exact": a == b and n_plain == n_engine, "records": len(engine),
         "seconds_plain": round(plain_s, 1), "seconds_engine": round(engine_s, 1),
-        "batch_plain": batch_plain, "batch_engine": batch_engine,
+        "simulations": simulations, "batch_plain": batch_plain, "batch_engine": batch_engine,
         "engine_prefill_s": round(split.get("prefill_s", 0.0), 1),
         "engine_decode_s": round(split.get("decode_s", 0.0), 1),
         "engine_peak_rows": split.get("peak_rows"),
@@ -137,6 +140,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--batch-engine", type=int, default=64,
                         help="requests per call handed to the engine")
     parser.add_argument("--trees", type=int, default=32, help="trees searched at once")
+    parser.add_argument("--num-simulations", type=int, default=50,
+                        help="MCTS simulations per question (default: the paper's 50)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
 
 
@@ -152,7 +157,8 @@ def run_from_args(args: Any) -> dict[str, Any]:
             raise SystemExit(f"unknown task {task!r}; choose from {sorted(TASKS)}")
         result = run_task(task, num_examples=args.num_examples,
                           max_new_tokens=args.max_new_tokens, batch_plain=args.batch_plain,
-                          batch_engine=args.batch_engine, trees=args.trees)
+                          batch_engine=args.batch_engine, trees=args.trees,
+                          simulations=args.num_simulations)
         print(json.dumps(result, sort_keys=True), flush=True)
         out[task] = result
     return out
