@@ -36,15 +36,15 @@ from typing import Any, Optional, Sequence
 import torch
 
 from drllm.engine.batch import drop_rows, merge_states, slot_row_kv
+from drllm.engine.prefill import ChunkedPrefill, prefill_group
 from drllm.engine.request import EngineRequest, EngineResult, ReuseKey, Settings
 from drllm.engine.reuse import CacheManager, Capture, ReuseOptions, default_generation
 from drllm.models.buckets import plan_buckets
 from drllm.models.decoding import (
-    CACHE_CHUNK, COMPACT_FRACTION, DecodeState, draft_cap, drafted_step, plain_step,
+    COMPACT_FRACTION, DecodeState, draft_cap, drafted_step, plain_step,
 )
 from drllm.models.drafts import Proposer, pool_proposer
 from drllm.models.forward import plan_steps
-from drllm.models.kv import SlotKVCache
 from drllm.models.prefix import PathStates, PrefixEntry
 from drllm.models.resume import ResumeRow, resume_start
 from drllm.models.stopping import StopRule
@@ -95,15 +95,6 @@ class _Row:
     proposer: Optional[Proposer] = None
 
 
-@dataclass(eq=False)
-class _Chunked:
-    """A long prompt prefilled one chunk per step before it joins the running batch."""
-
-    row: _Row
-    cache: SlotKVCache
-    done: int = 0
-
-
 class Engine:
     """Continuous batching over a :class:`~drllm.models.executor.PathExecutor`.
 
@@ -133,7 +124,7 @@ class Engine:
         self._waiting: deque[tuple[int, EngineRequest]] = deque()
         self._blocked: dict[ReuseKey, list[tuple[int, EngineRequest]]] = {}
         self._defaults: dict[ReuseKey, _Row] = {}  # default rows generating, by key
-        self._chunked: list[_Chunked] = []
+        self._chunked: list[tuple[_Row, ChunkedPrefill]] = []
         self._rows: list[_Row] = []  # running rows, aligned with the batch rows of _state
         self._state: Optional[DecodeState] = None
         self._plan: Optional[list] = None
@@ -252,8 +243,7 @@ class Engine:
             self.stats.defaults += 1
             self._defaults[request.reuse] = row  # type: ignore[index]
         if len(request.ids) > self.prefill_chunk:
-            self._chunked.append(_Chunked(row, SlotKVCache(
-                capacity=len(request.ids) + CACHE_CHUNK, grow=CACHE_CHUNK)))
+            self._chunked.append((row, ChunkedPrefill(request.ids, request.path, row.capture)))
             return "chunked"
         fresh.append(row)
         return "prefill"
@@ -267,76 +257,25 @@ class Engine:
         groups = plan_buckets([len(r.request.ids) for r in rows], self.ex.bucket_overhead_tokens)
         for start, end in groups:
             group = rows[start:end]
-            self._join(group, self._prefill_group(group))
+            ids = [r.request.ids for r in group]
+            self.stats.prefill_tokens += len(group) * max(map(len, ids))
+            self._join(group, prefill_group(self.ex, ids, [r.request.path for r in group],
+                                            [r.capture for r in group]))
         self.stats.prefill_s += time.perf_counter() - t0
-
-    def _prefill_group(self, group: list[_Row]) -> DecodeState:
-        ex = self.ex
-        ids = [list(r.request.ids) for r in group]
-        input_ids, mask = ex.left_pad(ids)
-        width = input_ids.shape[1]
-        lengths = [len(s) for s in ids]
-        captures = [(j, r.capture, lengths[j]) for j, r in enumerate(group) if r.capture]
-
-        def observe(block: int, hidden: torch.Tensor) -> None:
-            for j, capture, n in captures:
-                capture.prompt[block] = hidden[j, width - n:].clone()
-
-        cache = SlotKVCache(capacity=width + CACHE_CHUNK, grow=CACHE_CHUNK)
-        decisions = [list(r.request.path) for r in group]
-        hidden = ex.runner.run(
-            ex.embed(input_ids), (mask.cumsum(1) - 1).clamp_(min=0), mask.bool(), decisions,
-            all_valid=min(lengths) == width, cache=cache,
-            observe=observe if captures else None,
-        )
-        self.stats.prefill_tokens += len(group) * width
-        valid = torch.zeros((len(group), width + CACHE_CHUNK), dtype=torch.bool,
-                            device=ex.device)
-        for j, n in enumerate(lengths):
-            valid[j, width - n: width] = True
-        return DecodeState(
-            cache=cache, valid=valid, length=width, all_valid=min(lengths) == width,
-            next_tokens=ex.head(hidden[:, -1:])[:, -1].float().argmax(-1),
-            next_positions=torch.tensor(lengths, device=ex.device),
-            decisions=decisions, rows=list(range(len(group))),
-        )
 
     def _advance_chunked(self, budget: int) -> int:
         """Feed the next chunk of each long prompt being prefilled; join the complete ones."""
-        ex = self.ex
-        for item in list(self._chunked):
-            if budget <= 0 and (self._rows or item is not self._chunked[0]):
+        for row, item in list(self._chunked):
+            if budget <= 0 and (self._rows or item is not self._chunked[0][1]):
                 break
-            ids = item.row.request.ids
-            start, end = item.done, min(item.done + self.prefill_chunk, len(ids))
-            capture = item.row.capture
-
-            def observe(block: int, hidden: torch.Tensor, capture=capture) -> None:
-                part = hidden[0].clone()
-                prev = capture.prompt[block]
-                capture.prompt[block] = part if prev is None else torch.cat([prev, part])
-
-            hidden = ex.runner.run(
-                ex.embed(torch.tensor([ids[start:end]], device=ex.device)),
-                torch.arange(start, end, device=ex.device)[None],
-                torch.ones((1, end), dtype=torch.bool, device=ex.device),
-                [list(item.row.request.path)], all_valid=True, cache=item.cache,
-                observe=observe if capture else None,
-            )
-            self.stats.prefill_tokens += end - start
-            budget -= end - start
-            item.done = end
-            if end < len(ids):
-                continue
-            self._chunked.remove(item)
-            valid = torch.ones((1, end + CACHE_CHUNK), dtype=torch.bool, device=ex.device)
-            valid[:, end:] = False
-            self._join([item.row], DecodeState(
-                cache=item.cache, valid=valid, length=end, all_valid=True,
-                next_tokens=ex.head(hidden[:, -1:])[:, -1].float().argmax(-1),
-                next_positions=torch.tensor([end], device=ex.device),
-                decisions=[list(item.row.request.path)], rows=[0],
-            ))
+            t0 = time.perf_counter()
+            fed, state = item.advance(self.ex, self.prefill_chunk)
+            self.stats.prefill_tokens += fed
+            budget -= fed
+            if state is not None:
+                self._chunked.remove((row, item))
+                self._join([row], state)
+            self.stats.prefill_s += time.perf_counter() - t0
         return budget
 
     def _resume(self, items: list[tuple[_Row, ResumeRow]]) -> None:
