@@ -149,13 +149,32 @@ class Engine:
                     or self._finished)
 
     def run(self, requests: Sequence[EngineRequest]) -> list[Generation]:
-        """Submit ``requests``, step until they are all done; their generations in order."""
-        ids = [self.submit(r) for r in requests]
+        """Submit ``requests``, step until they are all done; their generations in order.
+
+        If anything raises (a bad request, a grader predicate, the model), every request in
+        the engine is dropped (:meth:`abort`) before the error propagates, so the engine
+        stays usable (the reuse cache is kept)."""
         out: dict[int, Generation] = {}
-        while len(out) < len(ids):
-            for result in self.step():
-                out[result.request_id] = result.generation
+        try:
+            ids = [self.submit(r) for r in requests]
+            wanted = set(ids)
+            while len(out) < len(ids):
+                for result in self.step():
+                    if result.request_id in wanted:
+                        out[result.request_id] = result.generation
+        except BaseException:
+            self.abort()
+            raise
         return [out[i] for i in ids]
+
+    def abort(self) -> None:
+        """Drop every waiting, blocked and running request (their results never come)."""
+        self._waiting.clear()
+        self._blocked.clear()
+        self._defaults.clear()
+        self._chunked.clear()
+        self._rows, self._state, self._plan = [], None, None
+        self._finished = []
 
     def _rule(self, settings: Settings) -> StopRule:
         rule = self._rules.get(settings)

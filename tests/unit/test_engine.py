@@ -190,3 +190,19 @@ def test_rejects_bad_requests(tok) -> None:
         EngineRequest((1, 2), (1,) * L, reuse=ReuseKey("q", (1, 3), Settings()))
     with pytest.raises(ValueError, match="max_rows"):
         Engine(ex, max_rows=0)
+
+
+def test_an_error_drops_the_run_and_the_engine_stays_usable(tok) -> None:
+    ex = PathExecutor(tiny_model("qwen2", num_layers=L), tok)
+    engine = Engine(ex)
+    ids = ex.encode(PROMPTS)
+
+    def broken(text: str) -> bool:
+        raise RuntimeError("grader predicate failed")
+
+    good = EngineRequest(tuple(ids[0]), tuple(PATHS[1]), Settings(6))
+    with pytest.raises(RuntimeError, match="predicate"):
+        engine.run([good, EngineRequest(tuple(ids[1]), (1,) * L, Settings(6), final=broken)])
+    assert not engine.busy
+    again = engine.run([good])
+    assert again[0].token_ids == ex.generate([ids[0]], [PATHS[1]], max_new_tokens=6)[0].token_ids
