@@ -1,5 +1,7 @@
 """``search-work``: what the exact work-avoidance levers buy on a real search's requests.
 
+Measures the levers on the per-call executor (:class:`~drllm.bench.call_evaluator.CallEvaluator`,
+the evaluator before :mod:`drllm.engine`; ``search-engine`` compares it with the engine).
 Replays a request stream recorded from a real search (:mod:`drllm.bench.search_stream`:
 SmolLM2-135M-Instruct, ARC-Easy, ``search=paper``, 16 new tokens, the search job's batching:
 32 trees at once, calls of at most 16 requests; the committed recording, or ``--record N``
@@ -53,7 +55,7 @@ from drllm.bench.search_stream import (
     save_stream,
 )
 from drllm.distributed.config import GenerationConfig
-from drllm.distributed.evaluator import ExecutorEvaluator
+from drllm.bench.call_evaluator import CallEvaluator
 from drllm.types import EvalRequest
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ def _requests(stream: RequestStream, dataset: str, data_path: str, tokenizer: An
     return calls
 
 
-def _replay(evaluators: dict[str, ExecutorEvaluator],
+def _replay(evaluators: dict[str, CallEvaluator],
             calls: Sequence[Sequence[EvalRequest]]) -> dict[str, dict]:
     """Evaluate every call in order with every evaluator in turn (interleaved, so that a
     change of machine load hits every configuration alike): per configuration its wall time,
@@ -176,7 +178,7 @@ def _exact(run: dict, plain: dict, grader_stop: bool) -> bool:
     return not any(_mismatches(run, plain, grader_stop).values())
 
 
-def _serial(model: Any, evaluator: ExecutorEvaluator, calls: Sequence[Sequence[EvalRequest]],
+def _serial(model: Any, evaluator: CallEvaluator, calls: Sequence[Sequence[EvalRequest]],
             max_new_tokens: int) -> dict:
     """The authors' method on the stream's skip-only requests, one at a time."""
     reqs = [r for call in calls for r in call if all(d != 2 for d in r.path)]
@@ -212,15 +214,15 @@ def run_search_work(
             continue
         gen = replace(GenerationConfig(max_new_tokens=max_new_tokens, prefix_cache_mb=cache_mb),
                       **overrides)
-        evaluator = ExecutorEvaluator(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
+        evaluator = CallEvaluator(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
                                       generation=gen)
         if eager_compact:
             evaluator.executor.compact_fraction = 0.0
         evaluators[label] = evaluator
-    ExecutorEvaluator(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
+    CallEvaluator(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
                       generation=GenerationConfig(max_new_tokens=2)).evaluate(calls[0][:1])
     runs = _replay(evaluators, calls)
-    stats = {label: ev.prefix_cache.stats() for label, ev in evaluators.items()}
+    stats = {label: ev.cache.prefixes.stats() for label, ev in evaluators.items()}
     for label, run in runs.items():
         logger.info("%s: %.3f evals/s (%.1f s)", label, run["evals_per_s"], run["seconds"])
     plain = runs["plain"]
@@ -241,7 +243,7 @@ def run_search_work(
         "exact_by_lever": exact, "exact": all(exact.values()),
         "mismatches": mismatches,
         "cache": stats[last],
-        "resumed": dict(evaluators[last].resume_counts),
+        "resumed": dict(evaluators[last].cache.counts),
         "cache_mb_peak": round(stats[last]["peak_bytes"] / 2**20, 1),
         "mean_new_tokens_plain": round(sum(map(len, plain["tokens"])) / max(n, 1), 2),
         "torch_threads": torch.get_num_threads(),

@@ -48,8 +48,12 @@ class WorkAvoidance:
         prefix_cache_mb: memory of the per-evaluator prefix cache (MiB; edited paths'
             states, then least recently used questions out; sizes per question and path:
             README, *Benchmarks*).
-        dense_steps: run every row through every block a step needs and select per row
-            (``torch.where``) instead of gathering sub-batches: static shapes, for GPUs.
+        max_batch_tokens: the evaluator engine's token budget per step (running rows count
+            one each, rows being prefilled their prompt tokens; :mod:`drllm.engine`).
+        max_rows: rows the engine runs at once at most.
+        prefill_chunk: prompts longer than this are prefilled in chunks of it, one per step.
+
+    The last three schedule the engine; they change speed and memory, never tokens.
     """
 
     reuse_prefix: bool = True
@@ -60,16 +64,19 @@ class WorkAvoidance:
     paths_per_question: int = 8
     grader_stop: bool = True
     prefix_cache_mb: float = 1024.0
-    dense_steps: bool = False
+    max_batch_tokens: int = 4096
+    max_rows: int = 64
+    prefill_chunk: int = 1024
 
     def __post_init__(self) -> None:
-        for name in ("reuse_prefix", "draft", "draft_pool", "reuse_paths", "grader_stop",
-                     "dense_steps"):
+        for name in ("reuse_prefix", "draft", "draft_pool", "reuse_paths", "grader_stop"):
             check_bool(type(self).__name__, name, getattr(self, name))
         if self.draft_tokens is not None:
             check_int(type(self).__name__, "draft_tokens", self.draft_tokens, 1)
         check_int(type(self).__name__, "paths_per_question", self.paths_per_question, 1)
         check_real(type(self).__name__, "prefix_cache_mb", self.prefix_cache_mb, 0.0)
+        for name in ("max_batch_tokens", "max_rows", "prefill_chunk"):
+            check_int(type(self).__name__, name, getattr(self, name), 1)
 
     @property
     def levers(self) -> dict:

@@ -8,9 +8,9 @@ driver know evaluators only through :class:`Evaluator` and the picklable factory
 reference), so the model-backed :class:`ExecutorEvaluator` (below) and the test double
 :class:`drllm.testing.DummyEvaluator` are interchangeable.
 
-:class:`ExecutorEvaluator` holds one frozen model, the edited-path executor and the graders:
-the rows of a batch carry their own paths and run in one executor call; each response is
-graded with the example's grader. Tokenized prompts are cached per example, since a search
+:class:`ExecutorEvaluator` holds one frozen model, its evaluator engine (:mod:`drllm.engine`)
+and the graders: it tokenizes, submits the rows of a batch (each with its own path) to the
+engine and grades each response with the example's grader. Tokenized prompts are cached per example, since a search
 evaluates the same prompt along many paths. torch and transformers are imported lazily
 (inside the model-loading path) so that importing this module stays cheap in the driver.
 """
@@ -21,10 +21,11 @@ import abc
 import dataclasses
 import functools
 import logging
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
 
+from drllm.choice_orders import PromptIds, combine_orders, graded_row, order_rows, per_request
 from drllm.distributed.config import GenerationConfig
 from drllm.paths import DEFAULT_CONSTRAINTS, LayerPath, PathConstraints
 from drllm.types import EvalRequest, Evaluation, Generation
@@ -193,61 +194,27 @@ def _model_device(model: Any) -> str:
         return "cpu"
 
 
-def graded_row(request: EvalRequest, gold: str, gen: Generation) -> Evaluation:
-    """One generated row graded: the answer prefix goes in front of the response, and a row
-    cut by its token budget is graded as not ended (a stated answer must be complete)."""
-    from drllm.rewards import get_grader
-
-    response = request.answer_prefix + gen.text
-    grade = get_grader(request.grader).grade(response, gold,
-                                             ended=gen.finish_reason != "length")
-    return Evaluation(reward=float(grade.reward), response=response,
-                      layers_executed=int(gen.layers_executed), reason=grade.reason,
-                      extracted=grade.extracted, where=grade.where,
-                      response_tokens=len(gen.token_ids), finish_reason=gen.finish_reason)
-
-
-def combine_orders(rows: Sequence[Evaluation]) -> Evaluation:
-    """One evaluation from every choice order's row (the first is the request's own).
-
-    Correct only if every order's answer is; the response, reading and block count are the
-    first order's (what the supervision row shows), the reason says how many orders were
-    right; the plausibility is the least of the orders', implausible if any order's was.
-    """
-    first, others = rows[0], rows[1:]
-    if not others:
-        return first
-    right = sum(r.reward >= 1.0 for r in rows)
-    scores = [r.plausibility for r in rows if r.plausibility is not None]
-    return dataclasses.replace(
-        first, reward=min(float(r.reward) for r in rows),
-        reason=f"{first.reason}; {right}/{len(rows)} choice orders correct",
-        plausibility=min(scores) if scores else None,
-        implausible=any(r.implausible for r in rows),
-    )
-
-
 def _prefixed_final(final: Any, prefix: str, text: str) -> bool:
     return final(prefix + text)
 
 
 class ExecutorEvaluator(Evaluator):
-    """Generate greedily along each request's path with :class:`PathExecutor` and grade it.
+    """Generate greedily along each request's path with the evaluator engine and grade it.
 
     Args:
         model: a frozen HF causal LM the executor can drive.
         tokenizer: its tokenizer.
         model_id: id reported in :class:`EvaluatorInfo` and written to shards.
-        generation: max new tokens and stop strings.
+        generation: max new tokens, stop strings, the reuse levers and the engine's knobs.
         constraints: path rules the executor enforces; give the search's
             (``MCTSConfig.constraints``) so every path the search proposes is accepted.
         prompt_cache_size: tokenized prompts kept (one per example, least recently used out).
 
-    Work avoidance (``generation``'s levers, on by default, all exact): per (question, choice
-    order, grader) the default path's prefix entry is kept in :attr:`prefix_cache`
-    (``generation.prefix_cache_mb``); an edited request resumes from it (first edited block,
-    draft verification), a default request is answered from it, and a miss computes the
-    default path first. Grader-aware stopping stores the shorter response, graded the same.
+    The evaluator tokenizes, submits to its :class:`~drllm.engine.Engine` and grades. Work
+    avoidance (all exact) lives in the engine: with ``generation.reuse_prefix`` each row
+    carries a :class:`~drllm.engine.ReuseKey` per (question, choice order, grader stop rule),
+    and the engine's cache manager answers default requests and resumes edited ones from the
+    default path's states (:mod:`drllm.engine.reuse`).
     """
 
     name = "executor"
@@ -262,8 +229,9 @@ class ExecutorEvaluator(Evaluator):
         constraints: PathConstraints = DEFAULT_CONSTRAINTS,
         prompt_cache_size: int = 4096,
     ) -> None:
+        from drllm.engine import Engine
+        from drllm.engine.reuse import ReuseOptions
         from drllm.models.executor import PathExecutor
-        from drllm.models.prefix import PrefixCache
 
         if not isinstance(generation, GenerationConfig):
             raise TypeError(
@@ -271,25 +239,24 @@ class ExecutorEvaluator(Evaluator):
             )
         if prompt_cache_size < 1:
             raise ValueError(f"prompt_cache_size must be >= 1, got {prompt_cache_size}")
-        self.executor = PathExecutor(model, tokenizer, constraints,
-                                     dense_steps=generation.dense_steps)
-        self.prefix_cache = PrefixCache(int(generation.prefix_cache_mb * 2**20))
+        self.executor = PathExecutor(model, tokenizer, constraints)
+        g = generation
+        self.engine = Engine(self.executor, max_batch_tokens=g.max_batch_tokens,
+                             max_rows=g.max_rows, prefill_chunk=g.prefill_chunk,
+                             reuse=ReuseOptions(
+                                 draft=g.draft, draft_tokens=g.draft_tokens,
+                                 draft_pool=g.draft_pool, reuse_paths=g.reuse_paths,
+                                 paths_per_question=g.paths_per_question,
+                                 cache_bytes=int(g.prefix_cache_mb * 2**20),
+                                 max_defaults=prompt_cache_size))
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.generation = generation
         self._device = _model_device(model)
         self._cache_size = prompt_cache_size
-        self._prompt_ids: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
-        #: The default path's generation per prefix key (small; kept after its entry is
-        #: evicted, so a later miss rebuilds the entry with one teacher-forced pass).
-        self._defaults: OrderedDict[tuple, Generation] = OrderedDict()
-        self.cache_hits = 0
-        self.cache_misses = 0
-        #: Edited rows resumed from stored states: how many, how many from another edited
-        #: path's states, prompt blocks reused of all, draft tokens verified and accepted.
-        self.resume_counts: Counter[str] = Counter()
-        #: The executor's generations of the last :meth:`evaluate` call, one per row (request
-        #: and choice order), for benchmarks and tests.
+        self._ids = PromptIds(lambda text: self.executor.encode([text])[0], prompt_cache_size)
+        #: The generations of the last :meth:`evaluate` call, one per row (request and choice
+        #: order), for benchmarks and tests.
         self.last_generations: list[Generation] = []
         #: Plausibility scores by (prompt ids, response ids): the default response's score is
         #: reused by every edited path that reproduces it.
@@ -333,20 +300,15 @@ class ExecutorEvaluator(Evaluator):
     def info(self) -> EvaluatorInfo:
         return EvaluatorInfo(self.name, self.model_id, self.executor.num_layers, self._device)
 
-    def _token_ids(self, request: EvalRequest, prompt: str, order: int = 0) -> list[int]:
-        """Token ids of a rendered prompt, cached per (example id, choice order)."""
-        key = f"{request.example_id}\x1f{order}"
-        hit = self._prompt_ids.get(key)
-        if hit is not None and hit[0] == prompt:
-            self._prompt_ids.move_to_end(key)
-            self.cache_hits += 1
-            return hit[1]
-        self.cache_misses += 1
-        ids = self.executor.encode([prompt])[0]
-        self._prompt_ids[key] = (prompt, ids)
-        if len(self._prompt_ids) > self._cache_size:
-            self._prompt_ids.popitem(last=False)
-        return ids
+    @property
+    def cache_hits(self) -> int:
+        """Tokenized prompts served from the prompt cache."""
+        return self._ids.hits
+
+    @property
+    def cache_misses(self) -> int:
+        """Prompts tokenized."""
+        return self._ids.misses
 
     def evaluate(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
         """One executor call for the generated requests of the batch (rows with different
@@ -377,30 +339,20 @@ class ExecutorEvaluator(Evaluator):
 
     def _generate_and_grade(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
         """Generated answers: one executor call, grading, the plausibility guard."""
-        # One row per (request, choice order): the request's own prompt, then its variants'.
-        rows = [(r, prompt, gold, j) for r in requests
-                for j, (prompt, gold) in enumerate(((r.prompt, r.gold), *r.variants))]
-        prompts = [self._token_ids(r, prompt, j) for r, prompt, _, j in rows]
-        paths = [LayerPath(r.path) for r, _, _, _ in rows]
-        finals = [self._final(r.grader, r.answer_prefix) for r, _, _, _ in rows]
-        if self.generation.reuse_prefix:
-            keys = [(r.example_id, j, r.grader, tuple(ids))
-                    for (r, _, _, j), ids in zip(rows, prompts)]
-            generations = self._generate_reusing(keys, paths, finals)
-        else:
-            generations = self.executor.generate(
-                prompts, paths, finals=finals,
-                max_new_tokens=self.generation.max_new_tokens,
-                stop_strings=self.generation.stop_strings,
-            )
+        rows = order_rows(requests)
+        owners = [requests[row.index] for row in rows]
+        prompts = [self._ids.get(r.example_id, row.order, row.prompt)
+                   for r, row in zip(owners, rows)]
+        paths = [LayerPath(r.path) for r in owners]
+        finals = [self._final(r.grader, r.answer_prefix) for r in owners]
+        keys = [f"{r.example_id}/{row.order}" for r, row in zip(owners, rows)]
+        generations = self._generate(prompts, paths, finals, keys,
+                                     [f"{r.grader}\x1f{r.answer_prefix}" for r in owners])
         self.last_generations = generations
-        graded = [graded_row(r, gold, gen) for (r, _, gold, _), gen
-                  in zip(rows, generations, strict=True)]
+        graded = [graded_row(r, row.gold, gen)
+                  for r, row, gen in zip(owners, rows, generations, strict=True)]
         graded = self._guard(graded, prompts, generations, paths)
-        per_request: dict[int, list[Evaluation]] = {}
-        for (request, _, _, _), ev in zip(rows, graded):
-            per_request.setdefault(id(request), []).append(ev)
-        return [combine_orders(per_request[id(r)]) for r in requests]
+        return [combine_orders(orders) for orders in per_request(rows, graded, len(requests))]
 
     def _guard(self, graded: list[Evaluation], prompts: list[list[int]],
                generations: list[Generation], paths: list[LayerPath]) -> list[Evaluation]:
@@ -443,106 +395,27 @@ class ExecutorEvaluator(Evaluator):
             return functools.partial(_prefixed_final, instance.verdict_final, prefix)
         return instance.verdict_final
 
-    def _generate_reusing(self, keys: list[tuple], paths: list[LayerPath],
-                          finals: list[Any]) -> list[Any]:
-        """Rows from the default path's prefix entries (computed first on a miss): a default
-        row is its entry's generation, an edited row resumes from the entry (exact)."""
-        from drllm.models.drafts import accept
+    def _generate(self, prompts: list[list[int]], paths: list[LayerPath], finals: list[Any],
+                  questions: list[str], stop_rules: list[str]) -> list[Generation]:
+        """One engine run over the rows; with ``reuse_prefix`` each carries its reuse key
+        (question and choice order, prompt, settings, grader stop rule)."""
+        from drllm.engine import EngineRequest, ReuseKey, Settings
 
-        entries: dict[tuple, Any] = {}
-        missing: dict[tuple, Any] = {}
-        for key, final in zip(keys, finals):
-            if key in entries or key in missing:
-                continue
-            entry = self.prefix_cache.get(key)
-            if entry is None:
-                missing[key] = final
-            else:
-                entries[key] = entry
-        known = {key: self._defaults[key] for key in missing if key in self._defaults}
-        unknown = {key: final for key, final in missing.items() if key not in known}
-        if unknown:  # the default path's output is needed first: generate it
-            prompts = [list(key[3]) for key in unknown]
-            gens = self.executor.generate(
-                prompts, None, finals=list(unknown.values()),
-                max_new_tokens=self.generation.max_new_tokens,
-                stop_strings=self.generation.stop_strings,
-            )
-            known.update(zip(unknown, gens))
-        if known:  # one teacher-forced pass rebuilds the states (an evicted entry: no decode)
-            prompts = [list(key[3]) for key in known]
-            gens = list(known.values())
-            for key, gen, entry in zip(known, gens, self.executor.record_prefixes(prompts, gens)):
-                entries[key] = entry
-                self.prefix_cache.put(key, entry)
-                self._defaults[key] = gen
-                self._defaults.move_to_end(key)
-            while len(self._defaults) > self._cache_size:
-                self._defaults.popitem(last=False)
-        out: list[Any] = [None] * len(keys)
-        edited = []
-        for i, (key, path) in enumerate(zip(keys, paths)):
-            if all(d == 1 for d in path):
-                e = entries[key]
-                out[i] = Generation(text=e.text, token_ids=e.tokens,
-                                    layers_executed=len(path) * len(e.tokens),
-                                    prompt_tokens=len(e.prompt), finish_reason=e.reason)
-            else:
-                edited.append(i)
-        if edited:
-            rows = [self._resume_row(entries[keys[i]], tuple(paths[i]), finals[i])
-                    for i in edited]
-            resumed, states = self.executor.resume(
-                rows, max_new_tokens=self.generation.max_new_tokens,
-                stop_strings=self.generation.stop_strings,
-                keep_states=self.generation.reuse_paths,
-            )
-            counts = self.resume_counts
-            for i, row, gen, st in zip(edited, rows, resumed, states):
-                out[i] = gen
-                entry = entries[keys[i]]
-                entry.remember(gen.token_ids)
-                counts["rows"] += 1
-                counts["from_path"] += row.base is not None
-                counts["prompt_blocks_reused"] += row.begin
-                counts["prompt_blocks"] += len(row.path)
-                if row.draft:
-                    accepted = accept(gen.token_ids, entry.tokens[: row.draft])
-                    entry.note_draft(accepted)
-                    counts["draft_tokens"] += row.draft
-                    counts["draft_accepted"] += accepted
-                if st is not None:
-                    entry.add_path(st, self.generation.paths_per_question)
-            for key in {keys[i] for i in edited}:
-                self.prefix_cache.refit(key)
-        return out
-
-    def _resume_row(self, entry: Any, path: tuple[int, ...], final: Any) -> Any:
-        """How an edited row resumes: from the stored path sharing the most leading blocks
-        with it (no draft), or from the default path with the default response as a draft
-        while verifications of this question accept tokens (:meth:`PrefixEntry.drafting_pays`).
-        """
-        from drllm.models.resume import ResumeRow
-
-        gen = self.generation
-        pool = gen.draft and gen.draft_pool
-        base, start = entry.base_for(path) if gen.reuse_paths else (None, 0)
-        if base is not None and not (gen.draft and entry.drafting_pays()):
-            return ResumeRow(path, entry, 0, final, pool=pool, base=base, start=start)
-        draft = 0
-        if gen.draft:
-            draft = entry.draft_length()
-            if gen.draft_tokens is not None:
-                draft = min(draft, gen.draft_tokens)
-        return ResumeRow(path, entry, draft, final, pool=pool)
+        settings = Settings(self.generation.max_new_tokens, tuple(self.generation.stop_strings))
+        requests = []
+        for ids, path, final, question, rule in zip(prompts, paths, finals, questions,
+                                                    stop_rules, strict=True):
+            key = (ReuseKey(question, tuple(ids), settings, rule)
+                   if self.generation.reuse_prefix else None)
+            requests.append(EngineRequest(tuple(ids), tuple(path), settings, final, key))
+        return self.engine.run(requests)
 
     def stats(self) -> dict[str, Any]:
-        """Prompt-cache and prefix-cache counters (hits, misses, bytes)."""
+        """Prompt-cache counters, the engine's counters and its reuse cache's."""
         return {"prompt_cache_hits": self.cache_hits, "prompt_cache_misses": self.cache_misses,
-                "prefix_cache": self.prefix_cache.stats(), "resumed": dict(self.resume_counts)}
+                "engine": dataclasses.asdict(self.engine.stats), **self.engine.cache.stats()}
 
     def close(self) -> None:
         logger.info("executor evaluator: %s", self.stats())
-        self._prompt_ids.clear()
-        self._defaults.clear()
-        self.prefix_cache.clear()
+        self._ids.clear()
+        self.engine.cache.clear()

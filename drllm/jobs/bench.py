@@ -9,6 +9,8 @@ Example::
     python -m drllm.jobs.bench search-work                       # levers on a recorded ARC search
     python -m drllm.jobs.bench driver                            # driver ceiling, instant evaluator
     python -m drllm.jobs.bench search-work --dataset gsm8k --max-new-tokens 256 --max-requests 48
+    python -m drllm.jobs.bench gpu                               # engine vs HF generate, 1B-8B
+    python -m drllm.jobs.bench search-engine --tasks arc_easy --num-examples 8   # engine vs calls
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import sys
 from typing import Any, Callable
 
 from drllm.bench import driver as driver_bench
+from drllm.bench import gpu as gpu_bench
 from drllm.bench import search as search_bench
+from drllm.bench import search_engine as search_engine_bench
 from drllm.bench import search_work as search_work_bench
 from drllm.bench import train as train_bench
 
@@ -54,6 +58,8 @@ BENCHMARKS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "driver": (driver_bench.add_arguments, driver_bench.run_from_args),
     "search": (search_bench.add_arguments, search_bench.run_from_args),
     "search-work": (search_work_bench.add_arguments, search_work_bench.run_from_args),
+    "search-engine": (search_engine_bench.add_arguments, search_engine_bench.run_from_args),
+    "gpu": (gpu_bench.add_arguments, gpu_bench.run_from_args),
     "train": (train_bench.add_arguments, train_bench.run_from_args),
 }
 

@@ -190,9 +190,9 @@ def decode(
                 : min(cap, rule.max_new_tokens - len(tokens[row]) - 1)] if proposers[row] else ())
                       for row, d in zip(state.rows, done)]
         if any(drafts):
-            emitted = _drafted_step(ex, state, plan, drafts)
+            emitted = drafted_step(ex, state, plan, drafts)
         else:
-            _plain_step(ex, state, plan)
+            plain_step(ex, state, plan)
             emitted = [[t] for t in state.next_tokens.tolist()]
 
 
@@ -207,15 +207,17 @@ def draft_cap(rows: int) -> int:
     return max(1, DRAFT_STEP_TOKENS // max(rows, 1) - 1)
 
 
-def _plain_step(ex: Stepper, state: DecodeState, plan: list) -> None:
-    """Feed every active row its last token; ``state.next_tokens`` becomes the next ones."""
+def plain_step(ex: Stepper, state: DecodeState, plan: list, observe=None) -> None:
+    """Feed every active row its last token; ``state.next_tokens`` becomes the next ones.
+
+    ``observe``: sees the states entering each block (:meth:`BlockRunner.run`)."""
     _room(state, 1)
     state.valid[:, state.length] = True
     state.length += 1
     hidden = ex.runner.run(
         ex.embed(state.next_tokens[:, None]), state.next_positions[:, None],
         state.valid[:, : state.length], state.decisions, all_valid=state.all_valid,
-        cache=state.cache, plan=plan,
+        cache=state.cache, plan=plan, observe=observe,
     )
     state.next_tokens = ex.head(hidden)[:, -1].float().argmax(-1)
     state.next_positions = state.next_positions + 1
@@ -229,11 +231,11 @@ def _room(state: DecodeState, q: int) -> None:
         state.valid = torch.cat([state.valid, pad], dim=1)
 
 
-def _drafted_step(
-    ex: Stepper, state: DecodeState, plan: list, drafts: Sequence[Sequence[int]]
+def drafted_step(
+    ex: Stepper, state: DecodeState, plan: list, drafts: Sequence[Sequence[int]], observe=None,
 ) -> list[list[int]]:
     """Feed each row its last token and its draft in one call; per row, the tokens emitted
-    (the accepted draft and the greedy token after it)."""
+    (the accepted draft and the greedy token after it). ``observe`` as in :func:`plain_step`."""
     ids, real, q = drafted_inputs(state.next_tokens.tolist(), drafts, 0, ex.device)
     _room(state, q)
     start = state.length
@@ -242,7 +244,7 @@ def _drafted_step(
     positions = state.next_positions[:, None] + torch.arange(q, device=ex.device)
     hidden = ex.runner.run(
         ex.embed(ids), positions, state.valid[:, : state.length], state.decisions,
-        all_valid=False, cache=state.cache, plan=plan,
+        all_valid=False, cache=state.cache, plan=plan, observe=observe,
     )
     greedy = ex.head(hidden).float().argmax(-1).tolist()  # [B, q]
     emitted, nxt, advance = [], [], []

@@ -201,6 +201,7 @@ class BlockRunner:
         hook_mask: torch.Tensor | None = None,
         inject: Inject | None = None,
         dense: bool = False,
+        observe: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Run every block on ``hidden`` along ``decisions``.
 
@@ -217,6 +218,9 @@ class BlockRunner:
             inject: replaces the states entering a block (see :data:`Inject`); needs
                 ``plan is None``.
             dense: whole-batch steps with per-row selection (see :func:`block_steps`).
+            observe: ``observe(block, hidden [B, q, d])`` sees the states entering each block
+                that some row runs (after ``inject``; with or without a plan): the engine
+                keeps the default path's states during its own generation. Read only.
 
         Returns:
             ``[B, q, d]`` hidden states after the last block (before the final norm).
@@ -225,6 +229,8 @@ class BlockRunner:
         inputs = _CallInputs(self, hidden, positions, valid, all_valid)
         if plan is not None:
             for step in plan:
+                if observe is not None and step.pass_index == 0:
+                    observe(step.block, hidden)
                 hidden = self._run_step(step, hidden, inputs, cache)
             return hidden
         batch = hidden.shape[0]
@@ -238,6 +244,8 @@ class BlockRunner:
                     for row, d in enumerate(hook_decisions(chosen, block, batch)):
                         decisions[row][block] = d
             for step in block_steps(block, decisions, hidden.device, index_cache, dense):
+                if observe is not None and step.pass_index == 0:
+                    observe(block, hidden)
                 hidden = self._run_step(step, hidden, inputs, cache)
         return hidden
 

@@ -271,6 +271,74 @@ def _merged_cache(
     return SlotKVCache.from_slots(slots, length=width, grow=CACHE_CHUNK)
 
 
+@dataclass
+class Resumed:
+    """Rows after their verification pass (:func:`resume_start`).
+
+    Attributes:
+        tokens: per row, the tokens emitted so far (cut at a stop).
+        reasons: per row, its finish reason, or None if it continues.
+        states: per row, its prompt states (``keep_states``) or None.
+        keep: the rows that continue, in the order of ``state``'s batch rows.
+        state: the decode state of the ``keep`` rows (None if none continues): its
+            ``next_tokens`` are each row's last emitted token, not yet fed.
+    """
+
+    tokens: list[list[int]]
+    reasons: list[str | None]
+    states: list[PathStates | None]
+    keep: list[int]
+    state: DecodeState | None
+
+
+@torch.inference_mode()
+def resume_start(
+    ex: Stepper, rows: Sequence[ResumeRow], rules: Sequence[StopRule], *, dense: bool = False,
+    keep_states: bool = False,
+) -> Resumed:
+    """The verification pass of every row from its stored prefix, its accepted tokens (each
+    checked with the row's stop rule) and the decode state of the rows that continue."""
+    chunks, greedy, states = _verify(ex, rows, dense, keep_states)
+    width = max(chunk.width for chunk in chunks)
+    tokens: list[list[int]] = []
+    reasons: list[str | None] = []
+    keep = []
+    for r, (row, rule) in enumerate(zip(rows, rules, strict=True)):
+        emitted = _accepted(greedy[r], row)
+        stop, reason = rule.first_stop(emitted, final=row.final)
+        tokens.append(emitted[:stop])
+        reasons.append(reason)
+        if reason is None:
+            keep.append(r)
+    state = None
+    if keep:
+        room = max(rules[r].max_new_tokens - len(tokens[r]) for r in keep) + 1
+        state = _decode_state(ex, rows, keep, tokens, chunks, width, room, dense)
+    return Resumed(tokens, reasons, states, keep, state)
+
+
+def _decode_state(
+    ex: Stepper, rows: Sequence[ResumeRow], keep: list[int], tokens: list, chunks: Sequence[_Chunk],
+    width: int, room: int, dense: bool,
+) -> DecodeState:
+    """Decode state of the rows ``keep`` after their verified tokens."""
+    capacity = width + min(room, CACHE_CHUNK)
+    cache = _merged_cache(rows, keep, chunks, width, capacity, ex.num_layers, dense)
+    valid = torch.zeros((len(keep), width + room), dtype=torch.bool, device=ex.device)
+    positions = []
+    for j, r in enumerate(keep):
+        start = width - len(rows[r].fed)
+        filled = len(rows[r].entry.prompt) + len(tokens[r]) - 1  # prompt + accepted draft
+        valid[j, start: start + filled] = True
+        positions.append(filled)
+    return DecodeState(
+        cache=cache, valid=valid, length=width, all_valid=False,
+        next_tokens=torch.tensor([tokens[r][-1] for r in keep], device=ex.device),
+        next_positions=torch.tensor(positions, device=ex.device),
+        decisions=[list(rows[r].path) for r in keep], rows=list(range(len(keep))),
+    )
+
+
 @torch.inference_mode()
 def generate_resumed(
     ex: Stepper, rows: Sequence[ResumeRow], rule: StopRule, *, dense: bool = False,
@@ -281,48 +349,15 @@ def generate_resumed(
     blocks (:class:`~drllm.models.prefix.PathStates`)."""
     if not rows:
         return [], [], []
-    chunks, greedy, states = _verify(ex, rows, dense, keep_states)
-    width = max(chunk.width for chunk in chunks)
-    tokens: list[list[int] | None] = [None] * len(rows)
-    reasons: list[str | None] = [None] * len(rows)
-    keep = []
-    for r, row in enumerate(rows):
-        emitted = _accepted(greedy[r], row)
-        stop, reason = rule.first_stop(emitted, final=row.final)
-        tokens[r], reasons[r] = emitted[:stop], reason
-        if reason is None:
-            keep.append(r)
+    started = resume_start(ex, rows, [rule] * len(rows), dense=dense, keep_states=keep_states)
+    tokens, reasons, keep = started.tokens, started.reasons, started.keep
     if keep:
-        _continue(ex, rows, keep, tokens, reasons, rule, chunks, width, dense, compact_fraction)
-    return tokens, reasons, states  # type: ignore[return-value]
-
-
-def _continue(
-    ex: Stepper, rows: Sequence[ResumeRow], keep: list[int], tokens: list, reasons: list,
-    rule: StopRule, chunks: Sequence[_Chunk], width: int, dense: bool,
-    compact_fraction: float | None,
-) -> None:
-    """Ordinary decoding of the rows ``keep`` after their verified tokens (in place)."""
-    room = max(rule.max_new_tokens - len(tokens[r]) for r in keep) + 1
-    capacity = width + min(room, CACHE_CHUNK)
-    cache = _merged_cache(rows, keep, chunks, width, capacity, ex.num_layers, dense)
-    valid = torch.zeros((len(keep), width + room), dtype=torch.bool, device=ex.device)
-    positions = []
-    for j, r in enumerate(keep):
-        start = width - len(rows[r].fed)
-        filled = len(rows[r].entry.prompt) + len(tokens[r]) - 1  # prompt + accepted draft
-        valid[j, start: start + filled] = True
-        positions.append(filled)
-    state = DecodeState(
-        cache=cache, valid=valid, length=width, all_valid=False,
-        next_tokens=torch.tensor([tokens[r][-1] for r in keep], device=ex.device),
-        next_positions=torch.tensor(positions, device=ex.device),
-        decisions=[list(rows[r].path) for r in keep], rows=list(range(len(keep))),
-    )
-    extra = {} if compact_fraction is None else {"compact_fraction": compact_fraction}
-    proposers = [pool_proposer(rows[r].entry.drafts()) if rows[r].pool else None for r in keep]
-    out, why = decode(ex, state, rule, finals=[rows[r].final for r in keep],
-                      initial=[tokens[r][:-1] for r in keep], dense=dense,
-                      proposers=proposers, **extra)
-    for j, r in enumerate(keep):
-        tokens[r], reasons[r] = out[j], why[j]
+        extra = {} if compact_fraction is None else {"compact_fraction": compact_fraction}
+        proposers = [pool_proposer(rows[r].entry.drafts()) if rows[r].pool else None
+                     for r in keep]
+        out, why = decode(ex, started.state, rule, finals=[rows[r].final for r in keep],
+                          initial=[tokens[r][:-1] for r in keep], dense=dense,
+                          proposers=proposers, **extra)
+        for j, r in enumerate(keep):
+            tokens[r], reasons[r] = out[j], why[j]
+    return tokens, reasons, started.states  # type: ignore[return-value]

@@ -98,4 +98,23 @@ def test_smollm2_rows_resumed_from_edited_paths_match_plain(smollm2, shared_data
         fast.evaluate(call)
         assert [g.token_ids for g in fast.last_generations] == [
             g.token_ids for g in plain.last_generations], path
-    assert fast.resume_counts["from_path"] > 0, fast.resume_counts
+    assert fast.engine.cache.counts["from_path"] > 0, fast.engine.cache.counts
+
+
+@pytest.mark.slow
+def test_smollm2_engine_matches_plain_greedy(smollm2, shared_data) -> None:
+    """The engine on SmolLM2: rows joining a running batch (two at a time), default rows
+    capturing their states, edited rows resuming from them: plain generation's tokens."""
+    from drllm.engine import Engine, EngineRequest, ReuseKey, Settings
+
+    ex = PathExecutor(smollm2.model, smollm2.tokenizer)
+    prompts = _arc_prompts(smollm2.tokenizer, shared_data, 2)
+    ids = ex.encode(prompts)
+    paths = [LayerPath.default(30)] + _paths(5, seed=2)
+    settings = Settings(12)
+    reqs = [EngineRequest(tuple(ids[q]), tuple(p), settings,
+                          reuse=ReuseKey(f"q{q}", tuple(ids[q]), settings))
+            for p in paths[::-1] for q in (0, 1)]
+    got = Engine(ex, max_rows=2).run(reqs)
+    want = ex.generate([list(r.ids) for r in reqs], [r.path for r in reqs], max_new_tokens=12)
+    assert [g.token_ids for g in got] == [g.token_ids for g in want]

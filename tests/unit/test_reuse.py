@@ -180,10 +180,10 @@ def test_paths_resumed_from_edited_paths_match_plain(family, tok, draft) -> None
         fast.evaluate(call)
         assert [g.token_ids for g in fast.last_generations] == [
             g.token_ids for g in plain.last_generations], start
-    counts = fast.resume_counts
+    counts = fast.engine.cache.counts
     assert counts["from_path"] > 0, counts  # the lever was exercised, not only the default
     assert counts["prompt_blocks_reused"] > 0
-    assert fast.prefix_cache.stats()["paths"] > 0
+    assert fast.engine.cache.prefixes.stats()["paths"] > 0
 
 
 def test_path_states_are_the_paths_own(tok) -> None:

@@ -51,7 +51,7 @@ def test_levers_match_plain_any_order(model_and_tok, cache_mb) -> None:
     for i in range(0, len(reqs), 5):  # batches mixing questions, defaults and edits
         got.extend(fast.evaluate(reqs[i:i + 5]))
     assert got == want
-    stats = fast.prefix_cache.stats()
+    stats = fast.engine.cache.prefixes.stats()
     if cache_mb > 1:
         assert stats["misses"] == len(PROMPTS) and stats["hits"] > 0 and stats["evictions"] == 0
         assert stats["bytes"] > 0
@@ -84,19 +84,33 @@ def test_evicted_entry_is_rebuilt_without_generating_the_default(model_and_tok) 
     sizes = []
     for q in "ab":
         probe.evaluate([EvalRequest(q, PROMPTS[q], "42", "exact", LayerPath.default(L))])
-        sizes.append(probe.prefix_cache.stats()["bytes"] - sum(sizes))
+        sizes.append(probe.engine.cache.prefixes.stats()["bytes"] - sum(sizes))
     budget = max(sizes) + min(sizes) / 2  # one question fits, not both
     fast = ExecutorEvaluator(model, tok, model_id="t", generation=GenerationConfig(
         max_new_tokens=6, prefix_cache_mb=budget / 2**20, reuse_paths=False))
-    generated: list[int] = []
-    real_generate = fast.executor.generate
-    fast.executor.generate = lambda prompts, *a, **k: (generated.append(len(prompts)),
-                                                        real_generate(prompts, *a, **k))[1]
     edited = [LayerPath((1, 0, 1, 1)), LayerPath((1, 1, 2, 1)), LayerPath((1, 1, 1, 0))]
     reqs = [EvalRequest(q, PROMPTS[q], "42", "exact", LayerPath.default(L)) for q in "ab"]
     reqs += [EvalRequest(q, PROMPTS[q], "42", "exact", p) for p in edited for q in "ab"]
     for r in reqs:
         assert fast.evaluate([r]) == plain.evaluate([r])
-    assert generated == [1, 1]  # only the two defaults were ever generated
-    stats = fast.prefix_cache.stats()
+    assert fast.engine.stats.defaults == 2  # only the two defaults were ever generated
+    assert fast.engine.cache.counts["rebuilt"] >= len(edited)
+    stats = fast.engine.cache.prefixes.stats()
     assert stats["evictions"] >= len(edited) and stats["entries"] == 1
+
+
+def test_engine_and_per_call_baseline_agree(model_and_tok) -> None:
+    """``bench search-engine``'s two sides: the engine evaluator and the per-call evaluator
+    (the design before the engine) give the same evaluations on the same calls."""
+    from drllm.bench.call_evaluator import CallEvaluator
+
+    model, tok = model_and_tok
+    reqs = [EvalRequest(r.example_id, r.prompt, "B", "mc_letter", r.path)
+            for r in _requests(seed=4)]
+    gen = GenerationConfig(max_new_tokens=6, max_rows=4)
+    engine = ExecutorEvaluator(model, tok, model_id="t", generation=gen)
+    calls = CallEvaluator(model, tok, model_id="t", generation=gen)
+    for i in range(0, len(reqs), 4):
+        assert engine.evaluate(reqs[i:i + 4]) == calls.evaluate(reqs[i:i + 4])
+    assert engine.engine.stats.defaults == len(PROMPTS)
+    assert calls.cache.counts["rows"] == engine.engine.cache.counts["rows"] > 0

@@ -9,7 +9,7 @@ mapped to a mean log-likelihood.
 
 from __future__ import annotations
 
-from drllm.distributed.evaluator import combine_orders, graded_row
+from drllm.choice_orders import combine_orders, graded_row
 from drllm.paths import LayerPath
 from drllm.rewards.plausibility import PlausibilityGuard
 from drllm.search import MCTSConfig, run
