@@ -48,6 +48,17 @@ def tiny_models() -> Callable[..., object]:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random 4-block Llama and its tokenizer saved to disk (``model.name=<dir>``)."""
+    from drllm.models.tiny import tiny_model, tiny_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tiny_model("llama", num_layers=4).save_pretrained(out)
+    tiny_tokenizer().save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``<repo>/../shared/data``: real dataset samples (see its README.md)."""
     if not SHARED_DATA.is_dir():

@@ -18,13 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from drllm.models.tiny import tiny_model, tiny_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", num_layers=4).save_pretrained(out)
-    tiny_tokenizer().save_pretrained(out)
-    return out
+def tiny_dir(tiny_llama_dir: Path) -> Path:
+    return tiny_llama_dir
 
 
 def _search(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:

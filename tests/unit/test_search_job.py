@@ -20,13 +20,8 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from drllm.models.tiny import tiny_model, tiny_tokenizer
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tiny_model("llama", num_layers=4).save_pretrained(out)
-    tiny_tokenizer().save_pretrained(out)
-    return out
+def tiny_dir(tiny_llama_dir: Path) -> Path:
+    return tiny_llama_dir
 
 
 def _settings(tiny_dir: Path) -> tuple[SearchJobSettings, dict]:
