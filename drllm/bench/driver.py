@@ -35,7 +35,6 @@ from drllm.distributed import (
     LocalTransport,
     PoolConfig,
     SearchDriver,
-    create_pool,
 )
 from drllm.search import MCTSConfig
 from drllm.shards import ShardWriter
@@ -108,7 +107,7 @@ def _ray_pool(batch: int, actors: int) -> EvaluationPool:
     config = PoolConfig(num_actors=actors, num_cpus_per_actor=0.5, use_gpu=False,
                         max_batch_size=batch, batch_wait_ms=0.0, max_in_flight_per_actor=2,
                         name_prefix=f"bench-driver-{batch}")
-    return create_pool(_spec(), config, enable_metrics=False)
+    return EvaluationPool.create(_spec(), config, enable_metrics=False)
 
 
 def _drive(pool: EvaluationPool, examples: Sequence[Example], mcts: MCTSConfig, trees: int,

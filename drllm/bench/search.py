@@ -31,11 +31,11 @@ from typing import Any, Optional
 
 from drllm.distributed import (
     DriverConfig,
+    EvaluationPool,
     GenerationConfig,
     ListSink,
     PoolConfig,
     SearchDriver,
-    create_pool,
     executor_spec,
 )
 from drllm.search import MCTSConfig
@@ -122,7 +122,7 @@ def _run_config(
                              max_batch_size=max_batch_size, batch_wait_ms=5.0,
                              max_in_flight_per_actor=2, name_prefix=f"bench-{label}")
     start = time.perf_counter()
-    pool = create_pool(spec, pool_config, enable_metrics=False)
+    pool = EvaluationPool.create(spec, pool_config, enable_metrics=False)
     try:
         startup = time.perf_counter() - start
         _warm_up(pool, examples[0], prompts[examples[0].id])

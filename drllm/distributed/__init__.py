@@ -1,6 +1,6 @@
 """Distributed search: evaluator actors on Ray, the central MCTS driver, metrics, summary.
 
-* :func:`start_pool`, :func:`search_examples` — what the search recipe (:mod:`drllm.jobs.search`)
+* :meth:`EvaluationPool.create`, :func:`search_examples` — what the search recipe (:mod:`drllm.jobs.search`)
   calls; :func:`run_search_job` — both in one call, for a sink the caller has opened.
 * :class:`SearchDriver` — many concurrent MCTS trees over an :class:`EvaluationPool`.
 * :class:`EvaluationPool` — batching, bounded in-flight calls, requeue and retries over a
@@ -39,10 +39,10 @@ from drllm.distributed.evaluator import (
     WorkerLostError,
 )
 from drllm.distributed.evaluator import ExecutorEvaluator
-from drllm.distributed.job import executor_spec, run_search_job, search_examples, start_pool
+from drllm.distributed.job import executor_spec, run_search_job, search_examples
 from drllm.distributed.local_transport import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
-from drllm.distributed.ray_transport import ActorResources, RayTransport, create_pool, resolve_resources
+from drllm.distributed.ray_transport import ActorResources, RayTransport, resolve_resources
 from drllm.distributed.summary import RunSummary
 
 __all__ = [
@@ -69,13 +69,11 @@ __all__ = [
     "SearchMetrics",
     "Transport",
     "WorkerLostError",
-    "create_pool",
     "executor_spec",
     "is_error_result",
     "resolve_resources",
     "run_search_job",
     "search_examples",
-    "start_pool",
     "tree_config",
     "tree_seed",
 ]

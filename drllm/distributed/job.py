@@ -1,6 +1,6 @@
 """Searching examples with evaluator actors: the library calls under the search job.
 
-The search recipe (:mod:`drllm.jobs.search`) starts the pool (:func:`start_pool`), opens the
+The search recipe (:mod:`drllm.jobs.search`) starts the pool (:meth:`~drllm.distributed.pool.EvaluationPool.create`), opens the
 shard writer once the actors report L and the model id, and searches (:func:`search_examples`).
 :func:`run_search_job` is the same in one call, for a sink the caller has opened and closes::
 
@@ -26,9 +26,7 @@ from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.driver import PriorFn, RecordSink, SearchDriver
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
 from drllm.distributed.evaluator import ExecutorEvaluator
-from drllm.distributed.local_transport import LocalTransport
 from drllm.distributed.metrics import SearchMetrics
-from drllm.distributed.ray_transport import create_pool
 from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig
 from drllm.shards import ShardMismatchError, completed_keys
@@ -46,26 +44,6 @@ def executor_spec(
         "generation": generation,
         "constraints": mcts_config.constraints,
     })
-
-
-def start_pool(
-    spec: EvaluatorSpec, pool_config: PoolConfig, *, in_process: bool = False,
-    enable_metrics: bool = True,
-) -> EvaluationPool:
-    """A started pool of ``spec`` evaluators: Ray actors (Ray connected; ``enable_metrics``:
-    they export Ray metrics), or ``in_process`` workers run one call at a time without Ray.
-    The caller closes it."""
-    if not in_process:
-        return create_pool(spec, pool_config, enable_metrics=enable_metrics)
-    transport = LocalTransport(spec, pool_config.num_actors or 1, pool_config.max_restarts)
-    pool = EvaluationPool(
-        transport,
-        max_batch_size=pool_config.max_batch_size,
-        max_in_flight_per_worker=pool_config.max_in_flight_per_actor,
-        max_request_retries=pool_config.max_request_retries,
-    )
-    pool.start()
-    return pool
 
 
 def _done_keys(sink: RecordSink) -> set[tuple[str, str]]:
@@ -167,7 +145,7 @@ def run_search_job(
         return RunSummary(model_id=sink.model_id or "", num_layers=sink.num_layers or 0,
                           num_workers=0, examples_given=len(examples),
                           skipped_done=len(examples), rejected=dict(rejected or {}))
-    pool = start_pool(evaluator, pool_config, in_process=in_process)
+    pool = EvaluationPool.create(evaluator, pool_config, in_process=in_process)
     try:
         return search_examples(pool, examples, sink, render=render, mcts_config=mcts_config,
                                driver_config=driver_config, rejected=rejected,

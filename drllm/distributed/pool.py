@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable, Optional, Sequence
 
 from drllm.distributed.config import PoolConfig
-from drllm.distributed.evaluator import EvalError, EvaluatorInfo, Outcome
+from drllm.distributed.evaluator import EvalError, EvaluatorInfo, EvaluatorSpec, Outcome
 from drllm.distributed.metrics import SearchMetrics
 from drllm.distributed.routing import Queued, plan_dispatch
 from drllm.distributed.transport import CallDone, Transport
@@ -157,6 +157,47 @@ class EvaluationPool:
         self._ids = itertools.count()
 
     # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def create(cls, spec: EvaluatorSpec, config: PoolConfig = PoolConfig(), *,
+               in_process: bool = False, enable_metrics: bool = True,
+               ready_timeout_s: float = 1800.0) -> "EvaluationPool":
+        """The one way to get a started pool of ``spec`` evaluators.
+
+        Args:
+            spec: the evaluator every worker builds.
+            config: workers, resources, batching, fault tolerance.
+            in_process: run the workers in this process, one call at a time, without Ray
+                (tests, debugging, ``ray.mode=in_process``); otherwise start Ray actors on the
+                connected cluster.
+            enable_metrics: Ray actors: record the pool's metrics (tagged with the model id
+                the actors report); the actors record theirs in any case.
+            ready_timeout_s: Ray actors: how long to wait for them to load the model (s).
+
+        Returns:
+            A started pool; close it (or use ``with``) to stop its workers.
+        """
+        if in_process:
+            from drllm.distributed.local_transport import LocalTransport
+
+            pool = cls(LocalTransport(spec, config.num_actors or 1, config.max_restarts),
+                       max_batch_size=config.max_batch_size,
+                       max_in_flight_per_worker=config.max_in_flight_per_actor,
+                       max_request_retries=config.max_request_retries)
+            pool.start()
+            return pool
+        from drllm.distributed.ray_transport import RayTransport
+
+        pool = cls(RayTransport(spec, config, ready_timeout_s=ready_timeout_s),
+                   max_batch_size=config.max_batch_size,
+                   max_in_flight_per_worker=config.max_in_flight_per_actor,
+                   max_request_retries=config.max_request_retries,
+                   call_timeout_s=config.call_timeout_s,
+                   sticky_wait_s=config.sticky_wait_s if config.sticky else None)
+        info = pool.start()
+        if enable_metrics:
+            pool.metrics = SearchMetrics(info.model_id)
+        return pool
 
     def start(self) -> EvaluatorInfo:
         """Start the workers; returns what they evaluate with (model id, L, device)."""

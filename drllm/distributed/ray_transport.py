@@ -33,10 +33,8 @@ from drllm.distributed.placement import (
     plan_actors,
     resolve_resources,
 )
-from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.transport import CallDone, Transport
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
-from drllm.distributed.metrics import SearchMetrics
 from drllm.types import EvalRequest
 
 logger = logging.getLogger(__name__)
@@ -365,37 +363,3 @@ class RayTransport(Transport):
             return CallDone(call_id, worker, error=f"{type(err).__name__}: {err}",
                             seconds=time.perf_counter() - sent)
         return CallDone(call_id, worker, tuple(outcomes), seconds=time.perf_counter() - sent)
-
-
-def create_pool(
-    spec: EvaluatorSpec,
-    config: PoolConfig,
-    *,
-    enable_metrics: bool = True,
-    ready_timeout_s: float = 1800.0,
-) -> EvaluationPool:
-    """Start evaluator actors on the connected Ray cluster and wrap them in a pool.
-
-    Args:
-        spec: the evaluator every actor builds.
-        config: actors, resources, batching, fault tolerance.
-        enable_metrics: record the pool's metrics (tagged with the model id the actors
-            report); the actors record theirs in any case.
-        ready_timeout_s: how long to wait for the actors to load the model (seconds).
-
-    Returns:
-        A started :class:`EvaluationPool`; close it (or use ``with``) to stop the actors.
-    """
-    transport = RayTransport(spec, config, ready_timeout_s=ready_timeout_s)
-    pool = EvaluationPool(
-        transport,
-        max_batch_size=config.max_batch_size,
-        max_in_flight_per_worker=config.max_in_flight_per_actor,
-        max_request_retries=config.max_request_retries,
-        call_timeout_s=config.call_timeout_s,
-        sticky_wait_s=config.sticky_wait_s if config.sticky else None,
-    )
-    info = pool.start()
-    if enable_metrics:
-        pool.metrics = SearchMetrics(info.model_id)
-    return pool

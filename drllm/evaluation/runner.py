@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from drllm.data import DatasetConfig
 from drllm.distributed.config import PoolConfig
 from drllm.distributed.evaluator import EvaluatorSpec
-from drllm.distributed.job import start_pool
+from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.pool import EvaluationPool
 from drllm.evaluation.config import EvaluationConfig
 from drllm.evaluation.evaluator import policy_evaluator_spec
@@ -240,7 +240,7 @@ def run_evaluation(
         model, config.routers if "routed" in config.policies else None,
         check_model_id=config.check_model_id)
     store = ResultStore(Path(out_dir), config.flush_rows)
-    pool = start_pool(spec, pool_config, in_process=in_process, enable_metrics=False)
+    pool = EvaluationPool.create(spec, pool_config, in_process=in_process, enable_metrics=False)
     try:
         info = pool.info
         L = info.num_layers

@@ -35,7 +35,7 @@ from drllm.cluster import ClusterSettings, connect
 from drllm.data import DatasetConfig, LoadReport, load_examples
 from drllm.data.prompts import render_prompt
 from drllm.data.sharding import parse_shard, register_resolver
-from drllm.distributed import executor_spec, search_examples, start_pool
+from drllm.distributed import EvaluationPool, executor_spec, search_examples
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig, WorkAvoidance
 from drllm.distributed.prior_plan import PriorSource, build_prior_plan
 from drllm.distributed.summary import RunSummary
@@ -241,7 +241,7 @@ def _search(settings: SearchJobSettings, data: LoadReport, render: Callable[[Exa
             routers_dir=settings.prior.checkpoint, in_process=in_process,
             calibration_examples=settings.prior.calibration_examples,
         )
-        pool = start_pool(executor_spec(settings.model, settings.generation, settings.search),
+        pool = EvaluationPool.create(executor_spec(settings.model, settings.generation, settings.search),
                           shard_pool(settings.pool, settings.dataset.shard), in_process=in_process)
         try:
             # The writer closes first: on SIGTERM the finished rows must reach disk before the

@@ -32,7 +32,7 @@ NODE_REMOVAL = textwrap.dedent('''
     import json, sys, threading, time
     import ray
     from ray.cluster_utils import Cluster
-    from drllm.distributed import DriverConfig, EvaluatorSpec, PoolConfig, SearchDriver, create_pool
+    from drllm.distributed import DriverConfig, EvaluationPool, EvaluatorSpec, PoolConfig, SearchDriver
     from drllm.search import MCTSConfig
     from drllm.shards import ShardWriter, duplicates_dropped, read_shards
     from drllm.testing import DummyEvaluator
@@ -52,11 +52,11 @@ NODE_REMOVAL = textwrap.dedent('''
         # GPUs asked on a cluster without any: a clear error within gpu_wait_s, no CPU fallback
         t0 = time.monotonic()
         try:
-            create_pool(spec, PoolConfig(use_gpu=True, gpu_wait_s=3, name_prefix="gpu"))
+            EvaluationPool.create(spec, PoolConfig(use_gpu=True, gpu_wait_s=3, name_prefix="gpu"))
         except TimeoutError as err:
             report["gpu_error"] = str(err)
         report["gpu_wait_s"] = time.monotonic() - t0
-        pool = create_pool(spec, PoolConfig(num_actors=4, max_batch_size=2, max_restarts=3,
+        pool = EvaluationPool.create(spec, PoolConfig(num_actors=4, max_batch_size=2, max_restarts=3,
                                             scale_check_s=0.5, name_prefix="nodes"))
         removed = []
 
@@ -250,8 +250,8 @@ def _head_env(**extra: str) -> dict:
 AUTOSCALED = textwrap.dedent('''
     import json, sys, time
     import ray
-    from drllm.distributed import (DriverConfig, EvaluatorSpec, PoolConfig, search_examples,
-                                   start_pool)
+    from drllm.distributed import (DriverConfig, EvaluationPool, EvaluatorSpec, PoolConfig,
+                                   search_examples)
     from drllm.search import MCTSConfig
     from drllm.shards import ShardWriter, duplicates_dropped, read_shards
     from drllm.testing import DummyEvaluator
@@ -281,7 +281,7 @@ AUTOSCALED = textwrap.dedent('''
     spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.3,
                                           "reward_fn": ConstantReward(0.0)})
     t0 = time.monotonic()
-    pools.append(start_pool(spec, PoolConfig(
+    pools.append(EvaluationPool.create(spec, PoolConfig(
         use_gpu=True, num_gpus_per_actor=1, num_cpus_per_actor=1, max_actors=max_actors,
         min_actors=1, max_batch_size=4, scale_check_s=0.5, gpu_wait_s=90,
         name_prefix="autoscale")))

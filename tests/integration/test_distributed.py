@@ -20,13 +20,13 @@ import pytest
 
 from drllm.distributed import (
     DriverConfig,
+    EvaluationPool,
     EvaluatorContext,
     EvaluatorSpec,
     GenerationConfig,
     ListSink,
     PoolConfig,
     SearchDriver,
-    create_pool,
     run_search_job,
     tree_config,
 )
@@ -134,7 +134,7 @@ def test_killed_actor_requests_are_requeued(ray_local):
 
     examples = make_examples(10)
     spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.05})
-    pool = create_pool(spec, PoolConfig(num_actors=2, max_batch_size=4, max_restarts=2,
+    pool = EvaluationPool.create(spec, PoolConfig(num_actors=2, max_batch_size=4, max_restarts=2,
                                         name_prefix="kill"))
     victim = pool.transport.actors[0]
     assert ray.get_actor("kill-0", namespace="drllm") is not None
