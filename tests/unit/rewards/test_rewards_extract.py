@@ -11,7 +11,7 @@ import pytest
 from drllm.rewards import gsm8k_gold, last_boxed, last_number, normalize_letter, parse_number
 from drllm.rewards.extract import extract_letter_lenient
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import pytest
 from drllm.data import DatasetConfig, load_examples
 from drllm.data.arc import choice_orders
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 def _choices(prompt: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from drllm.hydra_schema import to_library
 from drllm.jobs.search import SearchJobSettings, run
 from drllm.shards import QUARANTINE_DIR, read_manifest, read_shards, shard_files
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 
 
 @pytest.fixture(scope="module")

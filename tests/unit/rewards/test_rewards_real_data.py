@@ -25,7 +25,7 @@ from drllm.rewards import (
     normalize_math_answer,
 )
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 MATH_SAMPLE_STEP = 4
 
 

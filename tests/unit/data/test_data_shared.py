@@ -15,7 +15,7 @@ import pytest
 from drllm.data import DatasetConfig, LoadReport, load_examples
 from drllm.types import Example
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT.parent / "shared" / "data"
 
 

@@ -12,7 +12,7 @@ from drllm.paths import LayerPath, PathConstraints
 from drllm.search import MCTSConfig, SearchTree, as_evaluation
 from drllm.types import Evaluation
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_defaults_are_the_papers() -> None:
