@@ -26,7 +26,6 @@ from drllm.distributed.pool import (
     PoolExhaustedError,
     PoolStats,
     Transport,
-    is_error_result,
 )
 from drllm.distributed.driver import SearchDriver, tree_config, tree_seed
 from drllm.distributed.sinks import ListSink, RecordSink
@@ -70,7 +69,6 @@ __all__ = [
     "Transport",
     "WorkerLostError",
     "executor_spec",
-    "is_error_result",
     "resolve_resources",
     "run_search_job",
     "search_examples",

@@ -38,10 +38,6 @@ class WorkerLostError(RuntimeError):
     transport treats it like a crashed actor (requeue its requests, restart the worker)."""
 
 
-class InjectedFault(RuntimeError):
-    """An error raised on purpose by :class:`DummyEvaluator` fault injection."""
-
-
 @dataclass(frozen=True)
 class EvaluatorContext:
     """Where an evaluator is being built.

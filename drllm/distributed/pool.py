@@ -453,8 +453,3 @@ class EvaluationPool:
         evaluation = Evaluation(reward=0.0, reason=ERROR_REASON_PREFIX + pending.last_error,
                                 failed=True)
         return EvalResult(req.example_id, req.path, evaluation)
-
-
-def is_error_result(result: EvalResult) -> bool:
-    """Whether a result stands for a request that failed for good (not a reward)."""
-    return result.evaluation.failed

@@ -21,13 +21,16 @@ from drllm.distributed.evaluator import (
     Evaluator,
     EvaluatorContext,
     EvaluatorInfo,
-    InjectedFault,
     WorkerLostError,
 )
 from drllm.paths import LayerPath
 from drllm.types import EvalRequest, Evaluation
 
 logger = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """An error raised on purpose by :class:`DummyEvaluator` fault injection."""
 
 
 def hash_reward(example_id: str, path: LayerPath) -> float:

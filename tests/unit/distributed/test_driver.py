@@ -14,7 +14,6 @@ from drllm.distributed import (
     PoolConfig,
     PoolExhaustedError,
     SearchDriver,
-    is_error_result,
     run_search_job,
     tree_config,
 )
@@ -183,7 +182,7 @@ def test_error_results_are_marked():
     while not pool.idle:
         results += pool.wait(0.1)
     by_id = {r.example_id: r for r in results}
-    assert is_error_result(by_id["q0"]) and not is_error_result(by_id["q1"])
+    assert by_id["q0"].evaluation.failed and not by_id["q1"].evaluation.failed
     assert by_id["q0"].evaluation.reward == 0.0
     assert "InjectedFault" in by_id["q0"].evaluation.reason
     assert by_id["q1"].evaluation.reward == hash_reward("q1", LayerPath.default(L))
