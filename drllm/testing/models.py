@@ -51,3 +51,12 @@ def without_layers(model: Any, path: LayerPath) -> Any:
     for new_idx, layer in enumerate(trimmed.model.layers):
         layer.self_attn.layer_idx = new_idx
     return trimmed
+
+
+#: Prompts of mixed lengths and content for executor and engine equivalence tests (tiny models).
+SAMPLE_PROMPTS = [
+    "The quick brown fox jumps over",
+    "2+2=",
+    "Once upon a time, in a land far away, there lived",
+    "Q: What is the capital of France?\nA:",
+]

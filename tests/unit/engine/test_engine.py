@@ -15,15 +15,11 @@ from drllm.engine import Engine, EngineRequest, ReuseKey, Settings
 from drllm.engine.reuse import ReuseOptions
 from drllm.models.executor import PathExecutor
 from drllm.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
+from drllm.testing.models import SAMPLE_PROMPTS
 from drllm.paths import LayerPath, legal_actions
 
 L = 6
-PROMPTS = [
-    "The quick brown fox jumps over",
-    "2+2=",
-    "Once upon a time, in a land far away, there lived",
-    "Q: What is the capital of France?\nA:",
-]
+PROMPTS = SAMPLE_PROMPTS
 PATHS = [LayerPath.parse(p) for p in ("EEEEEE", "EERESE", "SERRES", "RSSERE", "ESEEEE")]
 
 

@@ -12,17 +12,13 @@ import torch
 from drllm.models import kv
 from drllm.models.executor import PathExecutor
 from drllm.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
+from drllm.testing.models import SAMPLE_PROMPTS
 from drllm.paths import LayerPath
 from drllm.testing.models import without_layers
 
 FAMILIES = list(TINY_FAMILIES)
 L = 6
-PROMPTS = [
-    "The quick brown fox jumps over",
-    "2+2=",
-    "Once upon a time, in a land far away, there lived",
-    "Q: What is the capital of France?\nA:",
-]
+PROMPTS = SAMPLE_PROMPTS
 MIXED_PATHS = [
     LayerPath.parse("EERESE"),
     LayerPath.parse("SERRES"),

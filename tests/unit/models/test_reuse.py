@@ -14,15 +14,11 @@ import torch
 from drllm.models.executor import PathExecutor
 from drllm.models.prefix import PrefixCache
 from drllm.models.tiny import TINY_FAMILIES, tiny_model, tiny_tokenizer
+from drllm.testing.models import SAMPLE_PROMPTS
 from drllm.paths import LayerPath, legal_actions
 
 L = 6
-PROMPTS = [
-    "The quick brown fox jumps over",
-    "2+2=",
-    "Once upon a time, in a land far away, there lived",
-    "Q: What is the capital of France?\nA:",
-]
+PROMPTS = SAMPLE_PROMPTS
 
 
 @pytest.fixture(scope="module")
