@@ -230,7 +230,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"accuracy after MCTS   {_pct(report['search_accuracy'])}",
     ]
     for name, acc in report["accuracy_by_grader"].items():
-        lines.append(f"  under {name:<20} default {_pct(acc['default_accuracy'])}  "
+        lines.append(f"  under {name:<26} default {_pct(acc['default_accuracy'])}  "
                      f"best {_pct(acc['best_accuracy'])}")
     shares = report.get("label_shares") or {}
     share_text = "  ".join(f"{k} {v:.1%}" for k, v in shares.items()) or "n/a (nothing solved)"
