@@ -183,13 +183,6 @@ def evaluate_isolating_errors(
     return list(results)
 
 
-def _model_device(model: Any) -> str:
-    try:
-        return str(next(model.parameters()).device)
-    except (StopIteration, AttributeError):
-        return "cpu"
-
-
 def _prefixed_final(final: Any, prefix: str, text: str) -> bool:
     return final(prefix + text)
 
@@ -228,6 +221,7 @@ class ExecutorEvaluator(Evaluator):
         from drllm.engine import Engine
         from drllm.engine.reuse import ReuseOptions
         from drllm.models.executor import PathExecutor
+        from drllm.models.loading import model_device
 
         if not isinstance(generation, GenerationConfig):
             raise TypeError(
@@ -248,7 +242,7 @@ class ExecutorEvaluator(Evaluator):
         self.tokenizer = tokenizer
         self.model_id = model_id
         self.generation = generation
-        self._device = _model_device(model)
+        self._device = str(model_device(model))
         self._cache_size = prompt_cache_size
         self._ids = PromptIds(lambda text: self.executor.encode([text])[0], prompt_cache_size)
         #: The generations of the last :meth:`evaluate` call, one per row (request and choice
@@ -281,13 +275,13 @@ class ExecutorEvaluator(Evaluator):
         """
         import torch
 
-        from drllm.models.loading import load_source
+        from drllm.models.loading import load_source, model_device
 
         if context.num_threads is not None:
             torch.set_num_threads(context.num_threads)
         loaded = load_source(model, context.device)
         logger.info("worker %d: loaded %s (L=%d) on %s", context.worker_index, loaded.model_id,
-                    loaded.num_layers, _model_device(loaded.model))
+                    loaded.num_layers, model_device(loaded.model))
         return cls(loaded.model, loaded.tokenizer, model_id=loaded.model_id,
                    generation=generation, constraints=constraints,
                    prompt_cache_size=prompt_cache_size)

@@ -341,3 +341,11 @@ def _resolve_device(device: str) -> torch.device:
     if device == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError("ModelSpec.device='mps' but MPS is not available here")
     return torch.device(device)
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of a model's parameters (CPU for a model without any)."""
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")

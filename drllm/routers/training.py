@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from drllm.checks import check_choice, check_int, check_real
+from drllm.models.loading import model_device
 from drllm.routers.dataset import (
     Batch, FeatureBatches, batch_targets, check_dataset, split_by_id, unpack_batch,
 )
@@ -177,10 +178,6 @@ def _global_sum(values: Tensor) -> Tensor:
     return values
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _empty_confusion(model: nn.Module, device: torch.device) -> Tensor:
     """Zero ``[L, 3, 3]`` confusion for a worker whose shard is empty, so collectives still run.
 
@@ -214,7 +211,7 @@ def train_epoch(
         (summed over processes when distributed).
     """
     model.train()
-    device = _model_device(model)
+    device = model_device(model)
     start = time.perf_counter()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     steps = examples = 0
@@ -262,7 +259,7 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    device = _model_device(model)
+    device = model_device(model)
     confusion: Tensor | None = None
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
