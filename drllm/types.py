@@ -12,6 +12,11 @@ from typing import Any, Callable, Generic, Mapping, Optional, TypeVar
 from drllm.paths import LayerPath
 
 
+#: The letter of each choice of a multiple-choice example, in order: ``A`` names the first
+#: (``Example.choices``, gold letters).
+CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
 @dataclass(frozen=True)
 class Example:
     """One question to search or evaluate.

@@ -22,9 +22,7 @@ import hashlib
 import random
 from typing import Sequence
 
-from drllm.types import Example
-
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+from drllm.types import CHOICE_LETTERS as LETTERS, Example
 
 
 def _rng(example_id: str, seed: int) -> random.Random:

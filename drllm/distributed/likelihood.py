@@ -22,11 +22,9 @@ import logging
 from typing import Any, Callable, Sequence
 
 from drllm.paths import LayerPath
-from drllm.types import EvalRequest, Evaluation
+from drllm.types import CHOICE_LETTERS as LETTERS, EvalRequest, Evaluation
 
 logger = logging.getLogger(__name__)
-
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 Encode = Callable[[str], list[int]]
 

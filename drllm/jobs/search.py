@@ -207,7 +207,7 @@ def run(settings: SearchJobSettings, output_dir: Path,
             totals, prior_info = _empty_shard(settings), None
         summary = _report(settings, data, totals, prior_info, shards_dir,
                           time.perf_counter() - started)
-        _write_card(output_dir, shards_dir, summary, search_affecting(resolved_config))
+        _write_card(output_dir, shards_dir, summary, affecting)
     summary["shards_quarantined"] = [dataclasses.asdict(q) for q in quarantined]
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
