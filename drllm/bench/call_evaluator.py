@@ -1,6 +1,6 @@
 """The evaluator before the engine, kept as the baseline of ``bench search-engine``.
 
-:class:`CallEvaluator` is :class:`~drllm.distributed.evaluator.ExecutorEvaluator` with the
+:class:`CallEvaluator` is :class:`~drllm.distributed.executor_evaluator.ExecutorEvaluator` with the
 generation of each call done as it was before :mod:`drllm.engine`: one executor batch per
 actor call that runs until its longest row finishes, and the per-question reuse cache driven
 from the evaluator (a missing default path generated first, its states rebuilt by a second,
@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from drllm.distributed.evaluator import ExecutorEvaluator
-from drllm.engine import ReuseKey, Settings
+from drllm.distributed.evaluator import Evaluator
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
+from drllm.engine import EngineRequest, ReuseKey
 from drllm.engine.reuse import default_generation
 from drllm.paths import LayerPath
 from drllm.types import Generation
@@ -21,24 +22,29 @@ from drllm.types import Generation
 
 class CallEvaluator(ExecutorEvaluator):
     """Per-call executor batches, the reuse cache driven per call (the old design); it uses
-    the engine's cache manager (:attr:`cache`) as a store, not the engine's scheduler."""
+    the engine's cache manager (:attr:`cache`) as a store, not the engine's scheduler. It
+    does not stream: a worker's :meth:`step` evaluates every request queued since the last
+    one as one batch (:class:`~drllm.distributed.evaluator.Evaluator`'s default)."""
 
     name = "executor-calls"
+    submit = Evaluator.submit
+    step = Evaluator.step
+    streaming = Evaluator.streaming
 
     @property
     def cache(self) -> Any:
         return self.engine.cache
 
-    def _generate(self, prompts: list[list[int]], paths: list[LayerPath], finals: list[Any],
-                  questions: list[str], stop_rules: list[str]) -> list[Generation]:
+    def _generate(self, requests: list[EngineRequest]) -> list[Generation]:
         g = self.generation
+        prompts = [list(r.ids) for r in requests]
+        paths = [LayerPath(r.path) for r in requests]
+        finals = [r.final for r in requests]
         if not g.reuse_prefix:
             return self.executor.generate(prompts, paths, finals=finals,
                                           max_new_tokens=g.max_new_tokens,
                                           stop_strings=g.stop_strings)
-        settings = Settings(g.max_new_tokens, tuple(g.stop_strings))
-        keys = [ReuseKey(q, tuple(ids), settings, rule)
-                for q, rule, ids in zip(questions, stop_rules, prompts)]
+        keys: list[ReuseKey] = [r.reuse for r in requests]  # type: ignore[misc]
         entries: dict[ReuseKey, Any] = {}
         missing: dict[ReuseKey, Any] = {}
         for key, final in zip(keys, finals):

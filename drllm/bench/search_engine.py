@@ -7,7 +7,7 @@ generation budget, SmolLM2-135M-Instruct, one evaluator worker, no Ray) runs wit
 * ``plain``: :class:`~drllm.bench.call_evaluator.CallEvaluator`, the evaluator before the
   engine: one executor batch per call running until its longest row finishes, the reuse cache
   driven per call (the default path generated first, its states rebuilt teacher-forced);
-* ``engine``: :class:`~drllm.distributed.evaluator.ExecutorEvaluator` on the engine
+* ``engine``: :class:`~drllm.distributed.executor_evaluator.ExecutorEvaluator` on the engine
   (:mod:`drllm.engine`): rows leave as they finish and waiting ones join, default-path states
   captured during their own generation.
 
@@ -90,7 +90,7 @@ def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int 
     from drllm.bench.call_evaluator import CallEvaluator
     from drllm.data import DatasetConfig, load_examples, render_prompt
     from drllm.distributed.config import GenerationConfig
-    from drllm.distributed.evaluator import ExecutorEvaluator
+    from drllm.distributed.executor_evaluator import ExecutorEvaluator
     from drllm.models.loading import ModelSpec, load_tokenizer
 
     overrides, count, tokens = TASKS[task]

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from drllm.distributed.config import DriverConfig, GenerationConfig
-from drllm.distributed.evaluator import EvaluatorSpec, ExecutorEvaluator
+from drllm.distributed.evaluator import Evaluator, EvaluatorSpec
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.paths import LayerPath
 from drllm.types import EvalRequest, Evaluation
 
@@ -88,6 +89,9 @@ class RecordingEvaluator(ExecutorEvaluator):
     """An :class:`ExecutorEvaluator` that logs the ``(example_id, path)`` of every call."""
 
     log: list[list[tuple[str, str]]] = []
+    submit = Evaluator.submit  # per-call batches (what the stream records), not streaming
+    step = Evaluator.step
+    streaming = Evaluator.streaming
 
     def evaluate(self, requests: Sequence[EvalRequest]) -> list[Evaluation]:
         RecordingEvaluator.log.append([(r.example_id, LayerPath(r.path).to_str())

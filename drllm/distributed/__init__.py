@@ -37,7 +37,7 @@ from drllm.distributed.evaluator import (
     EvaluatorSpec,
     WorkerLostError,
 )
-from drllm.distributed.evaluator import ExecutorEvaluator
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.distributed.job import executor_spec, run_search_job, search_examples
 from drllm.distributed.local_transport import LocalTransport
 from drllm.distributed.metrics import SearchMetrics

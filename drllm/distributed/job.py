@@ -25,7 +25,7 @@ from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
 from drllm.distributed.pool import EvaluationPool
 from drllm.distributed.driver import PriorFn, RecordSink, SearchDriver
 from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
-from drllm.distributed.evaluator import ExecutorEvaluator
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.distributed.metrics import SearchMetrics
 from drllm.distributed.summary import RunSummary
 from drllm.search import MCTSConfig

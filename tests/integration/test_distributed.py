@@ -30,7 +30,7 @@ from drllm.distributed import (
     run_search_job,
     tree_config,
 )
-from drllm.distributed.evaluator import ExecutorEvaluator
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.testing.models import TinyModelLoader
 from drllm.paths import LayerPath
 from drllm.search import MCTSConfig, run

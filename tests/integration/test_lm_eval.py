@@ -326,7 +326,7 @@ def _loglik_requests(shared_data, path):
 
 def test_loglik_reward_equals_lm_evals_hf_acc_on_the_default_path(tiny, shared_data, hf_default):
     """The search's loglik reward (shared prefill) is lm-eval's acc, per document."""
-    from drllm.distributed.evaluator import ExecutorEvaluator
+    from drllm.distributed.executor_evaluator import ExecutorEvaluator
 
     evaluator = ExecutorEvaluator(tiny.model, tiny.tokenizer, model_id="tiny")
     got = evaluator.evaluate(_loglik_requests(shared_data, [1] * L))
@@ -339,7 +339,7 @@ def test_loglik_reward_equals_lm_evals_hf_acc_on_the_default_path(tiny, shared_d
 
 
 def test_loglik_reward_equals_the_drllm_model_on_an_edited_path(tiny, tasks, shared_data):
-    from drllm.distributed.evaluator import ExecutorEvaluator
+    from drllm.distributed.executor_evaluator import ExecutorEvaluator
 
     evaluator = ExecutorEvaluator(tiny.model, tiny.tokenizer, model_id="tiny")
     got = evaluator.evaluate(_loglik_requests(shared_data, SKIP_PATH))

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from drllm.distributed.config import GenerationConfig
-from drllm.distributed.evaluator import ExecutorEvaluator
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.models.executor import PathExecutor
 from drllm.paths import LayerPath, legal_actions
 from drllm.types import EvalRequest

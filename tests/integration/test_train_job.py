@@ -18,7 +18,7 @@ import torch
 from drllm.bench.train import random_path, synthetic_result
 from drllm.cluster import ClusterSettings
 from drllm.distributed import EvaluatorSpec, GenerationConfig, PoolConfig, run_search_job
-from drllm.distributed.evaluator import ExecutorEvaluator
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.testing.models import TinyModelLoader
 from drllm.inference import RoutedModel
 from drllm.models.loading import ModelSpec

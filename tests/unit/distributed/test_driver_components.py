@@ -21,7 +21,7 @@ from drllm.distributed import (
 )
 from drllm.distributed.batcher import RequestBatcher
 from drllm.distributed.evaluator import evaluate_isolating_errors
-from drllm.distributed.evaluator import ExecutorEvaluator
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.paths import LayerPath
 from drllm.rewards import get_grader
 from drllm.types import EvalRequest

@@ -17,7 +17,8 @@ import pytest
 from drllm.data import DatasetConfig, load_examples
 from drllm.data.prompts import render_prompt
 from drllm.distributed.config import GenerationConfig, PoolConfig
-from drllm.distributed.evaluator import EvaluatorSpec, ExecutorEvaluator
+from drllm.distributed.evaluator import EvaluatorSpec
+from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.distributed.job import run_search_job
 from drllm.evaluation.config import EvaluationConfig
 from drllm.evaluation.policies import matched_k, random_blocks, shortgpt_blocks

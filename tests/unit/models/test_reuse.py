@@ -150,7 +150,7 @@ def _tree_paths(count: int, seed: int) -> list[LayerPath]:
 
 def _evaluators(model, tok, max_new_tokens: int = 10, **levers):
     from drllm.distributed.config import GenerationConfig
-    from drllm.distributed.evaluator import ExecutorEvaluator
+    from drllm.distributed.executor_evaluator import ExecutorEvaluator
 
     plain = ExecutorEvaluator(model, tok, model_id="t", generation=GenerationConfig(
         max_new_tokens=max_new_tokens, reuse_prefix=False, reuse_paths=False, draft=False,
