@@ -3,16 +3,18 @@
 * :meth:`EvaluationPool.create`, :func:`search_examples` — what the search recipe (:mod:`drllm.jobs.search`)
   calls; :func:`run_search_job` — both in one call, for a sink the caller has opened.
 * :class:`SearchDriver` — many concurrent MCTS trees over an :class:`EvaluationPool`.
-* :class:`EvaluationPool` — batching, bounded in-flight calls, requeue and retries over a
-  transport: :class:`RayTransport` (named async Ray actors) or :class:`LocalTransport`.
-* :class:`EvaluatorActor` — one frozen model behind an async request batcher.
+* :class:`EvaluationPool` — streams requests to workers (a bounded number held by each),
+  requeue and retries over a transport: :class:`RayTransport` (named async Ray actors) or
+  :class:`LocalTransport`.
+* :class:`EvaluatorActor` — one frozen model; requests join its running engine as they
+  arrive and each outcome comes back as soon as it is done.
 * Evaluators: :class:`ExecutorEvaluator` (model + executor + graders), chosen with a picklable
   :class:`EvaluatorSpec` (``drllm.testing.DummyEvaluator`` for tests).
 
 Words, one per concept: an **evaluator** (:class:`Evaluator`) turns (example, path) requests
 into graded evaluations; an **actor** is the Ray process that holds one evaluator (in-process
 runs have a *worker* per evaluator instead: the transports' common word for "actor or
-in-process stand-in", as in ``PoolStats.workers_gone``); the **pool** batches requests over the
+in-process stand-in", as in ``PoolStats.workers_gone``); the **pool** streams requests to the
 workers of one **transport**; the **driver** runs the trees and feeds the **sink** (the shard
 writer).
 
@@ -20,13 +22,8 @@ Importing this package imports neither torch nor ray; they load when a pool star
 """
 
 from drllm.distributed.config import DriverConfig, GenerationConfig, PoolConfig
-from drllm.distributed.pool import (
-    CallDone,
-    EvaluationPool,
-    PoolExhaustedError,
-    PoolStats,
-    Transport,
-)
+from drllm.distributed.pool import EvaluationPool, PoolExhaustedError, PoolStats
+from drllm.distributed.transport import Answered, Transport, WorkerLost
 from drllm.distributed.driver import SearchDriver, tree_config, tree_seed
 from drllm.distributed.sinks import ListSink, RecordSink
 from drllm.distributed.evaluator import (
@@ -46,7 +43,7 @@ from drllm.distributed.summary import RunSummary
 
 __all__ = [
     "ActorResources",
-    "CallDone",
+    "Answered",
     "DriverConfig",
     "EvalError",
     "EvaluationPool",
@@ -67,6 +64,7 @@ __all__ = [
     "SearchDriver",
     "SearchMetrics",
     "Transport",
+    "WorkerLost",
     "WorkerLostError",
     "executor_spec",
     "resolve_resources",

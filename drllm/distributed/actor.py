@@ -1,15 +1,23 @@
-"""The evaluator actor: one evaluator (one frozen model) behind an async request batcher.
+"""The evaluator actor: one evaluator (one frozen model) streaming requests in and outcomes out.
 
-:class:`EvaluatorActor` is a plain class; :mod:`drllm.distributed.ray_transport` turns it into a named
-Ray actor with the right resources (``ray.remote(EvaluatorActor).options(...)``). It is an
-*async* actor: :meth:`EvaluatorActor.evaluate` calls from the driver are accepted concurrently
-and merged by a :class:`~drllm.distributed.batcher.RequestBatcher` into batches of at most
-``max_batch_size`` requests, which run one at a time in a worker thread, so the event loop keeps
-accepting requests while the model runs.
+:class:`EvaluatorActor` is a plain class; :mod:`drllm.distributed.ray_transport` turns it into a
+named Ray actor with the right resources (``ray.remote(EvaluatorActor).options(...)``). It is an
+*async* actor with two calls: :meth:`EvaluatorActor.submit` hands it requests (it returns at
+once) and :meth:`EvaluatorActor.collect` waits until at least one request is done and returns
+every outcome finished since the last collect. A serving loop steps the evaluator in a worker
+thread (:meth:`~drllm.distributed.evaluator.Evaluator.step`: one engine step for the
+model-backed evaluator), handing it the requests that arrived during the previous step, so a
+new request joins the running batch at the next step and each result leaves as soon as it is
+done; the event loop keeps accepting calls while the model runs.
+
+Replies carrying whatever has finished (not a Ray streaming generator): the transport keeps one
+``collect`` outstanding per actor that holds requests, so a reply costs one Ray call per batch of
+outcomes, and outcomes that finish during a reply's trip go out with the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -17,14 +25,13 @@ import time
 import warnings
 from typing import Any, Optional, Sequence
 
-from drllm.distributed.batcher import RequestBatcher
-from drllm.distributed.config import PoolConfig
 from drllm.distributed.evaluator import (
+    EvalError,
     EvaluatorContext,
     EvaluatorInfo,
     EvaluatorSpec,
-    Outcome,
-    evaluate_isolating_errors,
+    Tagged,
+    error_text,
 )
 from drllm.distributed.metrics import SearchMetrics
 from drllm.types import EvalRequest
@@ -54,15 +61,13 @@ def _was_restarted() -> bool:
 
 
 class EvaluatorActor:
-    """Holds one evaluator (one model copy) and serves batched evaluation calls.
+    """Holds one evaluator (one model copy) and streams requests through it.
 
     Args:
         index: position in the pool (the actor is named ``{prefix}-{index}``).
         spec: which evaluator to build, with its options.
         num_threads: torch intra-op threads (CPU actors: their ``num_cpus``).
         device: device given to the evaluator (``"cuda"`` for a GPU actor), or ``None``.
-        max_batch_size: requests per executor batch at most.
-        batch_wait_ms: how long a partial batch waits for more requests (milliseconds).
         metrics_model: ``model`` tag of the actor's metrics (``None``: the evaluator's model id).
     """
 
@@ -73,8 +78,6 @@ class EvaluatorActor:
         *,
         num_threads: Optional[int] = None,
         device: Optional[str] = None,
-        max_batch_size: int = PoolConfig.max_batch_size,
-        batch_wait_ms: float = PoolConfig.batch_wait_ms,
         metrics_model: Optional[str] = None,
     ) -> None:
         self.index = index
@@ -91,12 +94,15 @@ class EvaluatorActor:
         self.evaluator = spec.build(context)
         self._info = self.evaluator.info
         self.metrics = SearchMetrics(metrics_model or self._info.model_id)
-        self.batcher: RequestBatcher[EvalRequest, Outcome] = RequestBatcher(
-            self._run_batch,
-            max_batch_size=max_batch_size,
-            wait_s=batch_wait_ms / 1000.0,
-            on_batch=self.metrics.batch,
-        )
+        self._incoming: list[tuple[int, EvalRequest]] = []
+        self._finished: list[Tagged] = []
+        self._held: set[int] = set()  # tags submitted and not yet finished
+        self._work: Optional[asyncio.Event] = None
+        self._done: Optional[asyncio.Event] = None
+        self._loop_task: Optional[asyncio.Task] = None
+        self.steps = 0
+        self.requests_done = 0
+        self.busy_seconds = 0.0
         logger.info("%r ready (pid %d%s)", self, os.getpid(),
                     ", restarted" if self.restarted else "")
 
@@ -112,20 +118,70 @@ class EvaluatorActor:
         if torch is not None:
             torch.set_num_threads(num_threads)
 
-    def _run_batch(self, requests: list[EvalRequest]) -> list[Outcome]:
-        return evaluate_isolating_errors(self.evaluator, requests)
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event]:
+        if self._work is None or self._done is None:
+            self._work, self._done = asyncio.Event(), asyncio.Event()
+        return self._work, self._done
 
-    async def evaluate(self, requests: Sequence[EvalRequest]) -> list[Outcome]:
-        """Evaluate ``requests``; one :class:`Evaluation` or :class:`EvalError` each, in order.
+    async def submit(self, requests: Sequence[tuple[int, EvalRequest]]) -> None:
+        """Take ``(tag, request)`` pairs; they join the evaluator at its next step."""
+        work, _ = self._events()
+        self._incoming.extend(requests)
+        self._held.update(tag for tag, _ in requests)
+        work.set()
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.create_task(self._serve())
 
-        Concurrent calls are merged into batches; this call returns when all of its requests
-        are done.
-        """
-        return await self.batcher.submit(list(requests))
+    async def collect(self) -> list[Tagged]:
+        """Wait until a request is done; ``(tag, outcome)`` of every one done since the last
+        collect (an :class:`EvalError` for a request whose evaluation raised)."""
+        _, done = self._events()
+        while not self._finished:
+            done.clear()
+            await done.wait()
+        out, self._finished = self._finished, []
+        return out
+
+    async def _serve(self) -> None:
+        work, done = self._events()
+        while True:
+            while not self._incoming and not self._held:
+                work.clear()
+                await work.wait()
+            new, self._incoming = self._incoming, []
+            start = time.perf_counter()
+            finished = await asyncio.to_thread(self._step, new)
+            seconds = time.perf_counter() - start
+            self.busy_seconds += seconds
+            self.steps += 1
+            if finished:
+                self._held.difference_update(tag for tag, _ in finished)
+                self.requests_done += len(finished)
+                self._finished.extend(finished)
+                done.set()
+                self.metrics.batch(len(finished), seconds)
+
+    def _step(self, new: list[tuple[int, EvalRequest]]) -> list[Tagged]:
+        """Submit the new requests, run one evaluator step (in the worker thread). A step that
+        raises fails every request held (the evaluator's contract is to raise only when the
+        worker is lost, which in an actor is the process dying)."""
+        try:
+            for tag, request in new:
+                self.evaluator.submit(tag, request)
+            return self.evaluator.step()
+        except Exception as err:  # noqa: BLE001 - answered as errors, the pool retries them
+            logger.error("%r: evaluator step failed: %s", self, error_text(err))
+            return [(tag, EvalError(error_text(err))) for tag in sorted(self._held)]
 
     async def close(self) -> None:
-        """Stop batching and release the evaluator (the pool calls this before killing)."""
-        await self.batcher.close()
+        """Stop serving and release the evaluator (the pool calls this before killing)."""
+        task, self._loop_task = self._loop_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
         self.evaluator.close()
 
     def info(self) -> EvaluatorInfo:
@@ -135,25 +191,24 @@ class EvaluatorActor:
     def stats(self) -> dict[str, Any]:
         """Counters for monitoring, benchmarks and tests.
 
-        ``busy_seconds``: wall time spent running batches; ``cpu_seconds``: CPU time of the
+        ``busy_seconds``: wall time spent in evaluator steps; ``cpu_seconds``: CPU time of the
         actor process (all threads), both since the actor (re)started.
         """
         return {
             "index": self.index,
             "pid": os.getpid(),
             "restarted": self.restarted,
-            "batches_done": self.batcher.batches_done,
-            "requests_done": self.batcher.requests_done,
-            "busy_seconds": self.batcher.busy_seconds,
+            "steps": self.steps,
+            "requests_done": self.requests_done,
+            "busy_seconds": self.busy_seconds,
             "cpu_seconds": time.process_time(),
-            "queued": self.batcher.queued,
-            "busy": self.batcher.busy,
+            "held": len(self._held),
+            "evaluator": (self.evaluator.stats() if hasattr(self.evaluator, "stats") else {}),
         }
 
     def __repr__(self) -> str:
         info = getattr(self, "_info", None)
-        batcher = getattr(self, "batcher", None)
         model = info.model_id if info else "?"
         device = info.device if info else "?"
-        done = batcher.batches_done if batcher else 0
-        return f"EvaluatorActor(#{self.index}, model={model}, device={device}, batches={done})"
+        return (f"EvaluatorActor(#{self.index}, model={model}, device={device}, "
+                f"steps={getattr(self, 'steps', 0)})")

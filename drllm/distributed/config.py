@@ -126,7 +126,7 @@ class GenerationConfig(WorkAvoidance):
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """Evaluator actors: how many, their resources, their batching and fault tolerance.
+    """Evaluator actors: how many, their resources, the requests they hold, fault tolerance.
 
     Attributes:
         num_actors: evaluator actors. ``None``: one per GPU when GPUs are used, otherwise
@@ -136,12 +136,11 @@ class PoolConfig:
         use_gpu: ``None``: use GPUs when the cluster has them; ``True``: require GPUs (fails
             fast on a CPU-only cluster); ``False``: never ask for GPUs.
         num_gpus_per_actor: GPUs reserved per actor when GPUs are used (1: one actor per GPU).
-        max_batch_size: requests the actor's batcher merges into one executor call at most,
-            and requests per driver call at most.
-        batch_wait_ms: how long the batcher waits for more requests after the first one
-            arrives before it runs a partial batch (milliseconds).
-        max_in_flight_per_actor: calls (each up to ``max_batch_size`` requests) outstanding per
-            actor; 2 keeps one batch queued while one runs.
+        requests_per_actor: requests an actor holds at most (sent, not yet answered: its
+            engine's waiting and running rows). Requests stream: each joins the actor's running
+            engine at its next step and is answered as soon as it finishes, and the pool sends
+            another in its place, so this only needs to exceed what the engine's budget runs
+            at once (``work_avoidance.max_rows``, 64) for the engine to stay full.
         max_restarts: times Ray restarts a dead actor before it is given up.
         max_request_retries: times a request whose evaluation raised is retried before it is
             recorded as reward 0 with the error as reason.
@@ -156,21 +155,17 @@ class PoolConfig:
         scale_check_s: how often the pool looks for new nodes and placed actors (seconds).
         gpu_wait_s: a GPU pool that has no actor placed and loaded after this long fails
             with an error naming the missing GPUs (seconds); GPUs are never replaced by CPUs.
-        call_timeout_s: a call unanswered after this long counts as a hung actor: the actor
-            is killed (Ray restarts it) and its requests go to another (seconds).
+        call_timeout_s: an actor holding requests that answers none of them for this long
+            is hung: it is killed (Ray restarts it) and its requests go to another (seconds).
         sticky: send a question's requests to the actor that last served it (its per-question
-            caches stay warm) while that actor is alive and free enough.
-        sticky_wait_s: how long a request waits for its question's actor before any free
-            actor takes it (seconds).
+            caches stay warm; a request waits while that actor is full) while it is alive.
     """
 
     num_actors: Optional[int] = None
     num_cpus_per_actor: float = 1
     use_gpu: Optional[bool] = None
     num_gpus_per_actor: float = 1.0
-    max_batch_size: int = 16
-    batch_wait_ms: float = 5.0
-    max_in_flight_per_actor: int = 2
+    requests_per_actor: int = 128
     max_restarts: int = 3
     max_request_retries: int = 2
     namespace: str = "drllm"
@@ -181,7 +176,6 @@ class PoolConfig:
     gpu_wait_s: float = 600.0
     call_timeout_s: float = 600.0
     sticky: bool = True
-    sticky_wait_s: float = 1.0
 
     def __post_init__(self) -> None:
         owner = "PoolConfig"
@@ -191,9 +185,7 @@ class PoolConfig:
         check_real(owner, "num_cpus_per_actor", self.num_cpus_per_actor, 0.0)
         check_real(owner, "num_gpus_per_actor", self.num_gpus_per_actor, 0.0, open_low=True)
         check_bool(owner, "use_gpu", self.use_gpu, optional=True)
-        check_int(owner, "max_batch_size", self.max_batch_size, 1)
-        check_real(owner, "batch_wait_ms", self.batch_wait_ms, 0.0)
-        check_int(owner, "max_in_flight_per_actor", self.max_in_flight_per_actor, 1)
+        check_int(owner, "requests_per_actor", self.requests_per_actor, 1)
         check_int(owner, "max_restarts", self.max_restarts, 0)
         check_int(owner, "max_request_retries", self.max_request_retries, 0)
         for name in ("namespace", "name_prefix"):
@@ -207,7 +199,6 @@ class PoolConfig:
                 check_int(owner, name, getattr(self, name), 1)
         for name in ("scale_check_s", "gpu_wait_s", "call_timeout_s"):
             check_real(owner, name, getattr(self, name), 0.0, open_low=True)
-        check_real(owner, "sticky_wait_s", self.sticky_wait_s, 0.0)
         check_bool(owner, "sticky", self.sticky)
         low, high = self.actor_bounds
         if high is not None and low > high:

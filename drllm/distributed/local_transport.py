@@ -1,33 +1,32 @@
-"""An in-process :class:`~drllm.distributed.pool.Transport`: evaluators in the driver process.
+"""An in-process :class:`~drllm.distributed.transport.Transport`: evaluators in the driver process.
 
-For unit tests (no Ray), debugging, and small single-process runs. Calls run synchronously,
-oldest first, one per :meth:`LocalTransport.wait`, so interleavings are deterministic.
-Imports neither torch nor ray.
+For unit tests (no Ray), debugging, and small single-process runs (``ray.mode=in_process``).
+Sent requests join their worker's evaluator at once (:meth:`Evaluator.submit`); each
+:meth:`LocalTransport.wait` steps the workers that hold requests, in index order
+(:meth:`Evaluator.step`: one engine step for the model-backed evaluator), until one of them
+finishes something, so interleavings are deterministic. Imports neither torch nor ray.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import deque
-from typing import Optional
+from typing import Optional, Sequence
 
-from drllm.distributed.transport import CallDone, Transport
 from drllm.distributed.evaluator import (
     Evaluator,
     EvaluatorContext,
     EvaluatorInfo,
     EvaluatorSpec,
     WorkerLostError,
-    evaluate_isolating_errors,
+    error_text,
 )
-from drllm.types import EvalRequest
+from drllm.distributed.transport import Answered, Report, Sent, Transport, WorkerLost
 
 logger = logging.getLogger(__name__)
 
 
 class LocalTransport(Transport):
-    """Backends in this process; calls run synchronously, oldest first, one per :meth:`wait`.
+    """Evaluators in this process, stepped in turn by :meth:`wait`.
 
     An evaluator raising :class:`WorkerLostError` stands for a dead actor: the worker is rebuilt
     (``restarted=True``) up to ``max_restarts`` times, then given up.
@@ -46,10 +45,12 @@ class LocalTransport(Transport):
         self.max_restarts = int(max_restarts)
         self.evaluators: list[Optional[Evaluator]] = []
         self.restarts = [0] * self._num_workers
-        self._calls: deque[tuple[int, int, tuple[EvalRequest, ...], float]] = deque()
-        self.call_log: list[tuple[int, int]] = []  # (worker, requests) per call, in send order
-        self.max_outstanding = [0] * self._num_workers
-        self._pending_losses: list[CallDone] = []
+        #: (worker, requests) per send, in order (tests read it).
+        self.send_log: list[tuple[int, int]] = []
+        #: Requests each worker held at once at most.
+        self.max_held = [0] * self._num_workers
+        self._held = [0] * self._num_workers
+        self._pending_losses: list[Report] = []
 
     @property
     def num_workers(self) -> int:
@@ -65,37 +66,46 @@ class LocalTransport(Transport):
             raise RuntimeError(f"workers disagree on the model: {sorted(map(str, infos))}")
         return infos.pop()
 
-    def call(self, worker: int, call_id: int, requests: tuple[EvalRequest, ...]) -> None:
-        if self.evaluators[worker] is None:
+    def send(self, worker: int, requests: Sequence[Sent]) -> None:
+        evaluator = self.evaluators[worker]
+        if evaluator is None:
             raise RuntimeError(f"worker {worker} is gone")
-        self._calls.append((worker, call_id, requests, time.perf_counter()))
-        self.call_log.append((worker, len(requests)))
-        outstanding = sum(1 for w, *_ in self._calls if w == worker)
-        self.max_outstanding[worker] = max(self.max_outstanding[worker], outstanding)
+        self.send_log.append((worker, len(requests)))
+        for request_id, request in requests:
+            evaluator.submit(request_id, request)
+        self._held[worker] += len(requests)
+        self.max_held[worker] = max(self.max_held[worker], self._held[worker])
 
-    def wait(self, timeout_s: float) -> list[CallDone]:
+    def wait(self, timeout_s: float) -> list[Report]:
+        """Step the workers holding requests until something is reported (or none holds any)."""
         if self._pending_losses:
             lost, self._pending_losses = self._pending_losses, []
             return lost
-        if not self._calls:
-            return []
-        worker, call_id, requests, sent = self._calls.popleft()
-        evaluator = self.evaluators[worker]
-        assert evaluator is not None
-        try:
-            outcomes = evaluate_isolating_errors(evaluator, requests)
-        except WorkerLostError as err:
-            return self._lose(worker, call_id, err)
-        return [CallDone(call_id, worker, tuple(outcomes), seconds=time.perf_counter() - sent)]
+        while any(self._held):
+            out: list[Report] = []
+            for worker, evaluator in enumerate(self.evaluators):
+                if evaluator is None or not self._held[worker]:
+                    continue
+                try:
+                    done = evaluator.step()
+                except WorkerLostError as err:
+                    out.append(self._lose(worker, err))
+                    continue
+                except Exception as err:  # noqa: BLE001 - a broken evaluator, not a dead one
+                    logger.error("in-process worker %d failed a step: %s", worker,
+                                 error_text(err))
+                    out.append(self._lose(worker, WorkerLostError(error_text(err))))
+                    continue
+                self._held[worker] -= len(done)
+                out.extend(Answered(worker, tag, outcome) for tag, outcome in done)
+            if out:
+                return out
+        return []
 
-    def _lose(
-        self, worker: int, call_id: Optional[int], err: WorkerLostError
-    ) -> list[CallDone]:
-        """Like a dead actor: every outstanding call of the worker fails; restart or give up."""
+    def _lose(self, worker: int, err: WorkerLostError) -> WorkerLost:
+        """Like a dead actor: what the worker held is lost; restart it or give it up."""
         logger.warning("in-process worker %d lost: %s", worker, err)
-        lost = ([] if call_id is None else [call_id]) + [c[1] for c in self._calls
-                                                          if c[0] == worker]
-        self._calls = deque(c for c in self._calls if c[0] != worker)
+        self._held[worker] = 0
         gone = self.restarts[worker] >= self.max_restarts
         if gone:
             self.evaluators[worker] = None
@@ -104,18 +114,18 @@ class LocalTransport(Transport):
             self.evaluators[worker] = self.spec.build(
                 EvaluatorContext(worker_index=worker, restarted=True, in_process=True)
             )
-        return [CallDone(c, worker, worker_lost=True, worker_gone=gone) for c in lost]
+        return WorkerLost(worker, gone)
 
     def ready_workers(self) -> list[int]:
         return [w for w, b in enumerate(self.evaluators) if b is not None]
 
     def kill(self, worker: int) -> None:
-        """Like killing a hung actor: its outstanding calls are lost, the worker restarts."""
-        self._pending_losses.extend(self._lose(worker, None, WorkerLostError("killed (hung)")))
+        """Like killing a hung actor: what it held is lost, the worker restarts."""
+        self._pending_losses.append(self._lose(worker, WorkerLostError("killed (hung)")))
 
     def shutdown(self) -> None:
         for evaluator in self.evaluators:
             if evaluator is not None:
                 evaluator.close()
         self.evaluators = [None] * len(self.evaluators)
-        self._calls.clear()
+        self._held = [0] * self._num_workers

@@ -1,19 +1,18 @@
-"""Dispatching evaluation requests to workers: bounded in-flight calls, requeue, retries.
+"""Streaming evaluation requests to workers: bounded requests in flight, requeue, retries.
 
-:class:`EvaluationPool` is what the driver talks to. It keeps a queue of requests, sends them
-to workers in calls of at most ``max_batch_size`` requests with at most
-``max_in_flight_per_worker`` calls outstanding per worker, and handles faults. Queued requests
-are spread evenly over idle workers; a worker that is already busy only gets full batches (a
-partial batch would wait behind the running one anyway, and is better merged with the requests
-that arrive meanwhile). Faults:
+:class:`EvaluationPool` is what the driver talks to. It keeps a queue of requests and streams
+them to workers: a worker holds at most ``max_in_flight_per_worker`` requests (sent, not yet
+answered; in the worker they are the engine's waiting and running rows), and takes new ones as
+soon as any of its requests is answered, one at a time, so the engine's budget stays full while
+the driver's trees keep asking. Faults:
 
-* a worker that dies during a call (a crashed or killed actor) has that call's requests
-  requeued at the front of the queue for a restarted or surviving worker;
+* a worker that dies (a crashed or killed actor) has every request it held requeued at the
+  front of the queue for a restarted or surviving worker;
 * a request whose evaluation raised inside the evaluator is retried up to
   ``max_request_retries`` times, then answered with a **failed** evaluation (``failed=True``,
   the error as reason; counted) -- a failure, not a reward of 0;
-* a call unanswered after ``call_timeout_s`` is a hung worker: the worker is killed
-  (:meth:`Transport.kill`; Ray restarts it) and the call's requests are requeued;
+* a worker holding requests that answers none of them for ``call_timeout_s`` is hung: it is
+  killed (:meth:`Transport.kill`; Ray restarts it) and its requests are requeued;
 * when every worker is gone for good (and none is still being placed),
   :class:`PoolExhaustedError` stops the run.
 
@@ -37,10 +36,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable, Optional, Sequence
 
 from drllm.distributed.config import PoolConfig
-from drllm.distributed.evaluator import EvalError, EvaluatorInfo, EvaluatorSpec, Outcome
+from drllm.distributed.evaluator import EvalError, EvaluatorInfo, EvaluatorSpec
 from drllm.distributed.metrics import SearchMetrics
-from drllm.distributed.routing import Queued, plan_dispatch
-from drllm.distributed.transport import CallDone, Transport
+from drllm.distributed.routing import plan_dispatch
+from drllm.distributed.transport import Answered, Transport, WorkerLost
 from drllm.types import EvalRequest, EvalResult, Evaluation
 
 logger = logging.getLogger(__name__)
@@ -57,20 +56,20 @@ class PoolStats:
     """Counters of an :class:`EvaluationPool` (mutable; read them, do not write them).
 
     Attributes:
-        calls: worker calls answered.
+        sends: sends to workers (each carries every request routed to that worker then).
         requests_answered: requests answered with an evaluation (retried ones counted once).
         failed: requests answered with reward 0 after exhausting their retries.
         retries: request re-sends after an evaluator error.
         requeued: request re-sends after their worker died.
-        lost_calls: calls whose worker died before answering (their requests were requeued).
+        lost_calls: worker losses (deaths, kills) that lost requests, all of them requeued.
         workers_gone: workers given up for good.
-        timeouts: calls given up after ``call_timeout_s`` (their worker was killed).
+        timeouts: workers killed for answering nothing within ``call_timeout_s``.
         sticky_hits: requests sent to the worker that last served their question.
-        batch_sizes: histogram of requests per call, ``{size: calls}``.
-        max_in_flight_calls: most calls outstanding on one worker at any time.
+        batch_sizes: histogram of requests per send, ``{size: sends}``.
+        max_held: most requests one worker held at once.
     """
 
-    calls: int = 0
+    sends: int = 0
     requests_answered: int = 0
     failed: int = 0
     retries: int = 0
@@ -80,10 +79,11 @@ class PoolStats:
     timeouts: int = 0
     sticky_hits: int = 0
     batch_sizes: Counter = field(default_factory=Counter)
-    max_in_flight_calls: int = 0
+    max_held: int = 0
 
     @property
     def mean_batch_size(self) -> float:
+        """Mean requests per send."""
         total = sum(self.batch_sizes.values())
         return sum(k * v for k, v in self.batch_sizes.items()) / total if total else 0.0
 
@@ -91,33 +91,30 @@ class PoolStats:
 @dataclass
 class _Pending:
     request: EvalRequest
-    queued_at: float = 0.0
     errors: int = 0
     deaths: int = 0
     last_error: str = ""
 
 
 @dataclass
-class _Call:
+class _Flight:
     worker: int
-    batch: list[_Pending]
+    pending: _Pending
     sent_at: float
 
 
 class EvaluationPool:
-    """Queue, dispatch and fault handling over a :class:`Transport` (see module docstring).
+    """Queue, streaming dispatch and fault handling over a :class:`Transport` (module docstring).
 
     Args:
         transport: the workers.
-        max_batch_size: requests per call at most.
-        max_in_flight_per_worker: calls outstanding per worker at most.
+        max_in_flight_per_worker: requests a worker holds at most (sent, not yet answered).
         max_request_retries: re-sends of a request after evaluator errors (and after worker
             deaths while evaluating it) before it is answered with reward 0.
-        metrics: optional metrics sink (in-flight gauge, call latency, errors, requeues).
-        call_timeout_s: a call unanswered this long is given up and its worker killed
-            (``None``: never).
-        sticky_wait_s: how long a request waits for the worker that last served its question
-            (``None``: no sticky routing).
+        metrics: optional metrics sink (in-flight gauge, request latency, errors, requeues).
+        call_timeout_s: a worker holding requests that answers none for this long is killed
+            and its requests requeued (``None``: never).
+        sticky: send a question's requests to the worker that last served it.
         clock: monotonic clock in seconds (injectable for tests).
     """
 
@@ -125,33 +122,31 @@ class EvaluationPool:
         self,
         transport: Transport,
         *,
-        max_batch_size: int = PoolConfig.max_batch_size,
-        max_in_flight_per_worker: int = PoolConfig.max_in_flight_per_actor,
+        max_in_flight_per_worker: int = PoolConfig.requests_per_actor,
         max_request_retries: int = PoolConfig.max_request_retries,
         metrics: Optional[SearchMetrics] = None,
         call_timeout_s: Optional[float] = None,
-        sticky_wait_s: Optional[float] = None,
+        sticky: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_batch_size < 1 or max_in_flight_per_worker < 1 or max_request_retries < 0:
+        if max_in_flight_per_worker < 1 or max_request_retries < 0:
             raise ValueError(
-                "need max_batch_size >= 1, max_in_flight_per_worker >= 1, "
-                f"max_request_retries >= 0; got {max_batch_size}, {max_in_flight_per_worker}, "
-                f"{max_request_retries}"
+                "need max_in_flight_per_worker >= 1, max_request_retries >= 0; got "
+                f"{max_in_flight_per_worker}, {max_request_retries}"
             )
         self.transport = transport
-        self.max_batch_size = int(max_batch_size)
         self.max_in_flight_per_worker = int(max_in_flight_per_worker)
         self.max_request_retries = int(max_request_retries)
         self.metrics = metrics
         self.call_timeout_s = call_timeout_s
-        self.sticky_wait_s = sticky_wait_s
+        self.sticky = sticky
         self._clock = clock
         self.stats = PoolStats()
         self.info: Optional[EvaluatorInfo] = None
         self._queue: deque[_Pending] = deque()
-        self._calls: dict[int, _Call] = {}
-        self._worker_calls: dict[int, int] = {}
+        self._flight: dict[int, _Flight] = {}
+        self._held: dict[int, int] = {}
+        self._heard: dict[int, float] = {}  # worker -> when it last answered (or got work)
         self._gone: set[int] = set()
         self._home: dict[Hashable, int] = {}
         self._ids = itertools.count()
@@ -166,8 +161,8 @@ class EvaluationPool:
 
         Args:
             spec: the evaluator every worker builds.
-            config: workers, resources, batching, fault tolerance.
-            in_process: run the workers in this process, one call at a time, without Ray
+            config: workers, resources, requests in flight, fault tolerance.
+            in_process: run the workers in this process, stepped in turn, without Ray
                 (tests, debugging, ``ray.mode=in_process``); otherwise start Ray actors on the
                 connected cluster.
             enable_metrics: Ray actors: record the pool's metrics (tagged with the model id
@@ -181,19 +176,16 @@ class EvaluationPool:
             from drllm.distributed.local_transport import LocalTransport
 
             pool = cls(LocalTransport(spec, config.num_actors or 1, config.max_restarts),
-                       max_batch_size=config.max_batch_size,
-                       max_in_flight_per_worker=config.max_in_flight_per_actor,
-                       max_request_retries=config.max_request_retries)
+                       max_in_flight_per_worker=config.requests_per_actor,
+                       max_request_retries=config.max_request_retries, sticky=config.sticky)
             pool.start()
             return pool
         from drllm.distributed.ray_transport import RayTransport
 
         pool = cls(RayTransport(spec, config, ready_timeout_s=ready_timeout_s),
-                   max_batch_size=config.max_batch_size,
-                   max_in_flight_per_worker=config.max_in_flight_per_actor,
+                   max_in_flight_per_worker=config.requests_per_actor,
                    max_request_retries=config.max_request_retries,
-                   call_timeout_s=config.call_timeout_s,
-                   sticky_wait_s=config.sticky_wait_s if config.sticky else None)
+                   call_timeout_s=config.call_timeout_s, sticky=config.sticky)
         info = pool.start()
         if enable_metrics:
             pool.metrics = SearchMetrics(info.model_id)
@@ -225,7 +217,7 @@ class EvaluationPool:
 
     @property
     def workers_alive(self) -> int:
-        """Workers that can take calls now."""
+        """Workers that can take requests now."""
         return len(self._ready())
 
     @property
@@ -236,12 +228,12 @@ class EvaluationPool:
     @property
     def in_flight(self) -> int:
         """Requests sent and not yet answered."""
-        return sum(len(call.batch) for call in self._calls.values())
+        return len(self._flight)
 
     @property
     def capacity(self) -> int:
-        """Requests the live workers can hold in flight: workers x calls x batch size."""
-        return max(1, self.workers_alive) * self.max_in_flight_per_worker * self.max_batch_size
+        """Requests the live workers can hold in flight: workers x requests per worker."""
+        return max(1, self.workers_alive) * self.max_in_flight_per_worker
 
     @property
     def wants_more(self) -> bool:
@@ -250,19 +242,18 @@ class EvaluationPool:
 
     @property
     def idle(self) -> bool:
-        return not self._queue and not self._calls
+        return not self._queue and not self._flight
 
     @property
-    def calls_per_worker(self) -> tuple[int, ...]:
-        """Calls outstanding on each worker."""
-        return tuple(self._worker_calls.get(w, 0) for w in range(self.transport.num_workers))
+    def held_per_worker(self) -> tuple[int, ...]:
+        """Requests each worker holds (sent, not answered)."""
+        return tuple(self._held.get(w, 0) for w in range(self.transport.num_workers))
 
     # ------------------------------------------------------------------ submitting
 
     def submit(self, requests: Sequence[EvalRequest]) -> None:
         """Queue requests (sent by :meth:`dispatch` / :meth:`wait`)."""
-        now = self._clock()
-        self._queue.extend(_Pending(r, queued_at=now) for r in requests)
+        self._queue.extend(_Pending(r) for r in requests)
 
     def cancel(self, example_id: str) -> int:
         """Drop queued (not yet sent) requests of ``example_id``; how many were dropped."""
@@ -277,40 +268,42 @@ class EvaluationPool:
         self._home.pop(example_id, None)
 
     def dispatch(self) -> int:
-        """Send queued requests to free workers; the number of calls made."""
+        """Send queued requests to workers with room; the number of requests sent."""
         if self.info is None:
             raise RuntimeError("EvaluationPool.start() must be called before dispatching")
         if not self._queue:
             return 0
-        ready = self._ready()
-        free = {w: self._worker_calls.get(w, 0) for w in ready
-                if self._worker_calls.get(w, 0) < self.max_in_flight_per_worker}
-        if not free:
+        cap, held = self.max_in_flight_per_worker, self._held
+        room = {w: cap - held.get(w, 0) for w in self._ready()}
+        if not any(r > 0 for r in room.values()):
             return 0
-        now = self._clock()
-        queue = [Queued(p, p.request.example_id, now - p.queued_at) for p in self._queue]
-        plan, rest = plan_dispatch(queue, free, self._home, frozenset(ready),
-                                   max_batch_size=self.max_batch_size,
-                                   sticky_wait_s=self.sticky_wait_s)
+        sends, rest = plan_dispatch([(p, p.request.example_id) for p in self._queue], room,
+                                    self._home, sticky=self.sticky)
         self._queue = deque(rest)
-        for worker, batch in plan:
+        now = self._clock()
+        for worker, batch in sends.items():
             self._send(worker, batch, now)
-        if plan and self.metrics is not None:
+        if sends and self.metrics is not None:
             self.metrics.in_flight(self.in_flight)
-        return len(plan)
+        return sum(len(b) for b in sends.values())
 
     def _send(self, worker: int, batch: list[_Pending], now: float) -> None:
-        call_id = next(self._ids)
-        self._calls[call_id] = _Call(worker, batch, now)
-        self._worker_calls[worker] = self._worker_calls.get(worker, 0) + 1
-        self.stats.max_in_flight_calls = max(self.stats.max_in_flight_calls,
-                                             self._worker_calls[worker])
+        if not self._held.get(worker):
+            self._heard[worker] = now  # the hang clock starts with its first request
+        self._held[worker] = self._held.get(worker, 0) + len(batch)
+        self.stats.sends += 1
+        self.stats.batch_sizes[len(batch)] += 1
+        self.stats.max_held = max(self.stats.max_held, self._held[worker])
+        sent = []
         for pending in batch:
+            request_id = next(self._ids)
+            self._flight[request_id] = _Flight(worker, pending, now)
             key = pending.request.example_id
             if self._home.get(key) == worker:
                 self.stats.sticky_hits += 1
             self._home[key] = worker
-        self.transport.call(worker, call_id, tuple(p.request for p in batch))
+            sent.append((request_id, pending.request))
+        self.transport.send(worker, sent)
 
     # ------------------------------------------------------------------ collecting
 
@@ -326,11 +319,14 @@ class EvaluationPool:
         self.transport.maintain()
         self.dispatch()
         self._check_alive()
-        if not self._calls and not self._queue:
+        if self.idle:
             return []
         results: list[EvalResult] = []
-        for done in self.transport.wait(self._wait_budget(timeout_s)):
-            results.extend(self._handle(done))
+        for report in self.transport.wait(self._wait_budget(timeout_s)):
+            if isinstance(report, Answered):
+                results.extend(self._answer(report))
+            else:
+                results.extend(self._lose(report))
         results.extend(self._expire_hung())
         self.transport.maintain()
         self._check_alive()
@@ -340,43 +336,39 @@ class EvaluationPool:
         return results
 
     def _wait_budget(self, timeout_s: float) -> float:
-        """``timeout_s``, shortened so that a hung call is noticed on time."""
-        if self.call_timeout_s is None or not self._calls:
+        """``timeout_s``, shortened so that a hung worker is noticed on time."""
+        busy = [self._heard[w] for w, n in self._held.items() if n]
+        if self.call_timeout_s is None or not busy:
             return timeout_s
-        oldest = min(call.sent_at for call in self._calls.values())
-        due = oldest + self.call_timeout_s - self._clock()
+        due = min(busy) + self.call_timeout_s - self._clock()
         return max(0.0, min(timeout_s, due))
 
     def _expire_hung(self) -> list[EvalResult]:
-        """Give up calls older than ``call_timeout_s``: kill their worker, requeue them."""
+        """Kill workers that held requests and answered none for ``call_timeout_s``; requeue."""
         if self.call_timeout_s is None:
             return []
         now = self._clock()
-        hung = [cid for cid, call in self._calls.items()
-                if now - call.sent_at >= self.call_timeout_s]
+        hung = [w for w, n in self._held.items()
+                if n and now - self._heard[w] >= self.call_timeout_s]
         results: list[EvalResult] = []
-        for call_id in hung:
-            call = self._calls.pop(call_id, None)
-            if call is None:
-                continue
-            self._worker_calls[call.worker] -= 1
+        for worker in hung:
             self.stats.timeouts += 1
-            logger.error("evaluator worker %d did not answer a call of %d requests within "
-                         "%.0f s (pool.call_timeout_s): killing it, requeueing the requests",
-                         call.worker, len(call.batch), self.call_timeout_s)
-            for pending in call.batch:
-                pending.last_error = f"call timed out after {self.call_timeout_s:g} s"
-                if self._home.get(pending.request.example_id) == call.worker:
-                    del self._home[pending.request.example_id]
-            results.extend(self._requeue_lost(call.worker, call.batch, gone=False))
+            logger.error("evaluator worker %d answered none of its %d requests within %.0f s "
+                         "(pool.call_timeout_s): killing it, requeueing the requests",
+                         worker, self._held[worker], self.call_timeout_s)
+            for flight in self._flight.values():
+                if flight.worker == worker:
+                    flight.pending.last_error = f"worker hung for {self.call_timeout_s:g} s"
+            results.extend(self._lose(WorkerLost(worker, gone=False)))
+            self._home = {k: w for k, w in self._home.items() if w != worker}
             try:
-                self.transport.kill(call.worker)
+                self.transport.kill(worker)
             except Exception:  # noqa: BLE001 - the worker may be dead already
-                logger.warning("killing hung worker %d failed", call.worker, exc_info=True)
+                logger.warning("killing hung worker %d failed", worker, exc_info=True)
         return results
 
     def _check_alive(self) -> None:
-        if self.workers_alive or self.transport.pending_workers or not (self._queue or self._calls):
+        if self.workers_alive or self.transport.pending_workers or self.idle:
             return
         raise PoolExhaustedError(
             f"all {self.transport.num_workers} evaluator workers died and cannot be restarted "
@@ -384,51 +376,44 @@ class EvaluationPool:
             "logs (out of memory? a crashing model?) or raise max_restarts"
         )
 
-    def _handle(self, done: CallDone) -> list[EvalResult]:
-        call = self._calls.pop(done.call_id, None)
-        if call is None:  # given up already (timed out); its requests were requeued
+    def _answer(self, report: Answered) -> list[EvalResult]:
+        flight = self._flight.pop(report.request_id, None)
+        if flight is None:  # requeued already (its worker was given up as hung)
             return []
-        worker, batch = call.worker, call.batch
-        assert worker == done.worker, (worker, done.worker)
-        self._worker_calls[worker] -= 1
-        if done.worker_lost or done.worker_gone:
-            return self._requeue_lost(worker, batch, done.worker_gone)
-        self.stats.calls += 1
-        self.stats.batch_sizes[len(batch)] += 1
+        worker, pending = flight.worker, flight.pending
+        self._held[worker] -= 1
+        now = self._clock()
+        self._heard[worker] = now
         if self.metrics is not None:
-            self.metrics.call_latency(done.seconds)
-        outcomes = done.outcomes
-        if outcomes is None:
-            outcomes = tuple(EvalError(done.error or "call failed") for _ in batch)
-        assert len(outcomes) == len(batch), (len(outcomes), len(batch))
-        results: list[EvalResult] = []
-        retry: list[_Pending] = []
-        for pending, outcome in zip(batch, outcomes):
-            if isinstance(outcome, EvalError):
-                pending.errors += 1
-                pending.last_error = outcome.message
-                if pending.errors <= self.max_request_retries:
-                    self.stats.retries += 1
-                    retry.append(pending)
-                    continue
-                results.append(self._give_up(pending))
-            else:
-                self.stats.requests_answered += 1
-                results.append(EvalResult(pending.request.example_id, pending.request.path,
-                                          outcome))
-        self._queue.extend(retry)
-        return results
+            self.metrics.call_latency(now - flight.sent_at)
+        outcome = report.outcome
+        if isinstance(outcome, EvalError):
+            pending.errors += 1
+            pending.last_error = outcome.message
+            if pending.errors <= self.max_request_retries:
+                self.stats.retries += 1
+                self._queue.append(pending)
+                return []
+            return [self._give_up(pending)]
+        self.stats.requests_answered += 1
+        return [EvalResult(pending.request.example_id, pending.request.path, outcome)]
 
-    def _requeue_lost(self, worker: int, batch: list[_Pending], gone: bool) -> list[EvalResult]:
-        self.stats.lost_calls += 1
+    def _lose(self, report: WorkerLost) -> list[EvalResult]:
+        """A worker died: requeue what it held (or give up requests that died too often)."""
+        worker, gone = report.worker, report.gone
+        lost = [rid for rid, f in self._flight.items() if f.worker == worker]
+        batch = [self._flight.pop(rid).pending for rid in lost]
+        self._held[worker] = 0
         if gone and worker not in self._gone:
             self._gone.add(worker)
             self.stats.workers_gone += 1
             logger.error("evaluator worker %d is gone for good (%d left, %d pending)", worker,
                          self.workers_alive, self.transport.pending_workers)
-        else:
-            logger.warning("evaluator worker %d lost a call; requeueing %d requests", worker,
-                           len(batch))
+        if not batch:
+            return []
+        self.stats.lost_calls += 1
+        logger.warning("evaluator worker %d was lost; requeueing its %d requests", worker,
+                       len(batch))
         results, requeue = [], []
         for pending in batch:
             pending.deaths += 1

@@ -3,7 +3,8 @@
 :class:`RayTransport` is the :class:`~drllm.distributed.transport.Transport` the search job
 uses: it requests named async :class:`~drllm.distributed.actor.EvaluatorActor` actors
 (``{name_prefix}-{i}`` in the pool's namespace) as :func:`~drllm.distributed.placement.plan_actors`
-says, and turns Ray's answers into :class:`~drllm.distributed.transport.CallDone` reports.
+says, and turns Ray's answers into :class:`~drllm.distributed.transport.Answered` and
+:class:`~drllm.distributed.transport.WorkerLost` reports.
 
 * **Elastic**: an actor is usable as soon as it answers its ``info`` probe (placed, model
   loaded); the search starts once ``min_actors`` are. With ``max_actors`` every actor is
@@ -11,9 +12,13 @@ says, and turns Ray's answers into :class:`~drllm.distributed.transport.CallDone
   pool follows the cluster's resources, adding actors every ``scale_check_s`` as nodes join.
 * **GPUs are never swapped for CPUs**: a GPU pool with no actor up after ``gpu_wait_s`` fails
   with an error naming the missing GPUs.
+* **Streaming**: :meth:`RayTransport.send` is one ``submit`` call (it returns at once); one
+  ``collect`` call stays outstanding per actor holding requests and comes back with every
+  request finished meanwhile (:mod:`drllm.distributed.actor`), then is sent again.
 * **Faults**: actors restart up to ``max_restarts`` times (a removed node's actors are placed
-  elsewhere and probed again); calls in flight on a dying actor fail and the pool requeues
-  them; :meth:`RayTransport.kill` kills a hung actor (the pool's ``call_timeout_s``).
+  elsewhere and probed again); a dying actor's calls fail and it is reported lost (the pool
+  requeues what it held); :meth:`RayTransport.kill` kills a hung actor (the pool's
+  ``call_timeout_s``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from drllm.distributed.actor import EvaluatorActor
 from drllm.distributed.config import PoolConfig
@@ -33,9 +38,8 @@ from drllm.distributed.placement import (
     plan_actors,
     resolve_resources,
 )
-from drllm.distributed.transport import CallDone, Transport
-from drllm.distributed.evaluator import EvaluatorInfo, EvaluatorSpec
-from drllm.types import EvalRequest
+from drllm.distributed.evaluator import EvalError, EvaluatorInfo, EvaluatorSpec
+from drllm.distributed.transport import Answered, Report, Sent, Transport, WorkerLost
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +89,9 @@ class RayTransport(Transport):
         self.actors: list[Any] = []
         self.info: Optional[EvaluatorInfo] = None
         self._clock = clock
-        self._refs: dict[Any, tuple[int, int, float]] = {}
+        self._submits: dict[Any, tuple[int, tuple[int, ...]]] = {}  # ref -> worker, ids
+        self._collects: dict[Any, int] = {}  # the outstanding collect of each worker
+        self._held: dict[int, int] = {}  # worker -> requests sent and not answered
         self._probes: dict[Any, int] = {}
         self._reprobe_at: dict[int, float] = {}
         self._ready: set[int] = set()
@@ -149,8 +155,6 @@ class RayTransport(Transport):
             max_task_retries=0,
         ).remote(
             index, self.spec, num_threads=res.num_threads, device=res.device,
-            max_batch_size=self.config.max_batch_size,
-            batch_wait_ms=self.config.batch_wait_ms,
             metrics_model=self.metrics_model,
         )
         self.actors.append(actor)
@@ -300,7 +304,7 @@ class RayTransport(Transport):
         import ray
 
         live = [a for i, a in enumerate(self.actors) if i not in self._gone]
-        if live:  # let each actor stop its batcher cleanly, then kill it
+        if live:  # let each actor stop serving cleanly, then kill it
             try:
                 ray.wait([a.close.remote() for a in live], num_returns=len(live),
                          timeout=SHUTDOWN_GRACE_S)
@@ -311,55 +315,82 @@ class RayTransport(Transport):
                 ray.kill(actor, no_restart=True)
             except Exception:  # noqa: BLE001 - already dead
                 pass
-        self._refs.clear()
+        self._submits.clear()
+        self._collects.clear()
         self._probes.clear()
         self._reprobe_at.clear()
         self._ready.clear()
 
-    # ------------------------------------------------------------------ calls
+    # ------------------------------------------------------------------ streaming
 
-    def call(self, worker: int, call_id: int, requests: tuple[EvalRequest, ...]) -> None:
-        ref = self.actors[worker].evaluate.remote(list(requests))
-        self._refs[ref] = (call_id, worker, time.perf_counter())
+    def send(self, worker: int, requests: Sequence[Sent]) -> None:
+        actor = self.actors[worker]
+        self._submits[actor.submit.remote(list(requests))] = (
+            worker, tuple(rid for rid, _ in requests))
+        self._held[worker] = self._held.get(worker, 0) + len(requests)
+        if worker not in self._collects.values():
+            self._collects[actor.collect.remote()] = worker
 
-    def wait(self, timeout_s: float) -> list[CallDone]:
+    def wait(self, timeout_s: float) -> list[Report]:
         import ray
 
-        refs = list(self._refs) + list(self._probes)
+        calls = list(self._collects) + list(self._submits)
+        refs = calls + list(self._probes)
         if self._reprobe_at:  # wake up for the next probe of a restarting actor
             timeout_s = min(timeout_s, max(0.0, min(self._reprobe_at.values()) - self._clock()))
         if not refs:
             time.sleep(min(timeout_s, 0.05))
             return []
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
-        if not ready:
+        if not ready or not calls:
             return []
-        ready, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
-        return [self._collect(ref) for ref in ready]
+        ready, _ = ray.wait(calls, num_returns=len(calls), timeout=0)
+        out: list[Report] = []
+        for ref in ready:
+            out.extend(self._settle(ref))
+        return out
 
-    def _collect(self, ref: Any) -> CallDone:
+    def _settle(self, ref: Any) -> list[Report]:
+        """One answered call: a collect's outcomes (then the next collect), a submit's error."""
         import ray
-        from ray.exceptions import RayActorError, RayError, RayTaskError
+        from ray.exceptions import RayActorError, RayError
 
-        call_id, worker, sent = self._refs.pop(ref)
+        if ref in self._collects:
+            worker, ids = self._collects.pop(ref), ()
+        elif ref in self._submits:
+            worker, ids = self._submits.pop(ref)
+        else:  # dropped: its worker was reported lost already
+            return []
         try:
-            outcomes = ray.get(ref)
+            answers = ray.get(ref)
         except RayActorError as err:
-            state = _actor_state(self.actors[worker])
-            gone = state == "DEAD"
-            logger.warning("evaluator actor %s lost a call (%s; state %s)",
-                           self.actor_name(worker), type(err).__name__, state)
-            if gone:
-                self._gone.add(worker)
-                self._ready.discard(worker)
-            elif worker in self._ready:
-                self._probe(worker)  # usable again once restarted and placed
-            return CallDone(call_id, worker, worker_lost=True, worker_gone=gone)
-        except RayTaskError as err:
-            cause = err.cause if getattr(err, "cause", None) is not None else err
-            return CallDone(call_id, worker, error=f"{type(cause).__name__}: {cause}",
-                            seconds=time.perf_counter() - sent)
-        except RayError as err:  # e.g. the result object was lost: retry its requests
-            return CallDone(call_id, worker, error=f"{type(err).__name__}: {err}",
-                            seconds=time.perf_counter() - sent)
-        return CallDone(call_id, worker, tuple(outcomes), seconds=time.perf_counter() - sent)
+            return [self._lost(worker, err)]
+        except RayError as err:  # a failed call, the actor alive: its requests get an error
+            if not ids:
+                return [self._lost(worker, err)]
+            message = f"{type(err).__name__}: {err}"
+            self._held[worker] -= len(ids)
+            return [Answered(worker, rid, EvalError(message)) for rid in ids]
+        if not ids:  # a collect: its answers, and the next collect while requests remain
+            answers = list(answers)
+            self._held[worker] -= len(answers)
+            if self._held[worker] > 0:
+                self._collects[self.actors[worker].collect.remote()] = worker
+            return [Answered(worker, rid, outcome) for rid, outcome in answers]
+        return []
+
+    def _lost(self, worker: int, err: Exception) -> WorkerLost:
+        """The actor died: drop its calls, probe it again (or give it up)."""
+        state = _actor_state(self.actors[worker])
+        gone = state == "DEAD"
+        logger.warning("evaluator actor %s was lost (%s; state %s)",
+                       self.actor_name(worker), type(err).__name__, state)
+        self._submits = {r: v for r, v in self._submits.items() if v[0] != worker}
+        self._collects = {r: w for r, w in self._collects.items() if w != worker}
+        self._held[worker] = 0
+        if gone:
+            self._gone.add(worker)
+            self._ready.discard(worker)
+        elif worker in self._ready:
+            self._probe(worker)  # usable again once restarted and placed
+        return WorkerLost(worker, gone)

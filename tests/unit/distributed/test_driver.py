@@ -41,10 +41,10 @@ def render(ex: Example) -> str:
     return f"<user>{ex.prompt}</user>"
 
 
-def make_pool(workers: int = 2, batch: int = 4, in_flight: int = 2, retries: int = 2,
+def make_pool(workers: int = 2, in_flight: int = 8, retries: int = 2,
               restarts: int = 3, **dummy) -> EvaluationPool:
     spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, **dummy})
-    pool = EvaluationPool(LocalTransport(spec, workers, restarts), max_batch_size=batch,
+    pool = EvaluationPool(LocalTransport(spec, workers, restarts),
                           max_in_flight_per_worker=in_flight, max_request_retries=retries)
     pool.start()
     return pool
@@ -71,7 +71,7 @@ def golden(ex: Example, reward_fn=hash_reward, mcts=MCTS):
 
 def test_driver_matches_sequential_search_exactly():
     examples = make_examples(10)
-    summary, records = drive(make_pool(workers=2, batch=4), examples)
+    summary, records = drive(make_pool(workers=2, in_flight=4), examples)
     assert sorted(records) == sorted(ex.id for ex in examples)
     for ex in examples:
         assert records[ex.id].result == golden(ex), ex.id
@@ -106,19 +106,17 @@ def test_bandit_rewards_reach_the_known_best_paths():
     assert summary.improved == 8 and summary.default_correct == 0
 
 
-def test_requests_are_batched_and_in_flight_calls_bounded():
+def test_requests_stream_and_each_worker_holds_at_most_its_bound():
     # All-wrong rewards: no early stop, every tree runs its full budget.
-    pool = make_pool(workers=2, batch=4, in_flight=2, reward_fn=lambda eid, path: 0.0)
+    pool = make_pool(workers=2, in_flight=4, reward_fn=lambda eid, path: 0.0)
     summary, _ = drive(pool, make_examples(24), trees=24)
     assert summary.evaluations == 24 * MCTS.num_simulations
     transport = pool.transport
-    sizes = [n for _, n in transport.call_log]
-    assert max(sizes) == 4 and all(1 <= n <= 4 for n in sizes)
-    assert summary.mean_batch_size > 3.5
-    assert max(transport.max_outstanding) == 2
-    assert pool.stats.max_in_flight_calls == 2
-    assert {w for w, _ in transport.call_log} == {0, 1}
-    assert pool.idle
+    assert max(transport.max_held) == 4 and pool.stats.max_held == 4
+    assert {w for w, _ in transport.send_log} == {0, 1}
+    # 24 trees, 8 places: the workers are refilled as each request is answered
+    assert pool.stats.requests_answered == summary.evaluations
+    assert pool.idle and pool.held_per_worker == (0, 0)
 
 
 def test_resume_skips_done_examples_and_counts_them():
@@ -191,7 +189,7 @@ def test_error_results_are_marked():
 
 def test_dead_worker_requests_are_requeued_and_every_example_written_once():
     examples = make_examples(12)
-    pool = make_pool(workers=2, batch=3, die_after=5)
+    pool = make_pool(workers=2, in_flight=3, die_after=5)
     summary, records = drive(pool, examples)
     assert sorted(records) == sorted(ex.id for ex in examples)
     assert summary.requeued > 0 and summary.lost_calls > 0
@@ -210,7 +208,7 @@ def test_several_paths_per_tree_and_stale_results_after_early_stop():
     examples = make_examples(6)
     reward = KeyedBlockReward({ex.id: 2 for ex in examples})
     mcts = MCTSConfig(num_simulations=30, seed=1)
-    summary, records = drive(make_pool(workers=2, batch=8, reward_fn=reward), examples,
+    summary, records = drive(make_pool(workers=2, in_flight=8, reward_fn=reward), examples,
                              mcts=mcts, per_tree=4)
     assert sorted(records) == sorted(ex.id for ex in examples)
     for rec in records.values():
@@ -222,7 +220,7 @@ def test_run_search_job_in_process_writes_shards_and_resumes(tmp_path):
     examples = make_examples(7)
     spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L})
     kwargs = dict(render=render, mcts_config=MCTS, evaluator=spec, progress=False,
-                  in_process=True, pool_config=PoolConfig(num_actors=2, max_batch_size=4),
+                  in_process=True, pool_config=PoolConfig(num_actors=2, requests_per_actor=4),
                   driver_config=DriverConfig(max_concurrent_trees=4))
 
     with ShardWriter(tmp_path, writer_id="w0", num_layers=L, model_id="dummy",
@@ -274,7 +272,7 @@ def test_an_example_whose_default_path_fails_is_not_written_and_is_retried_on_re
     examples = make_examples(4)
     spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "fail_example_ids": ["q2"]})
     kwargs = dict(render=render, mcts_config=MCTS, progress=False, in_process=True,
-                  pool_config=PoolConfig(num_actors=1, max_batch_size=4, max_request_retries=1))
+                  pool_config=PoolConfig(num_actors=1, requests_per_actor=4, max_request_retries=1))
 
     def writer():
         return ShardWriter(tmp_path, writer_id="w0", num_layers=L, model_id="dummy",

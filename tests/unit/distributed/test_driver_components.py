@@ -1,10 +1,8 @@
-"""Pieces under the driver: configs, actor resources, the async batcher, the backends."""
+"""Pieces under the driver: configs, actor resources, the streaming actor, the backends."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import pytest
 
@@ -19,7 +17,6 @@ from drllm.distributed import (
     WorkerLostError,
     resolve_resources,
 )
-from drllm.distributed.batcher import RequestBatcher
 from drllm.distributed.evaluator import evaluate_isolating_errors
 from drllm.distributed.executor_evaluator import ExecutorEvaluator
 from drllm.paths import LayerPath
@@ -31,12 +28,10 @@ from drllm.testing import DummyEvaluator
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"max_batch_size": 0}, "max_batch_size"),
+    ({"requests_per_actor": 0}, "requests_per_actor"),
     ({"num_actors": 0}, "num_actors"),
     ({"use_gpu": "yes"}, "use_gpu"),
-    ({"batch_wait_ms": -1}, "batch_wait_ms"),
     ({"num_gpus_per_actor": 0}, "num_gpus_per_actor"),
-    ({"max_in_flight_per_actor": 0}, "max_in_flight_per_actor"),
     ({"namespace": ""}, "namespace"),
 ])
 def test_pool_config_rejects_bad_values(kwargs, match):
@@ -86,75 +81,6 @@ def test_summary_round_trip():
     d = s.to_dict()
     assert d["rejected_total"] == 3 and d["rejected"] == {"invalid gold": 3}
     assert "40 (20.00/s" in s.format() and "invalid gold: 3" in s.format()
-
-
-# ---------------------------------------------------------------------------- batcher
-
-
-def _collect_batches(max_batch: int, wait_s: float, calls: list[list[int]], delay: float = 0.0):
-    seen: list[list[int]] = []
-    threads: set[int] = set()
-
-    def run_batch(batch):
-        threads.add(threading.get_ident())
-        seen.append(list(batch))
-        time.sleep(delay)
-        return [x * 10 for x in batch]
-
-    async def main():
-        batcher = RequestBatcher(run_batch, max_batch_size=max_batch, wait_s=wait_s)
-        results = await asyncio.gather(*(batcher.submit(c) for c in calls))
-        return results, batcher
-
-    results, batcher = asyncio.run(main())
-    return results, seen, threads, batcher
-
-
-def test_batcher_merges_concurrent_calls_up_to_the_max():
-    calls = [[1], [2, 3], [4], [5, 6, 7], [8]]
-    results, seen, threads, batcher = _collect_batches(4, 0.05, calls)
-    assert results == [[10], [20, 30], [40], [50, 60, 70], [80]]
-    assert seen == [[1, 2, 3, 4], [5, 6, 7, 8]]
-    assert batcher.batches_done == 2 and batcher.requests_done == 8
-    assert threading.get_ident() not in threads  # the model call runs off the event loop
-
-
-def test_batcher_keeps_accepting_while_a_batch_runs():
-    seen: list[list[int]] = []
-
-    def run_batch(batch):
-        seen.append(list(batch))
-        time.sleep(0.2)
-        return batch
-
-    async def main():
-        batcher = RequestBatcher(run_batch, max_batch_size=8, wait_s=0.0)
-        first = asyncio.create_task(batcher.submit([1]))
-        await asyncio.sleep(0.05)  # batch [1] is running in its thread now
-        assert batcher.busy
-        later = [asyncio.create_task(batcher.submit([i])) for i in (2, 3, 4)]
-        await asyncio.sleep(0.01)
-        assert batcher.queued == 3  # accepted while the model runs
-        await asyncio.gather(first, *later)
-
-    asyncio.run(main())
-    assert seen == [[1], [2, 3, 4]]
-
-
-def test_batcher_delivers_batch_errors_to_its_callers_only():
-    def run_batch(batch):
-        if 99 in batch:
-            raise RuntimeError("bad batch")
-        return batch
-
-    async def main():
-        batcher = RequestBatcher(run_batch, max_batch_size=2, wait_s=0.0)
-        bad = await asyncio.gather(batcher.submit([99]), return_exceptions=True)
-        good = await batcher.submit([1, 2])
-        return bad, good
-
-    bad, good = asyncio.run(main())
-    assert isinstance(bad[0], RuntimeError) and good == [1, 2]
 
 
 # ---------------------------------------------------------------------------- backends
@@ -220,26 +146,32 @@ def test_executor_backend_batch_equals_rows_alone_and_caches_prompts():
     assert [e.layers_executed for e in batch] == [g.layers_executed for g in direct]
 
 
-def test_actor_class_batches_concurrent_calls_without_ray():
+def test_actor_class_streams_requests_in_and_outcomes_out_without_ray():
     from drllm.distributed.actor import EvaluatorActor
 
-    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": 4, "batch_delay_s": 0.05,
-                                   "fail_example_ids": ["bad"]})
-    actor = EvaluatorActor(3, spec, max_batch_size=4, batch_wait_ms=20)
-    assert repr(actor) == "EvaluatorActor(#3, model=dummy, device=cpu, batches=0)"
-    calls = [[_req("a", "EEEE")], [_req("b", "ESEE"), _req("bad", "EEEE")], [_req("c", "EERE")]]
+    spec = EvaluatorSpec(DummyEvaluator, {"num_layers": 4, "batch_delay_s": 0.1,
+                                          "fail_example_ids": ["bad"]})
+    actor = EvaluatorActor(3, spec)
+    assert repr(actor) == "EvaluatorActor(#3, model=dummy, device=cpu, steps=0)"
+    a, b, bad = _req("a", "EEEE"), _req("b", "ESEE"), _req("bad", "EEEE")
 
     async def main():
-        return await asyncio.gather(*(actor.evaluate(c) for c in calls))
+        await actor.submit([(0, a)])
+        await asyncio.sleep(0.03)  # request 0 is in a step (the worker thread) now
+        await actor.submit([(1, b), (2, bad)])  # accepted while the model runs
+        first = await actor.collect()
+        second = await actor.collect()
+        await actor.close()
+        return first, second
 
-    out = asyncio.run(main())
-    assert [len(o) for o in out] == [1, 2, 1]
-    assert out[0][0] == DummyEvaluator(4).evaluate(calls[0])[0]
-    assert isinstance(out[1][1], EvalError) and not isinstance(out[1][0], EvalError)
+    first, second = asyncio.run(main())
+    assert first == [(0, DummyEvaluator(4).evaluate([a])[0])]  # back before the others
+    assert [tag for tag, _ in second] == [1, 2]
+    assert second[0][1] == DummyEvaluator(4).evaluate([b])[0]
+    assert isinstance(second[1][1], EvalError) and "InjectedFault" in second[1][1].message
     stats = actor.stats()
-    assert stats["batches_done"] == 1 and stats["requests_done"] == 4  # one merged batch
-    assert stats["busy_seconds"] >= 0.05 and not stats["restarted"]
-    assert repr(actor).endswith("batches=1)")
+    assert stats["steps"] == 2 and stats["requests_done"] == 3 and stats["held"] == 0
+    assert stats["busy_seconds"] >= 0.2 and not stats["restarted"]
     assert actor.info().num_layers == 4
 
 
@@ -260,25 +192,6 @@ def test_actor_class_outside_ray_never_starts_ray():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "RAY_DOWN"
-
-
-def test_batcher_close_cancels_the_loop_and_queued_requests():
-    def run_batch(batch):
-        time.sleep(0.1)
-        return batch
-
-    async def main():
-        batcher = RequestBatcher(run_batch, max_batch_size=1, wait_s=0.0)
-        first = asyncio.create_task(batcher.submit([1]))
-        second = asyncio.create_task(batcher.submit([2]))
-        await asyncio.sleep(0.02)
-        await batcher.close()
-        results = await asyncio.gather(first, second, return_exceptions=True)
-        return results, batcher
-
-    results, batcher = asyncio.run(main())
-    assert all(isinstance(r, asyncio.CancelledError) for r in results)
-    assert batcher.queued == 0
 
 
 def test_executor_backend_chance_variants_need_every_order_right():
