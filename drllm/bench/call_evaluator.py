@@ -10,6 +10,7 @@ engine; only the scheduling differs, which is what the benchmark measures.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from drllm.distributed.evaluator import Evaluator
@@ -36,6 +37,18 @@ class CallEvaluator(ExecutorEvaluator):
         return self.engine.cache
 
     def _generate(self, requests: list[EngineRequest]) -> list[Generation]:
+        start = time.perf_counter()
+        try:
+            return self._generate_per_call(requests)
+        finally:
+            self.generate_s = getattr(self, "generate_s", 0.0) + time.perf_counter() - start
+
+    def stats(self) -> dict[str, Any]:
+        """The evaluator's counters and ``generate_s``: seconds in generation (executor calls,
+        the default paths' teacher-forced passes), grading excluded."""
+        return {**super().stats(), "generate_s": getattr(self, "generate_s", 0.0)}
+
+    def _generate_per_call(self, requests: list[EngineRequest]) -> list[Generation]:
         g = self.generation
         prompts = [list(r.ids) for r in requests]
         paths = [LayerPath(r.path) for r in requests]

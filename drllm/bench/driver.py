@@ -97,16 +97,14 @@ def _render(example: Example) -> str:
 
 
 def _in_process_pool(batch: int) -> EvaluationPool:
-    pool = EvaluationPool(LocalTransport(_spec(), 1), max_batch_size=batch,
-                          max_in_flight_per_worker=2)
+    pool = EvaluationPool(LocalTransport(_spec(), 1), max_in_flight_per_worker=batch)
     pool.start()
     return pool
 
 
 def _ray_pool(batch: int, actors: int) -> EvaluationPool:
     config = PoolConfig(num_actors=actors, num_cpus_per_actor=0.5, use_gpu=False,
-                        max_batch_size=batch, batch_wait_ms=0.0, max_in_flight_per_actor=2,
-                        name_prefix=f"bench-driver-{batch}")
+                        requests_per_actor=batch, name_prefix=f"bench-driver-{batch}")
     return EvaluationPool.create(_spec(), config, enable_metrics=False)
 
 
@@ -179,7 +177,7 @@ def run_driver_benchmark(
         num_examples: ``synthetic_arith`` questions searched per run.
         num_simulations: MCTS budget per question (every one is spent: reward 0).
         trees: trees in flight (``driver.max_concurrent_trees``) to try.
-        batch_sizes: requests per call (``pool.max_batch_size``) to try.
+        batch_sizes: requests held per worker (``pool.requests_per_actor``) to try.
         full_grid: every (trees, batch) pair; default: trees at the middle batch size, and
             batch sizes at the middle tree count (a cross through the grid).
         ray_actors: evaluator actors of the Ray runs (0: skip Ray).

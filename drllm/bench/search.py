@@ -1,15 +1,14 @@
-"""Throughput of the distributed search: actor scaling and the value of request batching.
+"""Throughput of the distributed search: actor scaling and the value of requests in flight.
 
 One fixed workload — SmolLM2-135M-Instruct (``load_model(ModelSpec())``), ``num_examples``
 ``synthetic_arith`` questions rendered with the chat template, ``num_simulations`` MCTS
 simulations each, greedy generation of ``max_new_tokens`` tokens — searched three times on a
 local Ray cluster, one torch thread per actor:
 
-* ``1_actor``: one evaluator actor, the driver batching up to ``max_batch_size`` requests per
-  call and the actor merging calls into executor batches of that size;
+* ``1_actor``: one evaluator actor holding up to ``max_batch_size`` requests
+  (``pool.requests_per_actor``), streamed through its engine;
 * ``2_actors``: the same with two actors;
-* ``unbatched``: one actor, one request per call and per executor batch
-  (``max_batch_size=1``).
+* ``unbatched``: one actor holding one request at a time (``requests_per_actor=1``).
 
 With one path in flight per tree, each tree's search does not depend on timing or batching,
 so the three runs evaluate the same (example, path) pairs. Each actor runs one warm-up
@@ -119,8 +118,7 @@ def _run_config(
     """Start the actors, warm them up, time ``repeats`` searches; the fastest one."""
     spec = executor_spec(model_spec, generation, mcts)
     pool_config = PoolConfig(num_actors=num_actors, num_cpus_per_actor=1, use_gpu=False,
-                             max_batch_size=max_batch_size, batch_wait_ms=5.0,
-                             max_in_flight_per_actor=2, name_prefix=f"bench-{label}")
+                             requests_per_actor=max_batch_size, name_prefix=f"bench-{label}")
     start = time.perf_counter()
     pool = EvaluationPool.create(spec, pool_config, enable_metrics=False)
     try:
@@ -154,10 +152,11 @@ def run_search_benchmark(
 
     Args:
         num_examples: ``synthetic_arith`` questions (levels 1-2) searched concurrently; use
-            at least ``2 * max_batch_size`` so two actors both get full batches.
+            at least ``2 * max_batch_size`` so two actors are both kept full.
         num_simulations: MCTS budget per question.
         max_new_tokens: generated tokens per evaluation.
-        max_batch_size: requests per call / executor batch in the batched runs.
+        max_batch_size: requests each actor holds (``pool.requests_per_actor``) in the
+            batched runs.
         repeats: timed searches per batched configuration (the fastest counts; the slow
             unbatched one runs once). Repeats soften bursts of load from other processes.
         seed: dataset sample and MCTS seed.

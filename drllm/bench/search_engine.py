@@ -15,7 +15,9 @@ Each tree searches sequentially (``max_pending_per_tree=1``), so what a tree eva
 depend on batching: both runs must write the same records (shard rows). ``exact``: every
 record's label (best path), rewards (default and best) and every evaluated path's reward are
 identical. One JSON line per task: ``evals_s_plain``, ``evals_s_engine``, ``speedup``,
-``exact``, the engine's prefill/decode split. ARC-Easy runs with ``reward=generate``
+``exact``, and where the engine run's time went: prefill (and verification passes), decode
+steps, and the rest (``engine_other_s``: scheduling, grading, the plausibility pass, the
+driver and its trees), with the mean rows per decode step. ARC-Easy runs with ``reward=generate``
 (``mc_letter_lenient``, 16 tokens): the job's ARC config scores choices by log-likelihood,
 which does not generate at all.
 """
@@ -51,7 +53,7 @@ def _search(evaluator_cls: type, examples: list, render: Any, generation: Any,
     spec = EvaluatorSpec(evaluator_cls, {"model": model_spec, "generation": generation,
                                          "constraints": mcts.constraints})
     transport = LocalTransport(spec, 1)
-    pool = EvaluationPool(transport, max_batch_size=batch)
+    pool = EvaluationPool(transport, max_in_flight_per_worker=batch)
     pool.start()
     sink = ListSink()
     try:
@@ -82,7 +84,7 @@ def _fingerprint(record: Any) -> tuple:
 
 
 def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int | None = None,
-             batch_plain: int = 16, batch_engine: int = 64, trees: int = 32,
+             batch_plain: int = 16, batch_engine: int = 128, trees: int = 32,
              simulations: int = 50) -> dict[str, Any]:
     """Search one task with both evaluators; the JSON line's fields."""
     import torch
@@ -122,7 +124,12 @@ def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int 
         "simulations": simulations, "batch_plain": batch_plain, "batch_engine": batch_engine,
         "engine_prefill_s": round(split.get("prefill_s", 0.0), 1),
         "engine_decode_s": round(split.get("decode_s", 0.0), 1),
+        "engine_other_s": round(engine_s - split.get("prefill_s", 0.0)
+                                - split.get("decode_s", 0.0), 1),
         "engine_peak_rows": split.get("peak_rows"),
+        "engine_rows_per_decode_step": round(split.get("decode_tokens", 0)
+                                             / max(1, split.get("decode_steps", 0)), 1),
+        "plain_generate_s": round(plain_stats.get("generate_s", 0.0), 1),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -137,8 +144,8 @@ def add_arguments(parser: Any) -> None:
                         help="generation budget (default: 128 / 16 / 256)")
     parser.add_argument("--batch-plain", type=int, default=16,
                         help="requests per call for the per-call evaluator (the job's default)")
-    parser.add_argument("--batch-engine", type=int, default=64,
-                        help="requests per call handed to the engine")
+    parser.add_argument("--batch-engine", type=int, default=128,
+                        help="requests the pool keeps on the streaming engine's worker")
     parser.add_argument("--trees", type=int, default=32, help="trees searched at once")
     parser.add_argument("--num-simulations", type=int, default=50,
                         help="MCTS simulations per question (default: the paper's 50)")

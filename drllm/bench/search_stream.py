@@ -112,9 +112,10 @@ def record_stream(
 
     Args:
         max_concurrent_trees: trees searched at once (None: every question at once). The
-            search job's defaults are 32 trees and calls of at most 16 requests
-            (``driver.max_concurrent_trees``, ``pool.max_batch_size``).
-        max_batch_size: requests per executor call at most.
+            search job's defaults before streaming were 32 trees and calls of at most 16
+            requests.
+        max_batch_size: requests per executor call at most (the pool holds at most this many
+            on the worker, and the recording evaluator runs what it holds as one call).
         levers: evaluate with the work-avoidance levers on (the evaluator's defaults) rather
             than plain generation. The levers are exact, so the calls are the same either way;
             the recording's ``recorded`` block gives the search's wall time and evals/s.
@@ -139,7 +140,7 @@ def record_stream(
     })
     trees = max_concurrent_trees or len(examples)
     RecordingEvaluator.log = []
-    pool = EvaluationPool(LocalTransport(spec, 1), max_batch_size=max_batch_size)
+    pool = EvaluationPool(LocalTransport(spec, 1), max_in_flight_per_worker=max_batch_size)
     pool.start()
     try:
         driver = SearchDriver(pool, mcts, DriverConfig(max_concurrent_trees=trees),

@@ -90,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record-trees", type=int, default=32,
                         help="--record: trees searched at once (the search job's default)")
     parser.add_argument("--record-batch", type=int, default=16,
-                        help="--record: requests per call at most (pool.max_batch_size)")
+                        help="--record: requests per call at most (the per-call design's batch)")
     parser.add_argument("--save", default=None, help="--record: also write the stream here")
     parser.add_argument("--dataset", default=None, help="replay on this dataset (gsm8k: long "
                         "answers); default: the stream's")

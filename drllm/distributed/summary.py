@@ -32,11 +32,11 @@ class RunSummary:
             never told to a tree as a reward).
         retries: request re-sends after evaluator errors.
         requeued: request re-sends after their actor died.
-        lost_calls: actor calls lost to actor deaths.
+        lost_calls: worker losses (deaths, kills) that lost requests (all requeued).
         workers_gone: actors that died for good (restarts exhausted); the others finished.
         mean_layers_saved_solved: mean of ``L - best_cost`` over the **solved** examples (blocks
             per forward pass; an unsolved example's label is the default path).
-        mean_batch_size: mean requests per actor call.
+        mean_batch_size: mean requests per send to a worker.
         wall_seconds: wall time of the run (pool start excluded).
         evals_per_s: ``evaluations / wall_seconds``.
     """

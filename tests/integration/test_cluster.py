@@ -56,7 +56,7 @@ NODE_REMOVAL = textwrap.dedent('''
         except TimeoutError as err:
             report["gpu_error"] = str(err)
         report["gpu_wait_s"] = time.monotonic() - t0
-        pool = EvaluationPool.create(spec, PoolConfig(num_actors=4, max_batch_size=2, max_restarts=3,
+        pool = EvaluationPool.create(spec, PoolConfig(num_actors=4, requests_per_actor=2, max_restarts=3,
                                             scale_check_s=0.5, name_prefix="nodes"))
         removed = []
 
@@ -283,7 +283,7 @@ AUTOSCALED = textwrap.dedent('''
     t0 = time.monotonic()
     pools.append(EvaluationPool.create(spec, PoolConfig(
         use_gpu=True, num_gpus_per_actor=1, num_cpus_per_actor=1, max_actors=max_actors,
-        min_actors=1, max_batch_size=4, scale_check_s=0.5, gpu_wait_s=90,
+        min_actors=1, requests_per_actor=4, scale_check_s=0.5, gpu_wait_s=90,
         name_prefix="autoscale")))
     report["ready_at_start"] = pools[0].workers_alive
     report["requested_at_start"] = pools[0].transport.num_workers

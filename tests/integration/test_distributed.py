@@ -75,7 +75,7 @@ def test_end_to_end_two_actors_match_the_sequential_search(ray_local, tmp_path):
                      rows_per_shard=5) as writer:
         summary = run_search_job(
             examples, sink=writer, render=render, evaluator=spec, mcts_config=MCTS,
-            pool_config=PoolConfig(num_actors=2, max_batch_size=4, name_prefix="e2e"),
+            pool_config=PoolConfig(num_actors=2, requests_per_actor=4, name_prefix="e2e"),
             driver_config=DriverConfig(max_concurrent_trees=8), progress=False,
         )
     assert summary.num_workers == 2 and summary.searched == 12
@@ -134,7 +134,7 @@ def test_killed_actor_requests_are_requeued(ray_local):
 
     examples = make_examples(10)
     spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.05})
-    pool = EvaluationPool.create(spec, PoolConfig(num_actors=2, max_batch_size=4, max_restarts=2,
+    pool = EvaluationPool.create(spec, PoolConfig(num_actors=2, requests_per_actor=4, max_restarts=2,
                                         name_prefix="kill"))
     victim = pool.transport.actors[0]
     assert ray.get_actor("kill-0", namespace="drllm") is not None
@@ -146,7 +146,7 @@ def test_killed_actor_requests_are_requeued(ray_local):
 
         def add(self, record):
             super().add(record)
-            if not self.killed and len(self.records) >= 2 and pool.calls_per_worker[0] > 0:
+            if not self.killed and len(self.records) >= 2 and pool.held_per_worker[0] > 0:
                 self.killed = True
                 ray.kill(victim, no_restart=False)
 
@@ -174,7 +174,7 @@ def test_actor_dead_for_good_leaves_the_survivor_to_finish(ray_local, tmp_path):
                      config={}) as writer:
         summary = run_search_job(
             examples, sink=writer, render=render, evaluator=spec, mcts_config=MCTS,
-            pool_config=PoolConfig(num_actors=2, max_batch_size=2, max_restarts=0,
+            pool_config=PoolConfig(num_actors=2, requests_per_actor=2, max_restarts=0,
                                    name_prefix="gone"),
             progress=False,
         )
@@ -200,7 +200,7 @@ def test_tiny_model_through_the_real_executor_backend(ray_local):
     sink = ListSink()
     summary = run_search_job(
         examples, sink=sink, render=render_chat, evaluator=spec, mcts_config=mcts,
-        pool_config=PoolConfig(num_actors=1, max_batch_size=8, name_prefix="tiny"),
+        pool_config=PoolConfig(num_actors=1, requests_per_actor=8, name_prefix="tiny"),
         progress=False,
     )
     assert summary.searched == 4 and summary.model_id == "tiny-llama-L4-d64-s1"
@@ -238,7 +238,7 @@ _DRIVER_SCRIPT = textwrap.dedent("""
         run_search_job(examples, sink=writer, render=lambda ex: ex.prompt,
                        evaluator=EvaluatorSpec(DummyEvaluator, {"num_layers": 6, "delay_s": 0.1}),
                        mcts_config=MCTSConfig(num_simulations=10, seed=5),
-                       pool_config=PoolConfig(num_actors=1, max_batch_size=2,
+                       pool_config=PoolConfig(num_actors=1, requests_per_actor=2,
                                               name_prefix="sub"),
                        driver_config=DriverConfig(max_concurrent_trees=2), progress=False)
 """)

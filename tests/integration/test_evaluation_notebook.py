@@ -42,7 +42,7 @@ def tiny_eval(tmp_path_factory) -> Path:
                               static=("importance",))
     summary = run_evaluation([es], config, render=lambda e: render_prompt(e, tok),
                              model=loader, out_dir=root / "results",
-                             pool_config=PoolConfig(max_batch_size=8), in_process=True,
+                             pool_config=PoolConfig(requests_per_actor=8), in_process=True,
                              progress=False)
     atomic_write_json(root / "summary.json", summary)
     return root

@@ -46,7 +46,7 @@ def test_search_metrics_are_exported(ray_local):
         examples, sink=sink, render=lambda ex: ex.prompt,
         evaluator=EvaluatorSpec(DummyEvaluator, {"num_layers": 5, "model_id": MODEL_TAG}),
         mcts_config=MCTSConfig(num_simulations=6, seed=0),
-        pool_config=PoolConfig(num_actors=1, max_batch_size=4, name_prefix="metrics"),
+        pool_config=PoolConfig(num_actors=1, requests_per_actor=4, name_prefix="metrics"),
         driver_config=DriverConfig(max_concurrent_trees=6), progress=False,
     )
     assert summary.searched == 6

@@ -90,7 +90,7 @@ def shards(ray_local, tmp_path_factory) -> Path:
         summary = run_search_job(
             examples(), sink=writer, evaluator=spec, mcts_config=mcts,
             render=render,
-            pool_config=PoolConfig(num_actors=1, max_batch_size=8, name_prefix="trainjob"),
+            pool_config=PoolConfig(num_actors=1, requests_per_actor=8, name_prefix="trainjob"),
             progress=False,
         )
     assert summary.searched == N

@@ -75,7 +75,7 @@ def test_train_config_composes_with_required_shards_dir() -> None:
         ("dataset.max_new_tokens=0", "max_new_tokens"),
         ("dataset.chance_shuffles=3", "chance_shuffles"),
         ("resume=maybe", "resume"),
-        ("pool.max_batch_size=0", "max_batch_size"),
+        ("pool.requests_per_actor=0", "requests_per_actor"),
         ("ray.mode=cloud", "ClusterSettings.mode"),
         ("dataset.name=nope", "nope"),
         ("model.dtype=int3", "dtype"),

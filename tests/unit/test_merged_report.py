@@ -39,7 +39,7 @@ def search(out: Path, todo: list[Example], model_id: str = "dummy") -> None:
                      config={"search": {"success_reward": 1.0}}, rows_per_shard=3) as writer:
         run_search_job(todo, sink=writer, render=lambda ex: ex.prompt, mcts_config=MCTS,
                        evaluator=spec, progress=False, in_process=True,
-                       pool_config=PoolConfig(num_actors=1, max_batch_size=4),
+                       pool_config=PoolConfig(num_actors=1, requests_per_actor=4),
                        driver_config=DriverConfig(max_concurrent_trees=4))
     (out / "summary.json").write_text(json.dumps({
         "shards_dir": str((out / "shards").resolve()), "shard": out.name,

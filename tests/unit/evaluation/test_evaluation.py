@@ -38,7 +38,7 @@ from drllm.testing.models import TinyModelLoader
 
 L, D = 4, 64
 LOADER = TinyModelLoader("llama", L, D, 0)
-POOL = PoolConfig(max_batch_size=4)
+POOL = PoolConfig(requests_per_actor=4)
 DATA = DatasetConfig(num_examples=6, levels=(1,), max_new_tokens=4)
 
 
