@@ -62,17 +62,17 @@ def _stage_targets(ray: bool) -> list[tuple[type, str, str]]:
         (Driver, "_ask", "request building"), (Driver, "_activate", "request building"),
         (EvaluationPool, "submit", "request building"),
         (EvaluationPool, "dispatch", "dispatch (routing)"),
-        (EvaluationPool, "_handle", "result handling"), (Driver, "_tell", "result handling"),
+        (EvaluationPool, "_answer", "result handling"), (Driver, "_tell", "result handling"),
         (Driver, "_finish_done_trees", "finishing searches"),
         (ShardWriter, "add", "shard writing"), (ShardWriter, "flush_if_due", "shard writing"),
         (ShardWriter, "close", "shard writing"),
     ]
     if ray:
-        targets += [(RayTransport, "call", "ray calls (serializing requests)"),
+        targets += [(RayTransport, "send", "ray calls (serializing requests)"),
                     (RayTransport, "wait", "ray wait (actors evaluating)"),
-                    (RayTransport, "_collect", "ray results (deserializing)")]
+                    (RayTransport, "_settle", "ray results (deserializing)")]
     else:
-        targets += [(LocalTransport, "call", "dispatch (routing)"),
+        targets += [(LocalTransport, "send", "dispatch (routing)"),
                     (LocalTransport, "wait", "evaluator (in process)")]
     return targets
 
