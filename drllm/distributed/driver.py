@@ -2,13 +2,14 @@
 
 The driver keeps up to ``max_concurrent_trees`` :class:`~drllm.search.SearchTree` objects (one
 per example), asks them for paths while the pool can take more work, sends the (example, path)
-requests to the :class:`~drllm.distributed.pool.EvaluationPool` (which batches them onto
-the evaluator actors with a bounded number in flight), tells each tree its rewards as they
-arrive, and hands every finished search to the record sink (the shard writer) as one
+requests to the :class:`~drllm.distributed.pool.EvaluationPool` (which streams them to the
+evaluator actors, each holding a bounded number), tells each tree its rewards as they arrive
+(each request is answered as soon as its generation finishes, and the tree asks again), and
+hands every finished search to the record sink (the shard writer) as one
 :class:`~drllm.shards.SupervisionRecord` with its wall time.
 
 With ``max_pending_per_tree=1`` each tree runs exactly the sequential search of
-:func:`drllm.search.run` with its seed, whatever the batching, the number of actors or the
+:func:`drllm.search.run` with its seed, whatever the streaming order, the number of actors or the
 arrival order, so results are reproducible and a resumed run finds the same paths.
 """
 

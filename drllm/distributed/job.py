@@ -120,7 +120,7 @@ def run_search_job(
             ``evaluator`` is given).
         mcts_config: search knobs (one tree per example).
         generation: max new tokens and stop strings of each evaluation.
-        pool_config: evaluator actors (count, resources, batching, fault tolerance).
+        pool_config: evaluator actors (count, resources, requests held, fault tolerance).
         driver_config: concurrent trees and paths in flight per tree.
         evaluator: evaluator override (e.g. ``EvaluatorSpec(DummyEvaluator, {...})`` for dry runs).
         rejected: rows the dataset adapter rejected, by reason (reported in the summary).
