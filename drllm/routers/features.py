@@ -31,7 +31,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -286,6 +286,18 @@ def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: Shards
     )
 
 
+def actors_fit(cfg: FeatureConfig, resources: Mapping[str, float]) -> bool:
+    """Whether the feature actors leave a CPU to Ray Data's read and write tasks.
+
+    A CPU actor pool that holds every CPU of the cluster (one actor of one CPU on
+    ``ray.num_cpus=1``) starves the read tasks that feed it: Ray Data waits forever. GPU actors
+    hold no CPU. ``resources`` is ``ray.cluster_resources()``.
+    """
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else resources.get("GPU", 0.0) > 0
+    held = 0 if use_gpu else cfg.num_actors * cfg.num_cpus_per_actor
+    return resources.get("CPU", 0.0) - held >= 1
+
+
 def run_feature_pass(
     shards_dir: str | Path,
     features_dir: str | Path,
@@ -301,7 +313,8 @@ def run_feature_pass(
 
     Ray must be connected (:func:`drllm.cluster.connect`) unless ``in_process``. The pass runs
     to completion before returning, so its actors release their CPUs / GPUs before training
-    starts.
+    starts. On a cluster whose CPUs the actors would all hold (:func:`actors_fit`) it runs in
+    this process, with a warning, instead of hanging.
 
     Args:
         shards_dir: supervision shards of one model.
@@ -347,6 +360,13 @@ def run_feature_pass(
     if not ray.is_initialized():
         raise RuntimeError("the feature pass needs Ray: call drllm.cluster.connect(...) first, "
                            "or pass in_process=True")
+    if not actors_fit(cfg, ray.cluster_resources()):
+        logger.warning("the cluster's %g CPUs leave none to Ray Data's read and write tasks "
+                       "beside %d feature actor(s) of %d CPU(s) (the pass would hang): "
+                       "featurizing in this process instead", ray.cluster_resources().get(
+                           "CPU", 0.0), cfg.num_actors, cfg.num_cpus_per_actor)
+        return _write_stream(_local_batches(model, cfg, ident, pooling), features_dir, key,
+                             ident, cfg, selection, progress)
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars
     context.enable_progress_bars = progress  # Ray Data's own bars

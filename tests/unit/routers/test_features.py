@@ -312,3 +312,34 @@ def test_a_filter_leaving_no_rows_fails_with_the_counts(tmp_path, counted):
     assert info.row_selection() == {"filter": "all", "used": 3, "skipped_unsolved": 0}
     with pytest.raises(ValueError, match=r"rows must be one of \['solved', 'all'\]"):
         FeatureConfig(rows="unsolved")
+
+
+@pytest.mark.parametrize("resources, cfg, fits", [
+    ({"CPU": 1.0}, FeatureConfig(), False),  # the ray.num_cpus=1 hang
+    ({"CPU": 2.0}, FeatureConfig(), True),
+    ({"CPU": 4.0}, FeatureConfig(num_actors=2, num_cpus_per_actor=2), False),
+    ({"CPU": 5.0}, FeatureConfig(num_actors=2, num_cpus_per_actor=2), True),
+    ({"CPU": 1.0, "GPU": 1.0}, FeatureConfig(), True),  # GPU actors hold no CPU
+    ({"CPU": 1.0, "GPU": 1.0}, FeatureConfig(use_gpu=False), False),
+])
+def test_actors_fit(resources, cfg, fits):
+    assert features_mod.actors_fit(cfg, resources) is fits
+
+
+def test_cluster_too_small_for_the_actors_runs_in_process(tmp_path, monkeypatch):
+    """One CPU held by the only feature actor would starve Ray Data's reads: no Ray then."""
+    import ray
+
+    shards = tmp_path / "shards"
+    _write(shards, _examples(5))
+    cfg = FeatureConfig(windows=W, dtype="float32")
+    ref = run_feature_pass(shards, tmp_path / "ref", TinyLoader(), cfg, progress=False,
+                           in_process=True)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 1.0})
+    monkeypatch.setattr(ray.data, "read_parquet", None)  # any Ray Data use would fail
+    info = run_feature_pass(shards, tmp_path / "small", TinyLoader(), cfg, progress=False)
+    assert info.rows == ref.rows == 5
+    a, b = load_features(tmp_path / "ref"), load_features(tmp_path / "small")
+    assert list(a.example_ids) == list(b.example_ids)
+    assert torch.equal(a.features, b.features)
