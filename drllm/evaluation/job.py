@@ -122,7 +122,7 @@ def run(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
     importances = preflight(
         settings.model, routers_dir=evaluation.routers if "routed" in evaluation.policies else None,
         check_model_id=evaluation.check_model_id, calibration=[es.calibration for es in sets],
-        use_gpu=use_gpu)
+        in_process=in_process, use_gpu=use_gpu)
     sets = [dataclasses.replace(es, importance=tuple(imp)) for es, imp in zip(sets, importances)]
     summary = run_evaluation(sets, settings.evaluation, render=render, model=settings.model,
                              out_dir=output_dir / RESULTS_DIR, pool_config=settings.pool,

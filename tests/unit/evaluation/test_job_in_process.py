@@ -1,0 +1,48 @@
+"""The evaluate job with ``ray.mode=in_process``: no Ray at all, also for the preflight task
+(routers check and block influence), which once started a local Ray instance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from drllm.evaluation.job import EvaluateJobSettings, run
+from drllm.hydra_schema import to_library
+from drllm.jobs.evaluate import SCHEMA  # noqa: F401 -- registers the schema
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_in_process_job_starts_no_ray(tmp_path) -> None:
+    import ray
+
+    from drllm.models.tiny import tiny_model, tiny_tokenizer
+    from drllm.routers.module import Routers
+
+    model = tmp_path / "model"
+    tiny_model("llama", num_layers=4).save_pretrained(model)
+    tiny_tokenizer().save_pretrained(model)
+    Routers(4, 64, bottleneck=8, windows=4).save_pretrained(
+        tmp_path / "routers", base_model_id=str(model.resolve()))
+    overrides = [f"model.name={model}", "dataset.num_examples=3", "dataset.max_new_tokens=2",
+                 "ray.mode=in_process", "progress=false",
+                 "evaluation.policies=[default,routed,static]",
+                 f"evaluation.routers={tmp_path / 'routers'}", "evaluation.alphas=[0]",
+                 "evaluation.calibration_examples=2"]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        settings = to_library(compose(config_name="evaluate", overrides=overrides),
+                              EvaluateJobSettings)
+    assert not ray.is_initialized()
+    try:
+        summary = run(settings, tmp_path / "out")
+        assert not ray.is_initialized()
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    stored = json.loads((tmp_path / "out" / "summary.json").read_text())
+    ds = stored["datasets"]["synthetic_arith"]
+    assert ds["examples"] == 3 and len(ds["calibration"]["importance"]) == 4
+    policies = summary["datasets"]["synthetic_arith"]["policies"]
+    assert "default" in policies and any(p.startswith("routed") for p in policies)
