@@ -180,7 +180,7 @@ def test_pass_writes_labels_and_features_then_reuses_then_recomputes(tmp_path, c
     shards, out = tmp_path / "shards", tmp_path / "features"
     examples = _examples(10)
     paths = _write(shards, examples)
-    cfg = FeatureConfig(windows=W, dtype="float32", batch_size=4)
+    cfg = FeatureConfig(windows=W, dtype="float32", batch_size=4, pool="prompt")
     info = run_feature_pass(shards, out, TinyLoader(), cfg, progress=False, in_process=True)
     assert counted["batches"] == 3 and info.rows == 10
     assert (info.num_layers, info.windows, info.hidden_size) == (L, W, D)
@@ -343,3 +343,19 @@ def test_cluster_too_small_for_the_actors_runs_in_process(tmp_path, monkeypatch)
     a, b = load_features(tmp_path / "ref"), load_features(tmp_path / "small")
     assert list(a.example_ids) == list(b.example_ids)
     assert torch.equal(a.features, b.features)
+
+
+def test_default_question_pooling_falls_back_to_the_prompt_without_a_chat_template(monkeypatch):
+    from types import SimpleNamespace
+
+    from drllm.routers.pooling import PoolingSpec
+
+    assert FeatureConfig().pool == "question"
+    base = tiny_tokenizer()
+    base.chat_template = None
+    monkeypatch.setattr(features_mod, "load_source", lambda model: SimpleNamespace(tokenizer=base))
+    assert features_mod.pooling_spec(object(), "question") == PoolingSpec()
+    chat = tiny_tokenizer()
+    monkeypatch.setattr(features_mod, "load_source", lambda model: SimpleNamespace(tokenizer=chat))
+    spec = features_mod.pooling_spec(object(), "question")
+    assert spec.mode == "question" and spec.prefix and spec.suffix
