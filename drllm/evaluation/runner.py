@@ -180,7 +180,7 @@ def _matched_policies(cfg: EvaluationConfig) -> list[tuple[str, str, float]]:
 
 def _static_policies(run: _Run, es: EvalSet) -> tuple[list[Policy], dict[str, Any]]:
     """Static baselines of one dataset: a ``k`` per matched routed policy (alphas and gates,
-    deduplicated), plus ``static_k``."""
+    deduplicated), plus ``static_k``; ``k = 0`` is the default path, which is not run twice."""
     cfg, L = run.config, run.num_layers
     matching, ks = {}, {k: () for k in cfg.static_k}
     for label, name, value in _matched_policies(cfg):
@@ -191,9 +191,12 @@ def _static_policies(run: _Run, es: EvalSet) -> tuple[list[Policy], dict[str, An
         k = matched_k(cost, L)
         matching[label] = {"policy": name, "routed_blocks_per_pass": cost, "k": k}
         ks[k] = (*ks.get(k, ()), value)
+    if 0 in ks:  # skipping no block is the default path: the default policy already ran it
+        logger.info("static k = 0 matches %s: that is the default path, not run again",
+                    ", ".join(f"{v:g}" for v in ks[0]) or "static_k")
     policies = [static_policy(kind, k, L, importance=es.importance, seed=cfg.random_seed,
                               matches=ks[k])
-                for k in sorted(ks) for kind in cfg.static]
+                for k in sorted(ks) if k > 0 for kind in cfg.static]
     return policies, matching
 
 

@@ -121,9 +121,10 @@ def test_routed_rows_follow_the_routers_and_static_k_matches(examples, tmp_path,
     assert ds["static_matching"]["+0"]["k"] == k0 and ds["static_matching"]["-1"]["k"] == L - 1
     assert ds["static_matching"]["t=1"]["k"] == 0
     assert ds["policies"]["routed(t=1)"]["gate"] == 1.0
-    static = ds["policies"][f"shortgpt(k={k0})"]
-    assert static["blocks_per_pass"] == L - k0
-    assert static["skipped_blocks"] == shortgpt_blocks((0.3, 0.1, 0.4, 0.2), k0)
+    static = ds["policies"][f"shortgpt(k={L - 1})"]  # matched to alpha = -1
+    assert static["blocks_per_pass"] == 1
+    assert static["skipped_blocks"] == shortgpt_blocks((0.3, 0.1, 0.4, 0.2), L - 1)
+    assert "shortgpt(k=0)" not in ds["policies"]  # k = 0 (gate 1) is the default: not rerun
     assert ds["policies"]["default"]["router_share"] == 0.0
     assert ds["example_ids"] == [str(e.id) for e in examples]
 
@@ -278,7 +279,8 @@ def test_frontier_places_every_policy_and_compares_matched_statics(examples, tmp
         k: v for k, v in out.items() if k != "json"}
     ds = out["datasets"]["synthetic_arith"]
     names = {p["policy"] for p in ds["points"]}
-    assert {"default", "routed(a=-1)", "routed(t=1)", "shortgpt(k=3)", "random(k=0)"} <= names
+    assert {"default", "routed(a=-1)", "routed(t=1)", "shortgpt(k=3)", "random(k=3)"} <= names
+    assert not [n for n in names if n.endswith("(k=0)")]  # k = 0 is the default, not rerun
     by_name = {c["policy"]: c for c in ds["routed"]}
     gate_one = by_name["routed(t=1)"]
     assert gate_one["matched_k"] == 0 and gate_one["vs_default"] == {
