@@ -132,10 +132,12 @@ def _stats_once_back(actor, timeout_s: float = 60.0) -> dict:
 def test_killed_actor_requests_are_requeued(ray_local):
     import ray
 
-    examples = make_examples(10)
+    examples = make_examples(20)  # more than the trees in flight: work left after 2 records
     spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.05})
-    pool = EvaluationPool.create(spec, PoolConfig(num_actors=2, requests_per_actor=4, max_restarts=2,
-                                        name_prefix="kill"))
+    # min_actors=2: the run starts with both actors up, so actor 0 holds requests to lose (a
+    # loaded CI machine could otherwise finish the dummy search on actor 1 alone)
+    pool = EvaluationPool.create(spec, PoolConfig(num_actors=2, min_actors=2, requests_per_actor=4,
+                                                  max_restarts=2, name_prefix="kill"))
     victim = pool.transport.actors[0]
     assert ray.get_actor("kill-0", namespace="drllm") is not None
 
@@ -152,7 +154,7 @@ def test_killed_actor_requests_are_requeued(ray_local):
 
     sink = KillingSink()
     try:
-        driver = SearchDriver(pool, MCTS, DriverConfig(max_concurrent_trees=10), sink=sink,
+        driver = SearchDriver(pool, MCTS, DriverConfig(max_concurrent_trees=6), sink=sink,
                               render=render)
         summary = driver.run(examples)
         stats = _stats_once_back(victim)
@@ -174,8 +176,8 @@ def test_actor_dead_for_good_leaves_the_survivor_to_finish(ray_local, tmp_path):
                      config={}) as writer:
         summary = run_search_job(
             examples, sink=writer, render=render, evaluator=spec, mcts_config=MCTS,
-            pool_config=PoolConfig(num_actors=2, requests_per_actor=2, max_restarts=0,
-                                   name_prefix="gone"),
+            pool_config=PoolConfig(num_actors=2, min_actors=2, requests_per_actor=2,
+                                   max_restarts=0, name_prefix="gone"),  # both up: 0 must die
             progress=False,
         )
     assert summary.lost_calls >= 1 and summary.workers_gone == 1 and summary.searched == 8
