@@ -281,9 +281,7 @@ def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: Shards
     """``ds.map_batches`` through a fixed-size pool of :class:`FeatureExtractor` actors."""
     import ray
 
-    from drllm.cluster import cluster_gpus
-
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_gpus() > 0
+    use_gpu = _uses_gpu(cfg, ray.cluster_resources())
     resources = {"num_gpus": 1} if use_gpu else {"num_cpus": cfg.num_cpus_per_actor}
     return ds.map_batches(
         FeatureExtractor,
@@ -302,6 +300,11 @@ def _map_features(ds: Any, model: ModelSource, cfg: FeatureConfig, ident: Shards
     )
 
 
+def _uses_gpu(cfg: FeatureConfig, resources: Mapping[str, float]) -> bool:
+    """``cfg.use_gpu``, or (``None``) whether the cluster (``ray.cluster_resources()``) has GPUs."""
+    return cfg.use_gpu if cfg.use_gpu is not None else resources.get("GPU", 0.0) > 0
+
+
 def actors_fit(cfg: FeatureConfig, resources: Mapping[str, float]) -> bool:
     """Whether the feature actors leave a CPU to Ray Data's read and write tasks.
 
@@ -309,8 +312,7 @@ def actors_fit(cfg: FeatureConfig, resources: Mapping[str, float]) -> bool:
     ``ray.num_cpus=1``) starves the read tasks that feed it: Ray Data waits forever. GPU actors
     hold no CPU. ``resources`` is ``ray.cluster_resources()``.
     """
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else resources.get("GPU", 0.0) > 0
-    held = 0 if use_gpu else cfg.num_actors * cfg.num_cpus_per_actor
+    held = 0 if _uses_gpu(cfg, resources) else cfg.num_actors * cfg.num_cpus_per_actor
     return resources.get("CPU", 0.0) - held >= 1
 
 
@@ -366,21 +368,22 @@ def run_feature_pass(
         logger.info("reusing %d feature rows in %s (same shards, model, W, dtype, rows=%s)",
                     reused.rows, features_dir, cfg.rows)
         return reused
+    if not in_process:
+        if not ray.is_initialized():
+            raise RuntimeError("the feature pass needs Ray: call drllm.cluster.connect(...) "
+                               "first, or pass in_process=True")
+        resources = ray.cluster_resources()
+        if not actors_fit(cfg, resources):
+            logger.warning("the cluster's %g CPUs leave none to Ray Data's read and write tasks "
+                           "beside %d feature actor(s) of %d CPU(s) (the pass would hang): "
+                           "featurizing in this process instead", resources.get("CPU", 0.0),
+                           cfg.num_actors, cfg.num_cpus_per_actor)
+            in_process = True
     logger.info("feature pass: %d of %d rows of %s (rows=%s), %s, W=%d, %s", selection.used,
                 ident.rows, shards_dir, cfg.rows,
                 "in process" if in_process else f"{cfg.num_actors} actor(s)", cfg.windows,
                 cfg.dtype)
     if in_process:
-        return _write_stream(_local_batches(model, cfg, ident, pooling), features_dir, key,
-                             ident, cfg, selection, progress)
-    if not ray.is_initialized():
-        raise RuntimeError("the feature pass needs Ray: call drllm.cluster.connect(...) first, "
-                           "or pass in_process=True")
-    if not actors_fit(cfg, ray.cluster_resources()):
-        logger.warning("the cluster's %g CPUs leave none to Ray Data's read and write tasks "
-                       "beside %d feature actor(s) of %d CPU(s) (the pass would hang): "
-                       "featurizing in this process instead", ray.cluster_resources().get(
-                           "CPU", 0.0), cfg.num_actors, cfg.num_cpus_per_actor)
         return _write_stream(_local_batches(model, cfg, ident, pooling), features_dir, key,
                              ident, cfg, selection, progress)
     context = ray.data.DataContext.get_current()
