@@ -150,10 +150,16 @@ class EvaluatorActor:
                 await work.wait()
             new, self._incoming = self._incoming, []
             start = time.perf_counter()
-            finished = await asyncio.to_thread(self._step, new)
+            try:
+                finished = await asyncio.to_thread(self._step, new)
+            except Exception as err:  # noqa: BLE001 - answered as errors, the pool retries them
+                finished = self._fail_held(err)
             seconds = time.perf_counter() - start
             self.busy_seconds += seconds
             self.steps += 1
+            # Once answered, a tag is answered: what an evaluator still held from a failed step
+            # and finishes later is dropped.
+            finished = [(tag, outcome) for tag, outcome in finished if tag in self._held]
             if finished:
                 self._held.difference_update(tag for tag, _ in finished)
                 self.requests_done += len(finished)
@@ -162,16 +168,20 @@ class EvaluatorActor:
                 self.metrics.batch(len(finished), seconds)
 
     def _step(self, new: list[tuple[int, EvalRequest]]) -> list[Tagged]:
-        """Submit the new requests, run one evaluator step (in the worker thread). A step that
-        raises fails every request held (the evaluator's contract is to raise only when the
-        worker is lost, which in an actor is the process dying)."""
-        try:
-            for tag, request in new:
-                self.evaluator.submit(tag, request)
-            return self.evaluator.step()
-        except Exception as err:  # noqa: BLE001 - answered as errors, the pool retries them
-            logger.error("%r: evaluator step failed: %s", self, error_text(err))
-            return [(tag, EvalError(error_text(err))) for tag in sorted(self._held)]
+        """Submit the new requests and run one evaluator step (in the worker thread; it touches
+        nothing the event loop changes)."""
+        for tag, request in new:
+            self.evaluator.submit(tag, request)
+        return self.evaluator.step()
+
+    def _fail_held(self, err: Exception) -> list[Tagged]:
+        """A step raised: every request the evaluator was handed fails (the evaluator's contract
+        is to raise only when the worker is lost, which in an actor is the process dying).
+        Runs on the event loop, after the step: requests that arrived during it were never
+        handed over, so they stay queued for the next step instead of failing unseen."""
+        logger.error("%r: evaluator step failed: %s", self, error_text(err))
+        waiting = {tag for tag, _ in self._incoming}
+        return [(tag, EvalError(error_text(err))) for tag in sorted(self._held - waiting)]
 
     async def close(self) -> None:
         """Stop serving and release the evaluator (the pool calls this before killing)."""

@@ -175,6 +175,48 @@ def test_actor_class_streams_requests_in_and_outcomes_out_without_ray():
     assert actor.info().num_layers == 4
 
 
+class _StepFailsOnce(DummyEvaluator):
+    """The first step sleeps, then raises (a lost worker); later steps work."""
+
+    failed = False
+
+    def step(self):
+        if not self.failed and self.streaming:
+            import time
+
+            self.failed = True
+            time.sleep(0.1)
+            raise RuntimeError("device lost")
+        return super().step()
+
+
+def test_a_failed_actor_step_fails_what_it_was_handed_and_keeps_what_arrived_during_it():
+    """Each request gets exactly one outcome: the one the failing step held fails, the one
+    submitted while that step ran is evaluated by the next step (it was never handed over)."""
+    from drllm.distributed.actor import EvaluatorActor
+
+    actor = EvaluatorActor(0, EvaluatorSpec(_StepFailsOnce, {"num_layers": 4}))
+    a, b = _req("a", "EEEE"), _req("b", "ESEE")
+
+    async def main():
+        await actor.submit([(0, a)])
+        await asyncio.sleep(0.03)  # request 0 is in the failing step now
+        await actor.submit([(1, b)])
+        outcomes = []
+        while len(outcomes) < 2:
+            outcomes += await asyncio.wait_for(actor.collect(), timeout=5)
+        await asyncio.sleep(0.05)  # nothing more may come
+        late = list(actor._finished)
+        await actor.close()
+        return outcomes, late
+
+    outcomes, late = asyncio.run(main())
+    assert [tag for tag, _ in outcomes] == [0, 1] and late == []
+    assert isinstance(outcomes[0][1], EvalError) and "device lost" in outcomes[0][1].message
+    assert outcomes[1][1] == DummyEvaluator(4).evaluate([b])[0]
+    assert actor.stats()["held"] == 0
+
+
 def test_actor_class_outside_ray_never_starts_ray():
     # In a fresh interpreter: the session's Ray fixture may already be up in this one.
     import subprocess
