@@ -27,16 +27,20 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
-#: task -> (dataset config overrides, default question count, default max new tokens)
+DATA_ROOT = "../shared/data"
+
+#: task -> (dataset config overrides, default question count, default max new tokens); a
+#: ``path`` is relative to ``--data-root``.
 TASKS = {
     "synthetic_arith": (dict(name="synthetic_arith", levels=(1,), prompt_style="chat"), 64, 128),
-    "arc_easy": (dict(name="arc_easy", path="/work/shared/data/ai2_arc", prompt_style="base",
+    "arc_easy": (dict(name="arc_easy", path="ai2_arc", prompt_style="base",
                       reward="generate", grader="mc_letter_lenient"), 32, 16),
-    "gsm8k": (dict(name="gsm8k", path="/work/shared/data/gsm8k", prompt_style="chat"), 16, 256),
+    "gsm8k": (dict(name="gsm8k", path="gsm8k", prompt_style="chat"), 16, 256),
 }
 
 
@@ -85,7 +89,7 @@ def _fingerprint(record: Any) -> tuple:
 
 def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int | None = None,
              batch_plain: int = 16, batch_engine: int = 128, trees: int = 32,
-             simulations: int = 50) -> dict[str, Any]:
+             simulations: int = 50, data_root: str | Path = DATA_ROOT) -> dict[str, Any]:
     """Search one task with both evaluators; the JSON line's fields."""
     import torch
 
@@ -96,6 +100,8 @@ def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int 
     from drllm.models.loading import ModelSpec, load_tokenizer
 
     overrides, count, tokens = TASKS[task]
+    if "path" in overrides:
+        overrides = {**overrides, "path": str(Path(data_root) / overrides["path"])}
     config = DatasetConfig(**overrides, num_examples=num_examples or count, seed=0,
                            max_new_tokens=max_new_tokens or tokens)
     examples = list(load_examples(config).examples)
@@ -140,6 +146,8 @@ def add_arguments(parser: Any) -> None:
                         help="comma-separated tasks (default: %(default)s)")
     parser.add_argument("--num-examples", type=int, default=None,
                         help="questions per task (default: 64 / 32 / 16)")
+    parser.add_argument("--data-root", default=DATA_ROOT,
+                        help="folder holding ai2_arc/ and gsm8k/ (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="generation budget (default: 128 / 16 / 256)")
     parser.add_argument("--batch-plain", type=int, default=16,
@@ -165,7 +173,7 @@ def run_from_args(args: Any) -> dict[str, Any]:
         result = run_task(task, num_examples=args.num_examples,
                           max_new_tokens=args.max_new_tokens, batch_plain=args.batch_plain,
                           batch_engine=args.batch_engine, trees=args.trees,
-                          simulations=args.num_simulations)
+                          simulations=args.num_simulations, data_root=args.data_root)
         print(json.dumps(result, sort_keys=True), flush=True)
         out[task] = result
     return out

@@ -54,11 +54,17 @@ from drllm.bench.search_stream import (
     record_stream,
     save_stream,
 )
-from drllm.distributed.config import GenerationConfig
 from drllm.bench.call_evaluator import CallEvaluator
+from drllm.bench.search_engine import DATA_ROOT
+from drllm.distributed.config import GenerationConfig
 from drllm.types import EvalRequest
 
 logger = logging.getLogger(__name__)
+
+
+def _data_path(dataset: str) -> str:
+    """The shared sample of ``dataset`` (``gsm8k``, else ARC) under :data:`DATA_ROOT`."""
+    return f"{DATA_ROOT}/{'gsm8k' if dataset == 'gsm8k' else 'ai2_arc'}"
 
 PLAIN = dict(reuse_prefix=False, reuse_paths=False, draft=False, grader_stop=False)
 #: (label, generation overrides, compact at once?) in the order the levers are added.
@@ -95,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None, help="replay on this dataset (gsm8k: long "
                         "answers); default: the stream's")
     parser.add_argument("--data-path", default=None, help="dataset root (default: "
-                        "/work/shared/data/ai2_arc or .../gsm8k)")
+                        f"{DATA_ROOT}/ai2_arc or .../gsm8k)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default: the stream's")
     parser.add_argument("--max-requests", type=int, default=None, help="cut the stream")
@@ -199,8 +205,7 @@ def run_search_work(
     from drllm.models.loading import ModelSpec, load_model
 
     dataset = dataset or stream.dataset
-    data_path = data_path or ("/work/shared/data/gsm8k" if dataset == "gsm8k"
-                              else "/work/shared/data/ai2_arc")
+    data_path = data_path or _data_path(dataset)
     max_new_tokens = max_new_tokens or stream.max_new_tokens
     loaded = load_model(ModelSpec())
     calls = _requests(stream, dataset, data_path, loaded.tokenizer, max_requests, questions)
@@ -262,7 +267,7 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.record:
-        stream = record_stream(ModelSpec(), "arc_easy", "/work/shared/data/ai2_arc",
+        stream = record_stream(ModelSpec(), "arc_easy", args.data_path or _data_path("arc_easy"),
                                args.record, args.max_new_tokens or 16,
                                max_concurrent_trees=args.record_trees,
                                max_batch_size=args.record_batch, progress=True)
