@@ -128,7 +128,11 @@ def run(settings: EvaluateJobSettings, output_dir: Path) -> dict[str, Any]:
                              out_dir=output_dir / RESULTS_DIR, pool_config=settings.pool,
                              in_process=in_process, progress=settings.progress)
     if evaluation.calibrate:
-        summary["calibration"] = calibrate(summary, str(evaluation.routers), evaluation.epsilon)
+        calibration = calibrate(summary, str(evaluation.routers), evaluation.epsilon)
+        chosen = calibration["chosen"]
+        summary["calibration"] = calibration
+        summary["headline"] = {"dataset": calibration["dataset"], "policy": chosen["policy"],
+                               HEADLINE: chosen["accuracy"]}
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / SUMMARY_FILE, summary)
     print(format_table(summary))

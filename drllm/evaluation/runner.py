@@ -270,20 +270,27 @@ def run_evaluation(
     finally:
         store.flush()
         pool.close()
+    calibrated_gate = ((read_config(config.routers).get("calibration") or {}).get("gate")
+                       if "routed" in config.policies else None)
     return {"model": info.model_id, "num_layers": L, "routers": config.routers,
             "shards_dir": config.shards_dir, "policies": list(config.policies),
             "alphas": list(config.alphas), "gates": list(run_gates(config)),
-            "calibrated_gate": (read_config(config.routers).get("calibration") or {}).get("gate")
-            if "routed" in config.policies else None, "datasets": datasets,
-            "headline": headline(datasets), "results_dir": str(Path(out_dir).resolve()),
+            "calibrated_gate": calibrated_gate, "datasets": datasets,
+            "headline": headline(datasets, calibrated_gate),
+            "results_dir": str(Path(out_dir).resolve()),
             "this_run": {"phases": run.phases, "wall_seconds": time.perf_counter() - started}}
 
 
-def headline(datasets: Mapping[str, Any]) -> dict[str, Any]:
-    """The first routed policy's accuracy on the first dataset (else the first policy's)."""
+def headline(datasets: Mapping[str, Any], gate: Optional[float] = None) -> dict[str, Any]:
+    """The accuracy of what routed inference uses, on the first dataset: the checkpoint's
+    calibrated ``gate`` policy ``routed(t=gate)`` where it was evaluated, else the first routed
+    policy, else the first policy."""
     for name, ds in datasets.items():
         pols = list(ds["policies"].values())
-        chosen = next((p for p in pols if p["kind"] == "routed"), pols[0] if pols else None)
+        routed = [p for p in pols if p["kind"] == "routed"]
+        calibrated = [p for p in routed
+                      if gate is not None and p["policy"] == f"routed(t={gate:g})"]
+        chosen = next(iter(calibrated or routed or pols), None)
         if chosen is not None:
             return {"dataset": name, "policy": chosen["policy"], HEADLINE: chosen["accuracy"]}
     return {"dataset": None, "policy": None, HEADLINE: None}

@@ -9,7 +9,9 @@ is :class:`drllm.evaluation.job.EvaluateJobSettings`. Examples::
     python -m drllm.jobs.evaluate --cfg job                    # every settable field
 
 Rerunning the same command resumes (rows of identical policies are skipped). ``main`` returns
-the first routed policy's accuracy on the first dataset (else the first policy's).
+the accuracy on the first dataset of what routed inference uses: in calibration mode the chosen
+gate (``default (tau = 1)`` when no gate qualified), else the checkpoint's calibrated gate where
+it was evaluated, else the first routed policy (else the first policy).
 """
 
 from __future__ import annotations

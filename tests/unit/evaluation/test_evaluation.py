@@ -258,8 +258,25 @@ def test_calibration_mode_stores_the_gate_in_the_checkpoint(examples, tmp_path, 
                  routers=str(routers_dir), alphas=(), gates=())
     assert later["calibrated_gate"] == expected and later["gates"] == [expected]
     assert f"routed(t={expected:g})" in later["datasets"]["synthetic_arith"]["policies"]
+    assert later["headline"]["policy"] == f"routed(t={expected:g})"  # what inference uses
     with pytest.raises(ValueError, match="calibrate needs"):
         EvaluationConfig(policies=("default",), calibrate=True)
+
+
+def test_headline_is_the_calibrated_gate_else_the_first_routed_else_the_first_policy():
+    from drllm.evaluation.runner import headline
+
+    def ds(*names):
+        kinds = {"default": "default", "shortgpt(k=1)": "static"}
+        return {"d": {"policies": {n: {"policy": n, "kind": kinds.get(n, "routed"),
+                                       "accuracy": i / 10} for i, n in enumerate(names)}}}
+
+    both = ds("default", "routed(a=+0)", "routed(t=0.05)")
+    assert headline(both, 0.05) == {"dataset": "d", "policy": "routed(t=0.05)", "accuracy": 0.2}
+    assert headline(both, None)["policy"] == "routed(a=+0)"
+    assert headline(both, 0.5)["policy"] == "routed(a=+0)"  # calibrated gate not evaluated
+    assert headline(ds("default", "shortgpt(k=1)"), 0.05)["policy"] == "default"
+    assert headline({}) == {"dataset": None, "policy": None, "accuracy": None}
 
 
 def test_frontier_places_every_policy_and_compares_matched_statics(examples, tmp_path,

@@ -15,9 +15,8 @@ from drllm.jobs.evaluate import SCHEMA  # noqa: F401 -- registers the schema
 REPO = Path(__file__).resolve().parents[3]
 
 
-def test_in_process_job_starts_no_ray(tmp_path, monkeypatch) -> None:
-    import ray
-
+def _settings(tmp_path: Path, *extra: str) -> EvaluateJobSettings:
+    """A tiny Llama, fresh routers for it, three questions, in process."""
     from drllm.models.tiny import tiny_model, tiny_tokenizer
     from drllm.routers.module import Routers
 
@@ -28,12 +27,18 @@ def test_in_process_job_starts_no_ray(tmp_path, monkeypatch) -> None:
         tmp_path / "routers", base_model_id=str(model.resolve()))
     overrides = [f"model.name={model}", "dataset.num_examples=3", "dataset.max_new_tokens=2",
                  "ray.mode=in_process", "progress=false",
-                 "evaluation.policies=[default,routed,static]",
-                 f"evaluation.routers={tmp_path / 'routers'}", "evaluation.alphas=[0]",
-                 "evaluation.calibration_examples=2"]
+                 f"evaluation.routers={tmp_path / 'routers'}",
+                 "evaluation.calibration_examples=2", *extra]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        settings = to_library(compose(config_name="evaluate", overrides=overrides),
-                              EvaluateJobSettings)
+        return to_library(compose(config_name="evaluate", overrides=overrides),
+                          EvaluateJobSettings)
+
+
+def test_in_process_job_starts_no_ray(tmp_path, monkeypatch) -> None:
+    import ray
+
+    settings = _settings(tmp_path, "evaluation.policies=[default,routed,static]",
+                         "evaluation.alphas=[0]")
 
     def no_ray(*args, **kwargs):
         raise AssertionError("ray.mode=in_process used Ray")
@@ -47,3 +52,18 @@ def test_in_process_job_starts_no_ray(tmp_path, monkeypatch) -> None:
     assert ds["examples"] == 3 and len(ds["calibration"]["importance"]) == 4
     policies = summary["datasets"]["synthetic_arith"]["policies"]
     assert "default" in policies and any(p.startswith("routed") for p in policies)
+
+
+def test_calibration_mode_headline_is_the_chosen_gate(tmp_path) -> None:
+    """The job's objective in calibration mode is what it stored, not the first routed policy
+    (here routed(a=-0.5), which is neither gate)."""
+    settings = _settings(tmp_path, "evaluation.policies=[default,routed]",
+                         "evaluation.alphas=[-0.5]", "evaluation.gates=[0,1]",
+                         "evaluation.calibrate=true", "evaluation.epsilon=0.01")
+    summary = run(settings, tmp_path / "out")
+    chosen = summary["calibration"]["chosen"]
+    assert chosen["policy"] in ("routed(t=0)", "routed(t=1)", "default (tau = 1)")
+    assert summary["headline"] == {"dataset": "synthetic_arith", "policy": chosen["policy"],
+                                   "accuracy": chosen["accuracy"]}
+    stored = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert stored["headline"] == summary["headline"]
