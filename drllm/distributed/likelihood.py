@@ -29,13 +29,23 @@ logger = logging.getLogger(__name__)
 Encode = Callable[[str], list[int]]
 
 
+def _split_context(context: str) -> tuple[str, str]:
+    """lm-eval's ``TemplateLM._encode_pair``: the context's trailing whitespace moves to the
+    continuation; ``(context, moved whitespace)``."""
+    stripped = context.rstrip()
+    return stripped, context[len(stripped):]
+
+
+def encode_context(encode: Encode, context: str) -> list[int]:
+    """The context ids :func:`encode_choices` scores its continuations after."""
+    return encode(_split_context(context)[0])
+
+
 def encode_choices(encode: Encode, context: str,
                    continuations: Sequence[str]) -> tuple[list[int], list[list[int]]]:
     """``(context ids, continuation ids per choice)`` split as lm-eval's
     ``TemplateLM._encode_pair`` (the context is encoded once for all choices)."""
-    spaces = len(context) - len(context.rstrip())
-    moved = context[len(context) - spaces:] if spaces else ""
-    context = context[: len(context) - spaces]
+    context, moved = _split_context(context)
     ctx = encode(context)
     return ctx, [encode(context + moved + c)[len(ctx):] for c in continuations]
 

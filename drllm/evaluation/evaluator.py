@@ -140,11 +140,7 @@ class PolicyEvaluator(Evaluator):
             gens = self.executor.generate(ids, paths, max_new_tokens=max_new_tokens,
                                           stop_strings=stops)
             return gens, [tuple(p) for p in paths], time.perf_counter() - start, 0.0
-        if self.routed is None:
-            raise ValueError("a routed request reached an evaluator built without routers "
-                             "(policy_evaluator_spec(routers_dir=...))")
-        hook = self.routed.block_hook(alpha, gate, ids)  # gate None: the argmax
-        recorder = DecisionRecorder(hook, self.executor.num_layers, self.executor.device)
+        recorder = self._recorder(alpha, gate, ids)  # gate None: the argmax
         gens = self.executor.generate(ids, None, max_new_tokens=max_new_tokens,
                                       stop_strings=stops, block_hook=recorder)
         return gens, recorder.paths(), time.perf_counter() - start, recorder.seconds
@@ -162,21 +158,26 @@ class PolicyEvaluator(Evaluator):
                     out[i] = ev
         return out  # type: ignore[return-value]
 
-    def _route(self, alpha: float, gate: Optional[float], ids: list[list[int]]
-               ) -> tuple[list[LayerPath], float]:
-        """The routers' path for each context (one prefill) and the seconds in the routers."""
+    def _recorder(self, alpha: float, gate: Optional[float], ids: list[list[int]]
+                  ) -> DecisionRecorder:
+        """The routers' block hook for ``ids``, recording each row's decisions and their time."""
         if self.routed is None:
             raise ValueError("a routed request reached an evaluator built without routers "
                              "(policy_evaluator_spec(routers_dir=...))")
-        recorder = DecisionRecorder(self.routed.block_hook(alpha, gate, ids),
-                                    self.executor.num_layers, self.executor.device)
+        return DecisionRecorder(self.routed.block_hook(alpha, gate, ids),
+                                self.executor.num_layers, self.executor.device)
+
+    def _route(self, alpha: float, gate: Optional[float], ids: list[list[int]]
+               ) -> tuple[list[LayerPath], float]:
+        """The routers' path for each context (one prefill) and the seconds in the routers."""
+        recorder = self._recorder(alpha, gate, ids)
         input_ids, mask = left_pad(ids, self.executor.pad_token_id, self.executor.device)
         self.executor.prefill_states(input_ids, mask, block_hook=recorder)
         return [LayerPath(p) for p in recorder.paths()], recorder.seconds
 
     def _scored(self, requests: Sequence[PolicyRequest]) -> list[PolicyEvaluation]:
         """Multiple choice by log-likelihood, grouped by knob, gate and ``loglik_norm``."""
-        from drllm.distributed.likelihood import encode_choices, score_choices
+        from drllm.distributed.likelihood import encode_context, score_choices
 
         def encode(text: str) -> list[int]:
             return self.executor.encode([text])[0]
@@ -189,7 +190,7 @@ class PolicyEvaluator(Evaluator):
         for (alpha, gate, norm), members in groups.items():
             start = time.perf_counter()
             reqs = [requests[i] for i in members]
-            contexts = [encode_choices(encode, r.prompt, r.choices)[0] for r in reqs]
+            contexts = [encode_context(encode, r.prompt) for r in reqs]
             router_s = 0.0
             if alpha is not None:
                 paths, router_s = self._route(alpha, gate, contexts)
