@@ -181,7 +181,7 @@ class SearchDriver:
         self._rejected: Counter = Counter(rejected or {})
         self._totals = _Totals()
         stats = self.pool.stats
-        self._faults0 = (stats.failed, stats.retries, stats.requeued, stats.lost_calls,
+        self._faults0 = (stats.failed, stats.retries, stats.requeued, stats.worker_losses,
                          stats.workers_gone)
         todo, skipped, duplicates = self._plan(examples, done)
         self._queue: deque[Example] = deque(todo)
@@ -404,7 +404,7 @@ class SearchDriver:
     def _summary(self, given: int, skipped: int, duplicates: int, wall: float) -> RunSummary:
         t, stats = self._totals, self.pool.stats
         failed, retries, requeued, lost, gone = (now - before for now, before in zip(
-            (stats.failed, stats.retries, stats.requeued, stats.lost_calls, stats.workers_gone),
+            (stats.failed, stats.retries, stats.requeued, stats.worker_losses, stats.workers_gone),
             self._faults0))
         return RunSummary(
             model_id=self.model_id,
@@ -424,7 +424,7 @@ class SearchDriver:
             failed_evaluations=failed,
             retries=retries,
             requeued=requeued,
-            lost_calls=lost,
+            worker_losses=lost,
             workers_gone=gone,
             mean_layers_saved_solved=t.layers_saved_solved / t.solved if t.solved else 0.0,
             mean_batch_size=stats.mean_batch_size,

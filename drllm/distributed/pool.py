@@ -61,7 +61,7 @@ class PoolStats:
         failed: requests answered with reward 0 after exhausting their retries.
         retries: request re-sends after an evaluator error.
         requeued: request re-sends after their worker died.
-        lost_calls: worker losses (deaths, kills) that lost requests, all of them requeued.
+        worker_losses: worker losses (deaths, kills) that lost requests, all of them requeued.
         workers_gone: workers given up for good.
         timeouts: workers killed for answering nothing within ``call_timeout_s``.
         sticky_hits: requests sent to the worker that last served their question.
@@ -74,7 +74,7 @@ class PoolStats:
     failed: int = 0
     retries: int = 0
     requeued: int = 0
-    lost_calls: int = 0
+    worker_losses: int = 0
     workers_gone: int = 0
     timeouts: int = 0
     sticky_hits: int = 0
@@ -411,7 +411,7 @@ class EvaluationPool:
                          self.workers_alive, self.transport.pending_workers)
         if not batch:
             return []
-        self.stats.lost_calls += 1
+        self.stats.worker_losses += 1
         logger.warning("evaluator worker %d was lost; requeueing its %d requests", worker,
                        len(batch))
         results, requeue = [], []

@@ -32,7 +32,7 @@ class RunSummary:
             never told to a tree as a reward).
         retries: request re-sends after evaluator errors.
         requeued: request re-sends after their actor died.
-        lost_calls: worker losses (deaths, kills) that lost requests (all requeued).
+        worker_losses: worker losses (deaths, kills) that lost requests (all requeued).
         workers_gone: actors that died for good (restarts exhausted); the others finished.
         mean_layers_saved_solved: mean of ``L - best_cost`` over the **solved** examples (blocks
             per forward pass; an unsolved example's label is the default path).
@@ -58,7 +58,7 @@ class RunSummary:
     failed_evaluations: int = 0
     retries: int = 0
     requeued: int = 0
-    lost_calls: int = 0
+    worker_losses: int = 0
     workers_gone: int = 0
     mean_layers_saved_solved: float = 0.0
     mean_batch_size: float = 0.0
@@ -93,7 +93,7 @@ class RunSummary:
             f"{self.wall_seconds:.1f} s), memo hits: {self.memo_hits}, mean batch "
             f"{self.mean_batch_size:.1f}",
             f"faults: {self.failed_evaluations} failed evaluations, {self.retries} retries, "
-            f"{self.requeued} requeued after {self.lost_calls} lost calls, "
+            f"{self.requeued} requeued after {self.worker_losses} worker losses, "
             f"{self.workers_gone} evaluator(s) gone",
         ]
         return "\n".join(lines)

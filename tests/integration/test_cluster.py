@@ -78,7 +78,7 @@ NODE_REMOVAL = textwrap.dedent('''
         pool.close()
         table = read_shards(out)
         report.update(ids=sorted(table.column("example_id").to_pylist()),
-                      duplicates=duplicates_dropped(table), lost=summary.lost_calls,
+                      duplicates=duplicates_dropped(table), lost=summary.worker_losses,
                       requeued=summary.requeued, removed=bool(removed))
     finally:
         ray.shutdown()

@@ -160,7 +160,7 @@ def test_killed_actor_requests_are_requeued(ray_local):
         stats = _stats_once_back(victim)
     finally:
         pool.close()
-    assert sink.killed and summary.lost_calls >= 1 and summary.requeued >= 1
+    assert sink.killed and summary.worker_losses >= 1 and summary.requeued >= 1
     assert stats["restarted"]  # the same named actor came back and served requests again
     got = sorted(r.example.id for r in sink.records)
     assert got == sorted(ex.id for ex in examples)  # every example exactly once
@@ -180,7 +180,7 @@ def test_actor_dead_for_good_leaves_the_survivor_to_finish(ray_local, tmp_path):
                                    max_restarts=0, name_prefix="gone"),  # both up: 0 must die
             progress=False,
         )
-    assert summary.lost_calls >= 1 and summary.workers_gone == 1 and summary.searched == 8
+    assert summary.worker_losses >= 1 and summary.workers_gone == 1 and summary.searched == 8
     assert sorted(ids_in(tmp_path)) == sorted(ex.id for ex in examples)
 
 
