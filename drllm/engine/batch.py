@@ -5,7 +5,9 @@ left-padded time axis. Rows prefilled (or resumed) at a later step join it with
 :func:`merge_states`: both caches are stacked into one, each right-aligned to the longer time
 axis (:meth:`~drllm.models.kv.SlotKVCache.concat`; padding columns are masked, rotary positions
 are per row, so a row's outputs do not depend on its neighbours). :func:`drop_rows` removes
-finished rows from every part of a state.
+finished rows from every part of a state, and the leading key columns no row left holds a token
+in: without that the time axis of a batch that rows keep joining only grows (every join
+right-aligns to the longest row ever run), and every decode step attends over it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def merge_states(a: DecodeState, b: DecodeState) -> DecodeState:
 
 
 def drop_rows(state: DecodeState, keep: list[bool]) -> None:
-    """Remove the rows where ``keep`` is False from every part of ``state`` (in place)."""
+    """Remove the rows where ``keep`` is False from every part of ``state`` (in place), then
+    the leading key columns none of the rows kept holds a token in."""
     keep_t = torch.tensor(keep, device=state.next_tokens.device)
     state.next_tokens = state.next_tokens[keep_t]
     state.next_positions = state.next_positions[keep_t]
@@ -44,7 +47,23 @@ def drop_rows(state: DecodeState, keep: list[bool]) -> None:
     state.cache.compact(keep_t)
     state.decisions = [d for d, k in zip(state.decisions, keep) if k]
     state.rows = list(range(len(state.decisions)))
+    trim_left(state)
     state.all_valid = state.all_valid or bool(state.valid[:, : state.length].all())
+
+
+def trim_left(state: DecodeState) -> int:
+    """Drop the leading key columns where no row holds a token (masked for every row, so no
+    output changes); returns how many."""
+    if not state.length or not state.decisions:
+        return 0
+    held = state.valid[:, : state.length].any(0)
+    if bool(held[0]):
+        return 0
+    first = int(held.nonzero()[0, 0]) if bool(held.any()) else state.length
+    state.valid = state.valid[:, first:]
+    state.cache.drop_leading(first)
+    state.length -= first
+    return first
 
 
 def slot_row_kv(cache: SlotKVCache, block: int, row: int, cols: torch.Tensor

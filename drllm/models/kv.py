@@ -140,6 +140,19 @@ class SlotKVCache:
                 slot.keys = slot.keys[sel]
                 slot.values = slot.values[sel]
 
+    def drop_leading(self, columns: int) -> None:
+        """Forget the first ``columns`` positions of every slot (columns no row attends to:
+        left padding, or the tokens of rows that left). A view, no copy; positions are
+        renumbered from 0, rotary positions live with the rows and do not change."""
+        if columns <= 0:
+            return
+        for slot in self._slots.values():
+            assert slot.length >= columns, (slot.length, columns)
+            if slot.keys is not None:
+                slot.keys = slot.keys[:, :, columns:]
+                slot.values = slot.values[:, :, columns:]
+            slot.length -= columns
+
     @classmethod
     def concat(
         cls, parts: Sequence[tuple["SlotKVCache", int]], capacity: int, grow: int = 32,

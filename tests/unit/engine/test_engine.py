@@ -93,6 +93,36 @@ def test_mixed_paths_submitted_mid_decode_match_rows_alone(family, tok) -> None:
         assert results[rid].finish_reason == alone.finish_reason
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_a_batch_rows_keep_joining_stays_as_wide_as_its_rows(family, tok) -> None:
+    """Staggered rows keep the batch busy for many more steps than any row lives: the key
+    columns only rows that left held are dropped, so the batch is never wider than its longest
+    live row (prompt + tokens), and every row stays exact."""
+    ex = PathExecutor(tiny_model(family, num_layers=L), tok)
+    engine = Engine(ex, max_rows=3)
+    ids = ex.encode(PROMPTS)
+    reqs = [EngineRequest(tuple(ids[i % len(ids)]), tuple(PATHS[i % len(PATHS)]),
+                          Settings(5 + (i * 7) % 9)) for i in range(32)]
+    results, widest, steps = {}, 0, 0
+    pending = list(reqs)
+    submitted = {}
+    while pending or engine.busy:
+        if pending and steps % 2 == 0:  # a new request every other step
+            r = pending.pop(0)
+            submitted[engine.submit(r)] = r
+        results.update({r.request_id: r.generation for r in engine.step()})
+        steps += 1
+        if engine._state is not None:
+            widest = max(widest, engine._state.length)
+    longest_row = max(len(r.ids) for r in reqs) + max(r.settings.max_new_tokens for r in reqs)
+    assert steps > longest_row  # the stream outlived every row's width
+    assert widest <= longest_row, (widest, longest_row)
+    for rid, req in submitted.items():
+        alone = ex.generate([list(req.ids)], [req.path],
+                            max_new_tokens=req.settings.max_new_tokens)[0]
+        assert results[rid].token_ids == alone.token_ids, (rid, req.path)
+
+
 def test_results_come_back_as_each_row_finishes(tok) -> None:
     ex = PathExecutor(tiny_model("llama", num_layers=L), tok)
     engine = Engine(ex)
