@@ -45,6 +45,8 @@ _ANSWER_IS_RE = re.compile(
 _LEADING_LETTER_RE = re.compile(r"(?:answer:\s*)?(?:\(([A-Za-z])\)|([A-Za-z])[.:)])(?:\s|$)",
                                 re.IGNORECASE)
 _MARKDOWN_RE = re.compile(r"[*_`]+")
+#: a line that starts like a choice label: ``B.``, ``B)``, ``B:``, ``(B)``
+_CHOICE_LINE_RE = re.compile(r"^[ \t]*(?:\(([A-Z])\)|([A-Z])[.:)])(?:\s|$)", re.MULTILINE)
 
 #: Longest digit string turned into a ``Decimal`` (longer ones cannot be a benchmark answer).
 _MAX_NUMBER_CHARS = 100
@@ -239,7 +241,8 @@ def extract_letter_lenient(response: str | None, letters: str) -> str | None:
     1. the strict form (``B``, ``(B)``, ``B.``, ``Answer: B``);
     2. the LAST ``answer is X`` / ``answer: X`` phrase (``"The correct answer is (C)."``);
     3. a leading letter followed by ``.``, ``)`` or ``:`` and text (``"B. photosynthesis"``,
-       ``"(B) photosynthesis"``).
+       ``"(B) photosynthesis"``), unless lines start with another choice label too: a response
+       that lists the options (``"A. Fe\nB. I\nC. Ir"``) chose none of them.
     """
     if not isinstance(response, str):
         return None
@@ -255,6 +258,14 @@ def extract_letter_lenient(response: str | None, letters: str) -> str | None:
     lead = _LEADING_LETTER_RE.match(head)
     if lead:
         letter = lead.group(1) or lead.group(2)
-        if letter in letters:
+        if letter in letters and not _lists_choices(head, letters):
             return letter
     return None
+
+
+def _lists_choices(text: str, letters: str) -> bool:
+    """Whether lines of ``text`` start with two different choice labels: the response lists
+    the options (``"A. Fe\nB. I\nC. Ir"``), so its leading letter is the list's first entry,
+    not a choice (found by the search on SmolLM2 ARC-Easy paths)."""
+    labels = {m.group(1) or m.group(2) for m in _CHOICE_LINE_RE.finditer(text)}
+    return len(labels & set(letters)) > 1

@@ -70,6 +70,14 @@ def test_mc_letter_strict(response: str, reward: float, reason: str) -> None:
         ("B", 1.0), ("Answer: B", 1.0), ("B.", 1.0),
         ("The answer is B", 1.0), ("B. photosynthesis", 1.0), ("(B) photosynthesis", 1.0),
         ("The answer is C", 0.0), ("b", 0.0), ("BC", 0.0), ("photosynthesis", 0.0),
+        # SmolLM2 label responses of a generated-letter ARC search (gold B here): a response
+        # that lists the options chose none; one that repeats its choice chose it
+        ("B. heat convection from the mantle\nB. heat convection from the mantle", 1.0),
+        ("B. They were squeezed up through the soil.\n\nB. They were", 1.0),
+        ("B. NaOH and HCl\nC. NaOH and HCl", 0.0),
+        ("B. Fe\nA. I\nC. Ir\nD. Pb", 0.0),
+        ("B. a forest fire\nB. a rainstorm\n(C) a", 0.0),
+        ("B. coal burning\nA. charcoal grilling\nThe answer is B", 1.0),  # an answer phrase
     ],
 )
 def test_mc_letter_lenient(response: str, reward: float) -> None:
