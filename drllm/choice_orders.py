@@ -52,14 +52,18 @@ def per_request(rows: Sequence[OrderRow], values: Sequence[Evaluation],
     return out
 
 
-def graded_row(request: EvalRequest, gold: str, gen: Generation) -> Evaluation:
+def graded_row(request: EvalRequest, gold: str, gen: Generation,
+               prompt: str | None = None) -> Evaluation:
     """One generated row graded: the answer prefix goes in front of the response, and a row
-    cut by its token budget is graded as not ended (a stated answer must be complete)."""
+    cut by its token budget is graded as not ended (a stated answer must be complete).
+    ``prompt`` is the row's own prompt (a choice order's), default the request's: the grader
+    checks an accepted answer against it (a letter written with another choice's text)."""
     from drllm.rewards import get_grader
 
     response = request.answer_prefix + gen.text
-    grade = get_grader(request.grader).grade(response, gold,
-                                             ended=gen.finish_reason != "length")
+    grade = get_grader(request.grader).grade(
+        response, gold, ended=gen.finish_reason != "length",
+        prompt=request.prompt if prompt is None else prompt)
     return Evaluation(reward=float(grade.reward), response=response,
                       layers_executed=int(gen.layers_executed), reason=grade.reason,
                       extracted=grade.extracted, where=grade.where,

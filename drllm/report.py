@@ -31,7 +31,7 @@ REPORT_COLUMNS = [
     "example_id", "dataset", "gold", "grader", "num_layers", "default_reward", "default_response",
     "best_reward", "best_response", "best_path", "layers_saved", "improved", "solved",
     "label_edits", "evaluations", "failed_evaluations", "memo_hits", "transposition_hits",
-    "prior_hits", "evaluated_depths", "trace",
+    "prior_hits", "evaluated_depths", "trace", "prompt",
 ]
 DECISION_NAMES = ("skip", "execute", "repeat")
 
@@ -62,12 +62,13 @@ def _regraded(table: pd.DataFrame) -> dict[str, dict[str, float]]:
     rows_by: dict[str, list] = {}
     for r in table.itertuples():
         for name in related_graders(r.grader):
-            rows_by.setdefault(name, []).append((r.default_response, r.best_response, r.gold))
+            rows_by.setdefault(name, []).append(
+                (r.default_response, r.best_response, r.gold, getattr(r, "prompt", None)))
     out: dict[str, dict[str, float]] = {}
     for name in sorted(rows_by):
         grader, rows = get_grader(name), rows_by[name]
-        default = np.mean([grader.grade(d, g).reward >= 1.0 for d, _, g in rows])
-        best = np.mean([grader.grade(b, g).reward >= 1.0 for _, b, g in rows])
+        default = np.mean([grader.grade(d, g, prompt=p).reward >= 1.0 for d, _, g, p in rows])
+        best = np.mean([grader.grade(b, g, prompt=p).reward >= 1.0 for _, b, g, p in rows])
         out[name] = {"default_accuracy": float(default), "best_accuracy": float(best),
                      "rows": len(rows)}
     return out

@@ -302,7 +302,7 @@ class ExecutorEvaluator(Evaluator):
                generations: list[Generation]) -> list[Evaluation]:
         """Grade every row, apply the plausibility guard, combine each request's orders."""
         self.last_generations = list(generations)
-        graded = [graded_row(requests[row.index], row.gold, gen)
+        graded = [graded_row(requests[row.index], row.gold, gen, row.prompt)
                   for row, gen in zip(rows, generations, strict=True)]
         graded = self._guard(graded, [list(e.ids) for e in engine_requests], generations,
                              [LayerPath(e.path) for e in engine_requests])

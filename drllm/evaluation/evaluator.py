@@ -227,7 +227,7 @@ class PolicyEvaluator(Evaluator):
                                           seconds=seconds * w / total,
                                           router_seconds=router_s * w / total)
                 graded[n] = dataclasses.replace(
-                    graded_row(requests[row.index], row.gold, gen), extra=measures)
+                    graded_row(requests[row.index], row.gold, gen, row.prompt), extra=measures)
         return [_combine(orders) for orders in per_request(rows, graded, len(requests))]
 
     def close(self) -> None:

@@ -79,7 +79,8 @@ def _row(policy: Policy, key: str, example: Example, result: EvalResult) -> dict
     grades = {}
     for name in related_graders(example.grader):
         grades[name] = (ev.reward >= 1.0 if name == example.grader
-                        else get_grader(name).grade(ev.response, example.gold).reward >= 1.0)
+                        else get_grader(name).grade(ev.response, example.gold,
+                                                    prompt=example.prompt).reward >= 1.0)
     return {
         "policy_key": key, "policy": policy.name, "kind": policy.kind, "alpha": policy.alpha,
         "gate": policy.gate, "k": policy.k, "dataset": example.dataset,

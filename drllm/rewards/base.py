@@ -69,7 +69,8 @@ class Grader(abc.ABC):
             self._gold_cache[gold] = cached
         return cached
 
-    def grade(self, response: str | None, gold: str, *, ended: bool = True) -> Grade:
+    def grade(self, response: str | None, gold: str, *, ended: bool = True,
+              prompt: str | None = None) -> Grade:
         """Grade ``response`` against ``gold``; never raises because of ``response``.
 
         Args:
@@ -78,6 +79,9 @@ class Grader(abc.ABC):
             ended: False when generation was cut by its token budget (finish reason
                 ``"length"``): a grader that reads a stated answer then does not read one
                 that was still being written at the cut.
+            prompt: the question as the model saw it, when known: a grader may refuse an
+                accepted answer the prompt contradicts (:meth:`_in_context`; the letter
+                graders refuse a gold letter written with another choice's text).
 
         Raises:
             ValueError: only if ``gold`` fails :meth:`validate_gold`.
@@ -86,7 +90,10 @@ class Grader(abc.ABC):
         if not isinstance(response, str):
             return Grade(0.0, f"response is not text ({type(response).__name__})")
         try:
-            return self._grade(response, canonical, ended)
+            grade = self._grade(response, canonical, ended)
+            if prompt is not None and grade.reward >= 1.0:
+                grade = self._in_context(response, grade, prompt)
+            return grade
         except Exception as exc:  # last line of defence: model output must never crash a search
             logger.warning("%s: grading failed on a %d-char response (%s: %s); reward 0",
                            self.name, len(response), type(exc).__name__, exc)
@@ -102,6 +109,10 @@ class Grader(abc.ABC):
         at EOS, its budget or a stop string).
         """
         return False
+
+    def _in_context(self, response: str, grade: Grade, prompt: str) -> Grade:
+        """An accepted ``grade`` checked against the prompt; default: unchanged."""
+        return grade
 
     @abc.abstractmethod
     def _check_gold(self, gold: str) -> str:

@@ -10,6 +10,7 @@ in time linear in the input length (no backtracking-prone regexes over the whole
   and trailing periods tolerated).
 * :func:`normalize_letter` — multiple-choice labels ``A``–``E`` / ``1``–``5`` to a letter.
 * :func:`extract_letter_strict` / :func:`extract_letter_lenient` — the letter a response chose.
+* :func:`other_choice_named` — the other choice a response's text after its letter names.
 """
 
 from __future__ import annotations
@@ -269,3 +270,58 @@ def _lists_choices(text: str, letters: str) -> bool:
     not a choice (found by the search on SmolLM2 ARC-Easy paths)."""
     labels = {m.group(1) or m.group(2) for m in _CHOICE_LINE_RE.finditer(text)}
     return len(labels & set(letters)) > 1
+
+
+#: a choice line of a multiple-choice prompt: ``B. photosynthesis`` / ``(B) photosynthesis``
+_PROMPT_CHOICE_RE = re.compile(r"^[ \t]*(?:\(([A-Z])\)|([A-Z])[.)])[ \t]+(\S[^\n]*)$", re.MULTILINE)
+#: a letter stated with a text after it, anywhere in a response: ``A. heat production``
+_STATED_CHOICE_RE = re.compile(r"(?<![A-Za-z0-9])(?:\(([A-Z])\)|([A-Z])[.)])[ \t]+(\S[^\n]*)")
+#: shortest stated text compared as a prefix of a choice's text (``D. the`` is cut, not a choice)
+_MIN_PREFIX_CHARS = 4
+
+
+def _choice_norm(text: str) -> str:
+    return " ".join(_MARKDOWN_RE.sub("", text).lower().split()).strip(" .;:,'\"")
+
+
+def choice_texts(prompt: str | None) -> dict[str, str]:
+    """The lettered choices a prompt lists (``{"A": "fe", ...}``, normalised), or ``{}`` when
+    it lists fewer than two (not a multiple-choice prompt)."""
+    if not isinstance(prompt, str):
+        return {}
+    found: dict[str, str] = {}
+    for m in _PROMPT_CHOICE_RE.finditer(prompt):
+        found.setdefault(m.group(1) or m.group(2), _choice_norm(m.group(3)))
+    return found if len(found) > 1 else {}
+
+
+def _names(said: str, text: str) -> bool:
+    if not said or not text:
+        return False
+    if said == text:
+        return True
+    return len(said) >= _MIN_PREFIX_CHARS and (text.startswith(said) or said.startswith(text))
+
+
+def other_choice_named(response: str | None, letter: str, prompt: str | None) -> str | None:
+    """The other choice whose text ``response`` writes after ``letter``, or None.
+
+    ``"D. the distribution of rock types"`` with choice C "the distribution of rock types"
+    and D "the distribution of earthquakes" names C: the letter is right by luck, the answer is
+    C's (9 of 23 labels of a generated-letter ARC-Easy search at ``search=paper`` were so). A
+    text naming the letter's own choice, a cut one (``"D. the"``) or one naming no choice is
+    not a conflict; a prompt that lists no choices never is.
+    """
+    choices = choice_texts(prompt)
+    if not isinstance(response, str) or letter not in choices:
+        return None
+    for m in _STATED_CHOICE_RE.finditer(response[:LENIENT_SCAN_CHARS]):
+        if (m.group(1) or m.group(2)) != letter:
+            continue
+        said = _choice_norm(m.group(3))
+        if _names(said, choices[letter]):
+            continue
+        others = [k for k, text in choices.items() if k != letter and _names(said, text)]
+        if others:
+            return others[0]
+    return None

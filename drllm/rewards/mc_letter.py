@@ -12,7 +12,9 @@ answer format.
 followed by text (see :func:`drllm.rewards.extract.extract_letter_lenient`). Use it to measure
 what small models *meant*; use the strict one to reproduce the paper.
 
-Reasons: ``"match"``, ``"mismatch"``, ``"no letter found"``.
+Reasons: ``"match"``, ``"mismatch"``, ``"no letter found"``; given the prompt (``grade(...,
+prompt=)``), ``"letter D written with choice C's text"``: the gold letter with another
+choice's text is a letter found by luck, not the answer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from drllm.rewards.extract import (
     STRICT_LETTER_PATTERN,
     extract_letter_lenient,
     extract_letter_strict,
+    other_choice_named,
     strict_letter_pattern,
 )
 from drllm.types import Grade
@@ -104,6 +107,15 @@ class MCLetterGrader(Grader):
 
     def _extract(self, response: str) -> str | None:
         return extract_letter_strict(response, self.pattern)
+
+    def _in_context(self, response: str, grade: Grade, prompt: str) -> Grade:
+        """Refuse the gold letter written with another choice's text (see
+        :func:`~drllm.rewards.extract.other_choice_named`)."""
+        other = other_choice_named(response, grade.extracted or "", prompt)
+        if other is None:
+            return grade
+        return Grade(0.0, f"letter {grade.extracted} written with choice {other}'s text",
+                     grade.extracted, grade.where)
 
     def _grade(self, response: str, gold: str, ended: bool = True) -> Grade:
         letter = self._extract(response)

@@ -116,3 +116,34 @@ def test_the_report_counts_implausible_rejections() -> None:
     assert figures["examples_with_implausible_rejections"] == 1
     assert figures["plausibility_default_accepted"] == {"n": 1, "min": -0.3, "median": -0.3}
     assert figures["answer_read_at"] == {"answer marker": 1}
+
+
+def test_a_gold_letter_with_another_choices_text_never_becomes_a_label() -> None:
+    """A generated-letter search (gold B): the default path answers B with B's text; cheaper
+    paths write the letter B with C's text (a letter right by luck, the answer C's). The
+    default stays the label; one cheaper path that writes B's own text may replace it."""
+    prompt = "Which gas do plants take in?\nA. oxygen\nB. carbon dioxide\nC. nitrogen\nD. helium"
+
+    def evaluate_with(good_cheap: bool):
+        def evaluate(path: LayerPath) -> Evaluation:
+            if all(d == 1 for d in path):
+                text = "B. carbon dioxide"
+            elif good_cheap and path[2] == 0 and sum(d != 1 for d in path) == 1:
+                text = "B. carbon dioxide\n"
+            else:
+                text = "B. nitrogen"
+            request = EvalRequest("q", prompt, "B", "mc_letter_lenient", path)
+            gen = Generation(text, (1, 2, 3), path.cost, 5, "eos")
+            return graded_row(request, "B", gen)
+        return evaluate
+
+    result = run(L, evaluate_with(False), CONFIG)
+    assert result.default_reward == 1.0
+    assert result.best_path == LayerPath.default(L)
+    assert all(e.evaluation.reward == 0.0 for e in result.trace if e.path != LayerPath.default(L))
+    assert any(e.evaluation.reason == "letter B written with choice C's text"
+               for e in result.trace)
+
+    result = run(L, evaluate_with(True), CONFIG)
+    assert result.best_path != LayerPath.default(L) and result.best_path[2] == 0
+    assert result.best_reward == 1.0

@@ -298,3 +298,47 @@ def test_pathological_megabyte_outputs_are_graded_fast(name: str, response: str)
     got = get_grader(name).grade(response, GOLD_FOR[name])
     assert got.reward == 0.0
     assert time.monotonic() - start < 2.0
+
+
+ARC_PROMPT = ("Question: Which of these provides the best evidence that Earth's crust is divided "
+              "into tectonic plates?\nA. the distribution of water on Earth's surface\n"
+              "B. the distribution of biomes on Earth's surface\n"
+              "C. the distribution of rock types on Earth's surface\n"
+              "D. the distribution of earthquakes on Earth's surface\n"
+              "Answer with a single letter (A, B, C, or D) and no explanation.")
+
+
+@pytest.mark.parametrize(
+    ("response", "reward", "reason"),
+    [
+        # a SmolLM2 label of a generated-letter ARC-Easy search (gold D): the letter is right,
+        # the text is C's
+        ("D. the distribution of rock types on Earth's surface\n\nD. the", 0.0,
+         "letter D written with choice C's text"),
+        ("The correct answer is D. The distribution of rock types on Earth's surface.", 0.0,
+         "letter D written with choice C's text"),
+        ("D. the distribution of earthquakes on Earth's surface", 1.0, "match"),
+        ("**D. The distribution of earthquakes on Earth's surface.**", 1.0, "match"),
+        ("D. the distribution of earthquakes", 1.0, "match"),   # its own choice, cut
+        ("D. the", 1.0, "match"),                               # too short to name a choice
+        ("D. volcanoes", 1.0, "match"),                         # names no choice
+        ("Answer: D", 1.0, "match"),
+        ("C. the distribution of earthquakes on Earth's surface", 0.0, "mismatch"),
+    ],
+)
+def test_mc_letter_lenient_refuses_the_gold_letter_with_another_choices_text(
+        response: str, reward: float, reason: str) -> None:
+    got = get_grader("mc_letter_lenient").grade(response, "D", prompt=ARC_PROMPT)
+    assert (got.reward, got.reason) == (reward, reason)
+    if reward == 0.0 and reason.startswith("letter"):
+        # without the prompt the letter grader cannot tell, and reads the letter
+        assert get_grader("mc_letter_lenient").grade(response, "D").reward == 1.0
+
+
+def test_prompt_check_leaves_other_graders_and_choiceless_prompts_alone() -> None:
+    assert get_grader("mc_letter_lenient").grade(
+        "D. the distribution of rock types", "D", prompt="Which is it? Answer A, B, C or D.",
+    ).reward == 1.0
+    assert get_grader("gsm8k_numeric").grade(
+        "Ben has 4 - 2 = 2 pencils.", "2", prompt="A. 1\nB. 2\nBen has 4 pencils ...",
+    ).reward == 1.0
