@@ -40,9 +40,12 @@ _NUM = r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+"
 _NUM_RE = re.compile(rf"(?<![\d.])(?:{_NUM})")
 
 #: Answer markers: ``####``, ``\boxed``/``\fbox``, ``answer is`` / ``answer:`` / ``answer =``
-#: (``final answer ...`` included). Case-insensitive.
-_MARKER_RE = re.compile(r"####|\\boxed(?![A-Za-z])|\\fbox(?![A-Za-z])|\banswer\s*(?:is\b|:|=)",
-                        re.IGNORECASE)
+#: (``final answer ...`` included; ``the answer to this question is`` too: a SmolLM2 label wrote
+#: ``... 6 - 2 = 4.\n\nThe answer to this question is 6.`` for the gold 4). Case-insensitive.
+_MARKER_RE = re.compile(
+    r"####|\\boxed(?![A-Za-z])|\\fbox(?![A-Za-z])"
+    r"|\banswer(?:\s+(?:to|for|of)\s+(?:this|the)\s+(?:question|problem))?\s*(?:is\b|:|=)",
+    re.IGNORECASE)
 #: The end of a marker's clause: a newline, a sentence end (``.``/``!``/``?`` before
 #: whitespace), or ``;``.
 _CLAUSE_END_RE = re.compile(r"\n|[.!?](?=\s)|;")

@@ -46,6 +46,11 @@ REAL = [  # (gold, response, finish reason, strict reward, where)
            "20.\nReply with just the answer.", "eos", 0.0, "answer marker"),
     ("14", "Leo has 5 + 1 = 6 pencils. Liam has 1 more.\nThe answer is 6 + 1 = 7.\n\nQuestion:",
      "length", 0.0, "answer marker"),
+    # a label of a 200-question search: the final "=" says 4, the answer sentence says 6
+    ("4", "Anna has 6 coins, and 2 of them are given to Anna. So, Anna has 6 - 2 = 4. Now, Anna "
+          "has 6 - 2 = 4.\n\nThe answer to this question is 6.", "eos", 0.0, "answer marker"),
+    ("4", "Zoe has 5 - 1 = 4 shells.\n\nThe answer to the problem is: 4 shells.", "eos", 1.0,
+     "answer marker"),
     ("7", "Leo has 5 + 1 = 6 pencils. Liam has 1 more.\nThe answer is 6 + 1 = 7.\n\nQuestion:",
      "length", 1.0, "answer marker"),
     ("8", "Sam has 19 - 3 = 16 marbles left.\nSam now has 11 - 2 = 8 marbles.\n#### 8\nThe answ",
