@@ -48,7 +48,7 @@ NODE_REMOVAL = textwrap.dedent('''
         keep = cluster.add_node(num_cpus=2)
         doomed = cluster.add_node(num_cpus=2)
         ray.init(address=cluster.address, namespace="nodes", log_to_driver=False)
-        spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.03})
+        spec = EvaluatorSpec(DummyEvaluator, {"num_layers": L, "delay_s": 0.25})
         # GPUs asked on a cluster without any: a clear error within gpu_wait_s, no CPU fallback
         t0 = time.monotonic()
         try:
@@ -58,17 +58,29 @@ NODE_REMOVAL = textwrap.dedent('''
         report["gpu_wait_s"] = time.monotonic() - t0
         pool = EvaluationPool.create(spec, PoolConfig(num_actors=4, requests_per_actor=2, max_restarts=3,
                                             scale_check_s=0.5, name_prefix="nodes"))
+        # which workers the doomed node holds (2 CPUs, 1 CPU per actor: two of the four)
+        node_of = ray.get([a.__ray_call__.remote(
+            lambda self: ray.get_runtime_context().get_node_id()) for a in pool.transport.actors])
+        doomed_workers = {w for w, node in enumerate(node_of) if node == doomed.node_id}
+        report["doomed_workers"] = len(doomed_workers)
         removed = []
+        writer = ShardWriter(out, writer_id="w0", num_layers=L, model_id="dummy", config={},
+                             rows_per_shard=4)
+        dispatch = pool.dispatch
 
-        class Sink(ShardWriter):
-            def add(self, record):
-                super().add(record)
-                if not removed and self.rows_written + self.buffered >= 3:
-                    removed.append(time.monotonic())
-                    cluster.remove_node(doomed)   # its actors die mid-call
-                    cluster.add_node(num_cpus=2)  # where they are placed again
-        writer = Sink(out, writer_id="w0", num_layers=L, model_id="dummy", config={},
-                      rows_per_shard=4)
+        def dispatch_then_remove():
+            # Remove the node once 3 rows are written and right after requests went to one of
+            # its actors (each takes 2 x 0.25 s), so they die mid-call: a removal timed by the
+            # sink alone found the doomed actors idle in 1 of ~8 runs (their answers just in).
+            sent = dispatch()
+            if not removed and writer.rows_written + writer.buffered >= 3 and any(
+                    pool._held.get(w, 0) for w in doomed_workers):
+                removed.append(time.monotonic())
+                report["held_by_doomed"] = sum(pool._held.get(w, 0) for w in doomed_workers)
+                cluster.remove_node(doomed, allow_graceful=False)  # its actors die mid-call
+                cluster.add_node(num_cpus=2)  # where they are placed again
+            return sent
+        pool.dispatch = dispatch_then_remove
         driver = SearchDriver(pool, MCTSConfig(num_simulations=8, seed=1),
                               DriverConfig(max_concurrent_trees=N), sink=writer,
                               render=lambda ex: ex.prompt, progress=False)
@@ -99,7 +111,8 @@ def _run(script: str, *args: str, timeout: float = 240) -> dict:
 @pytest.mark.slow
 def test_node_removed_mid_run_loses_nothing_and_gpus_are_never_faked(tmp_path):
     report = _run(NODE_REMOVAL, str(tmp_path / "shards"))
-    assert report["removed"] and report["lost"] >= 1 and report["requeued"] >= 1
+    assert report["doomed_workers"] == 2 and report["removed"] and report["held_by_doomed"] >= 1
+    assert report["lost"] >= 1 and report["requeued"] >= 1
     assert report["ids"] == sorted(f"q{i}" for i in range(16))  # every example written once
     assert report["duplicates"] == 0
     assert report["ready_at_end"] >= 2  # survivors plus the actors placed on the new node
