@@ -1,7 +1,8 @@
 """``gpu``: the engine against stock HF ``generate`` on Llama-shaped models with random weights.
 
-Models are built from configs (no download): the 1B, 3B and 8B Llama-3 shapes, and a tiny one
-for CPU runs and CI; weights are random (bf16 on a GPU). Greedy generation with EOS
+Models are built from configs (no download): the 1B, 3B and 8B Llama-3 shapes, SmolLM2-135M's
+shape (the embedded model's cost per step on a CPU, ``--shapes smollm2 --device cpu``) and a
+tiny one for CI; weights are random (bf16 on a GPU). Greedy generation with EOS
 suppressed, so every row generates exactly ``max_new_tokens`` tokens from a random prompt of
 ``prompt_tokens`` tokens. Per shape and batch:
 
@@ -25,6 +26,7 @@ from typing import Any
 #: Llama-3 shapes (hidden, intermediate, layers, heads, kv heads, vocab).
 SHAPES = {
     "tiny": (64, 128, 4, 4, 2, 512),
+    "smollm2": (576, 1536, 30, 9, 3, 49152),  # SmolLM2-135M (Llama architecture)
     "1b": (2048, 8192, 16, 32, 8, 128256),
     "3b": (3072, 8192, 28, 24, 8, 128256),
     "8b": (4096, 14336, 32, 32, 8, 128256),
@@ -54,7 +56,7 @@ def build_model(shape: str, device: str, dtype: Any, seed: int = 0) -> Any:
     config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
                          max_position_embeddings=8192, rope_theta=500000.0,
-                         tie_word_embeddings=shape in ("tiny", "1b", "3b"),
+                         tie_word_embeddings=shape in ("tiny", "smollm2", "1b", "3b"),
                          attn_implementation="sdpa", bos_token_id=None, eos_token_id=None,
                          pad_token_id=0)
     torch.manual_seed(seed)

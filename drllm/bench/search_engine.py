@@ -88,7 +88,7 @@ def _fingerprint(record: Any) -> tuple:
 
 
 def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int | None = None,
-             batch_plain: int = 16, batch_engine: int = 128, trees: int = 32,
+             batch_plain: int = 16, batch_engine: int = 128, trees: int = 64,
              simulations: int = 50, data_root: str | Path = DATA_ROOT) -> dict[str, Any]:
     """Search one task with both evaluators; the JSON line's fields."""
     import torch
@@ -127,7 +127,8 @@ def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int 
         "speedup": round((n_engine / engine_s) / (n_plain / plain_s), 3),
         "exact": a == b and n_plain == n_engine, "records": len(engine),
         "seconds_plain": round(plain_s, 1), "seconds_engine": round(engine_s, 1),
-        "simulations": simulations, "batch_plain": batch_plain, "batch_engine": batch_engine,
+        "simulations": simulations, "trees": trees, "batch_plain": batch_plain,
+        "batch_engine": batch_engine,
         "engine_prefill_s": round(split.get("prefill_s", 0.0), 1),
         "engine_decode_s": round(split.get("decode_s", 0.0), 1),
         "engine_other_s": round(engine_s - split.get("prefill_s", 0.0)
@@ -154,7 +155,10 @@ def add_arguments(parser: Any) -> None:
                         help="requests per call for the per-call evaluator (the job's default)")
     parser.add_argument("--batch-engine", type=int, default=128,
                         help="requests the pool keeps on the streaming engine's worker")
-    parser.add_argument("--trees", type=int, default=32, help="trees searched at once")
+    parser.add_argument("--trees", type=int, default=64,
+                        help="trees searched at once, on both sides (default: the driver's "
+                             "%(default)s; each tree has one path out, so they bound the "
+                             "engine's rows)")
     parser.add_argument("--num-simulations", type=int, default=50,
                         help="MCTS simulations per question (default: the paper's 50)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")

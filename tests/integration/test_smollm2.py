@@ -124,3 +124,16 @@ def test_smollm2_all_execute_matches_hf_generate(smollm2, shared_data):
         if t in eos:
             break
     assert list(skipped.token_ids) == expected
+
+
+@pytest.mark.slow
+def test_bench_gpu_smollm2_shape_is_the_embedded_models(smollm2: LoadedModel) -> None:
+    """``bench gpu --shapes smollm2`` stands for the embedded model's cost: same dimensions."""
+    from drllm.bench.gpu import SHAPES, build_model
+
+    c = smollm2.model.config
+    assert SHAPES["smollm2"] == (c.hidden_size, c.intermediate_size, c.num_hidden_layers,
+                                 c.num_attention_heads, c.num_key_value_heads, c.vocab_size)
+    built = build_model("smollm2", "meta", torch.float32).config
+    assert built.tie_word_embeddings == c.tie_word_embeddings
+    assert built.head_dim == c.head_dim

@@ -118,3 +118,21 @@ def test_smollm2_engine_matches_plain_greedy(smollm2, shared_data) -> None:
     got = Engine(ex, max_rows=2).run(reqs)
     want = ex.generate([list(r.ids) for r in reqs], [r.path for r in reqs], max_new_tokens=12)
     assert [g.token_ids for g in got] == [g.token_ids for g in want]
+
+
+@pytest.mark.slow
+def test_bench_search_engine_prints_an_exact_json_line(smollm2, capsys) -> None:
+    """``python -m drllm.jobs.bench search-engine`` on a tiny search (2 questions, 3
+    simulations, 16 tokens): both sides write the same records, and the JSON line carries the
+    figures the issue asks for."""
+    import json
+
+    from drllm.jobs.bench import main
+
+    main(["search-engine", "--tasks", "synthetic_arith", "--num-examples", "2",
+          "--num-simulations", "3", "--max-new-tokens", "16", "--trees", "2"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert line["exact"] is True and line["records"] == 2 and line["trees"] == 2
+    assert line["evaluations"] >= 2 and line["max_new_tokens"] == 16
+    assert line["evals_s_plain"] > 0 and line["evals_s_engine"] > 0 and line["speedup"] > 0
+    assert line["engine_decode_s"] > 0 and line["engine_prefill_s"] > 0
