@@ -115,7 +115,7 @@ def test_node_removed_mid_run_loses_nothing_and_gpus_are_never_faked(tmp_path):
     assert report["lost"] >= 1 and report["requeued"] >= 1
     assert report["ids"] == sorted(f"q{i}" for i in range(16))  # every example written once
     assert report["duplicates"] == 0
-    assert report["ready_at_end"] >= 2  # survivors plus the actors placed on the new node
+    assert report["ready_at_end"] >= 2  # the survivors (restarted actors may still be loading)
     assert "no GPU evaluator actor" in report["gpu_error"] and "pool.gpu_wait_s" in report[
         "gpu_error"]
     assert 3 <= report["gpu_wait_s"] < 30
