@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from drllm.distributed.config import DriverConfig
+
 logger = logging.getLogger(__name__)
 
 DATA_ROOT = "../shared/data"
@@ -88,7 +90,8 @@ def _fingerprint(record: Any) -> tuple:
 
 
 def run_task(task: str, *, num_examples: int | None = None, max_new_tokens: int | None = None,
-             batch_plain: int = 16, batch_engine: int = 128, trees: int = 64,
+             batch_plain: int = 16, batch_engine: int = 128,
+             trees: int = DriverConfig.max_concurrent_trees,
              simulations: int = 50, data_root: str | Path = DATA_ROOT) -> dict[str, Any]:
     """Search one task with both evaluators; the JSON line's fields."""
     import torch
@@ -155,7 +158,7 @@ def add_arguments(parser: Any) -> None:
                         help="requests per call for the per-call evaluator (the job's default)")
     parser.add_argument("--batch-engine", type=int, default=128,
                         help="requests the pool keeps on the streaming engine's worker")
-    parser.add_argument("--trees", type=int, default=64,
+    parser.add_argument("--trees", type=int, default=DriverConfig.max_concurrent_trees,
                         help="trees searched at once, on both sides (default: the driver's "
                              "%(default)s; each tree has one path out, so they bound the "
                              "engine's rows)")

@@ -73,10 +73,10 @@ NODE_REMOVAL = textwrap.dedent('''
             # its actors (each takes 2 x 0.25 s), so they die mid-call: a removal timed by the
             # sink alone found the doomed actors idle in 1 of ~8 runs (their answers just in).
             sent = dispatch()
-            if not removed and writer.rows_written + writer.buffered >= 3 and any(
-                    pool._held.get(w, 0) for w in doomed_workers):
+            held = sum(pool._held.get(w, 0) for w in doomed_workers)
+            if not removed and writer.rows_written + writer.buffered >= 3 and held:
                 removed.append(time.monotonic())
-                report["held_by_doomed"] = sum(pool._held.get(w, 0) for w in doomed_workers)
+                report["held_by_doomed"] = held
                 cluster.remove_node(doomed, allow_graceful=False)  # its actors die mid-call
                 cluster.add_node(num_cpus=2)  # where they are placed again
             return sent
